@@ -1,0 +1,141 @@
+# venta-gateway container image.
+#
+#   docker build -t venta-gateway .
+#   docker run --rm -p 5006:5006/tcp -p 5006:5006/udp -p 5007:5007 venta-gateway
+#
+# Works with BuildKit and with the classic builder (docker-compose v1 builds
+# with it by default): no `# syntax=` line, no heredocs, no RUN --mount.
+#
+# Stages:
+#   base     - Rust toolchain + protoc (tonic-prost-build needs protoc at build time)
+#   planner  - reduces the build context to a dependency "skeleton": Cargo.toml,
+#              Cargo.lock and a stub for every target root that exists
+#              (src/main.rs, src/lib.rs, src/bin/*, build.rs, benches/*, tests/*,
+#              examples/*), so that Cargo can parse the manifest even when it
+#              declares [[bin]]/[[bench]]/[[test]] targets. The skeleton only
+#              changes when the manifest, the lock file or the set of targets
+#              changes, so the dependency layer below stays cached otherwise.
+#   builder  - builds all dependencies from the skeleton (cached layer), then
+#              the real crate.
+#   runtime  - debian:bookworm-slim (same glibc 2.36 as the builder), non-root.
+
+ARG RUST_VERSION=1.95
+
+# ---------------------------------------------------------------------------
+FROM rust:${RUST_VERSION}-bookworm AS base
+
+# protobuf-compiler: protoc for prost/tonic code generation from proto/.
+# Debian package versions are not pinned (DL3008): old versions leave the
+# mirrors after security updates, which would break the build; the base image
+# tag pins the Debian release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV CARGO_TERM_COLOR=never
+WORKDIR /build
+
+# ---------------------------------------------------------------------------
+FROM base AS planner
+
+COPY . .
+
+# Stub every target root that exists. An explicit `path = "..."` outside these
+# places would need adding here.
+RUN set -eu; \
+    mkdir -p /skeleton; \
+    cp Cargo.toml Cargo.lock /skeleton/; \
+    for f in build.rs src/main.rs src/lib.rs src/bin/*.rs src/bin/*/main.rs \
+             benches/*.rs benches/*/main.rs tests/*.rs tests/*/main.rs \
+             examples/*.rs examples/*/main.rs; do \
+        [ -f "$f" ] || continue; \
+        mkdir -p "/skeleton/$(dirname "$f")"; \
+        if [ "$f" = src/lib.rs ]; then : > "/skeleton/$f"; \
+        else echo 'fn main() {}' > "/skeleton/$f"; fi; \
+    done
+
+# ---------------------------------------------------------------------------
+FROM base AS builder
+
+# 1. Dependencies only: this layer is reused until Cargo.toml, Cargo.lock or
+#    the set of targets changes.
+COPY --from=planner /skeleton/ ./
+RUN cargo fetch --locked \
+ && cargo build --release --locked --bin venta-gateway \
+ && rm -rf src build.rs
+
+# 2. The real sources. COPY cannot copy a path only "if present", so each
+#    directory the build needs is listed; uncomment a line once it exists.
+COPY src ./src
+# COPY build.rs ./
+# COPY proto ./proto
+# COPY migrations ./migrations
+# COPY schemas ./schemas
+
+# Forget the stub build of this crate (COPY keeps the context's mtimes, which
+# may be older than the stub's artefacts), then build and install the binary.
+RUN rm -rf target/release/.fingerprint/venta-gateway-* \
+           target/release/build/venta-gateway-* \
+           target/release/deps/venta_gateway-* \
+           target/release/deps/libventa_gateway-* \
+           target/release/venta-gateway \
+ && cargo build --release --locked --bin venta-gateway \
+ && install -D -m 0755 target/release/venta-gateway /out/venta-gateway
+
+# ---------------------------------------------------------------------------
+FROM debian:bookworm-slim AS runtime
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=
+
+LABEL org.opencontainers.image.title="venta-gateway" \
+      org.opencontainers.image.description="Real-time gateway: vendor location and vendor data updates to WebSocket and WebTransport clients" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
+
+# ca-certificates: TLS to NATS/Redis/PostgreSQL (rustls + webpki/native roots).
+# Non-root user with a fixed uid/gid; its home is the working directory, where
+# the SQLite audit file (embedded mode) and the audit spill journal live.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 venta \
+ && useradd --system --uid 10001 --gid venta --no-create-home \
+            --home-dir /var/lib/venta-gateway --shell /usr/sbin/nologin venta \
+ && install -d -o venta -g venta -m 0750 /var/lib/venta-gateway
+
+COPY --from=builder /out/venta-gateway /usr/local/bin/venta-gateway
+
+WORKDIR /var/lib/venta-gateway
+USER 10001:10001
+
+ENV BIND_ADDR=:: \
+    LOG_FORMAT=json \
+    AUDIT_SQLITE_PATH=/var/lib/venta-gateway/venta-gateway-audit.db
+
+# 5006/tcp HTTP + WebSocket, 5006/udp WebTransport (HTTP/3), 5007/tcp gRPC.
+EXPOSE 5006/tcp 5006/udp 5007/tcp
+
+# The gateway handles SIGTERM itself: stop accepting, close clients with 1001,
+# flush audit, drain NATS, exit 0 within SHUTDOWN_TIMEOUT (10 s by default;
+# give `docker stop -t` / stop_grace_period more than that).
+STOPSIGNAL SIGTERM
+
+# Liveness probe using only bash builtins (no curl/wget in the image).
+# /health/live rather than /health/ready: Docker (and Swarm) restart or drop
+# unhealthy containers, and a NATS outage makes every instance "not ready" at
+# once. docker-compose.yml overrides this with the readiness probe.
+# When the binary gains its `healthcheck` subcommand, replace with:
+#   HEALTHCHECK ... CMD ["/usr/local/bin/venta-gateway", "healthcheck"]
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${WEBSOCKET_GATEWAY_PORT:-5006} && printf 'GET /health/live HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && read -r -t 4 _ code _ <&3 && [ \"$code\" = 200 ]"]
+
+ENTRYPOINT ["/usr/local/bin/venta-gateway"]

@@ -1,0 +1,163 @@
+// Types for venta-client.js: the gateway's WebSocket JSON protocol and the client class.
+
+// ------------------------------------------------------------------ messages
+
+export type Channel = 'location' | 'vendor';
+
+export interface LatLong {
+  /** In [-90, 90]. */
+  lat: number;
+  /** In [-180, 180]. */
+  long: number;
+}
+
+export interface LocationUpdate {
+  vendorId: string;
+  location: LatLong;
+  /** RFC 3339. */
+  timestamp: string;
+  /** True when this is the last known location sent on subscribe rather than a live update. */
+  snapshot?: boolean;
+}
+
+export interface Vendor {
+  name: string;
+  description?: string;
+  /** Extra vendor fields pass through the gateway untouched. */
+  [field: string]: unknown;
+}
+
+export interface VendorUpdate {
+  vendorId: string;
+  vendor: Vendor;
+  /** RFC 3339. */
+  timestamp: string;
+}
+
+export interface SubscriptionAck {
+  channel: Channel;
+  vendorId: string;
+}
+
+export type GatewayErrorCode =
+  | 'invalid_json'
+  | 'unknown_type'
+  | 'invalid_field'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'rate_limited'
+  | 'too_many_subscriptions'
+  | 'message_too_large'
+  | 'invalid_frame'
+  | 'unavailable'
+  | 'internal'
+  // Forward compatibility: unknown codes are still strings.
+  | (string & {});
+
+export interface GatewayError {
+  code: GatewayErrorCode;
+  message: string;
+  /** The `type` of the refused request, when the server could read it. */
+  requestType?: string;
+  /** With `rate_limited`: in (0, 60000]. */
+  retryAfterMs?: number;
+}
+
+/** `vendorId` and `userId` must match `^[A-Za-z0-9_-]{1,64}$`. */
+export type ClientMessage =
+  | { type: 'subscribe_location'; data: { vendorId: string; userId: string }; id?: string }
+  | { type: 'unsubscribe_location'; data: { vendorId: string }; id?: string }
+  | { type: 'subscribe_vendor'; data: { vendorId: string; userId: string }; id?: string }
+  | { type: 'unsubscribe_vendor'; data: { vendorId: string }; id?: string }
+  | { type: 'ping'; data?: Record<string, never>; id?: string }
+  | { type: 'pong'; data?: Record<string, never>; id?: string };
+
+export type ServerMessage =
+  | { type: 'location_updated'; data: LocationUpdate }
+  | { type: 'vendor_updated'; data: VendorUpdate }
+  | { type: 'subscribed'; data: SubscriptionAck; id?: string }
+  | { type: 'unsubscribed'; data: SubscriptionAck; id?: string }
+  | { type: 'error'; data: GatewayError; id?: string }
+  | { type: 'ping'; data?: unknown }
+  | { type: 'pong'; data?: unknown; id?: string };
+
+export type MessageOf<T extends ServerMessage['type']> = Extract<ServerMessage, { type: T }>;
+
+// -------------------------------------------------------------------- client
+
+export interface Logger {
+  log?: (...args: unknown[]) => void;
+  warn?: (...args: unknown[]) => void;
+  error?: (...args: unknown[]) => void;
+}
+
+/** The part of a WebSocket `CloseEvent` the client relies on (no DOM lib needed). */
+export interface CloseEventLike {
+  code: number;
+  reason: string;
+  wasClean: boolean;
+}
+
+export interface VentaClientOptions {
+  /** Reconnect attempts after a drop before giving up; reset by every successful open. Default 5. */
+  maxReconnectAttempts?: number;
+  /** Delay before the first reconnect attempt, doubled on each further one (with jitter). Default 1000. */
+  reconnectBaseDelayMs?: number;
+  /** Cap on a single reconnect delay. Default 30000. */
+  reconnectMaxDelayMs?: number;
+  /** Messages kept while disconnected; the oldest are dropped beyond this. Default 100. */
+  maxQueuedMessages?: number;
+  /** Where to log; `null` or `false` silences the client. Default `console`. */
+  logger?: Logger | null | false;
+  /** WebSocket implementation; defaults to `globalThis.WebSocket`. */
+  WebSocket?: new (url: string, protocols?: string | string[]) => unknown;
+  /** WebSocket sub-protocols. */
+  protocols?: string | string[];
+}
+
+export interface ReconnectInfo {
+  /** Counts from 1 since the last successful open. */
+  attempt: number;
+  delayMs: number;
+}
+
+export class VentaWebSocketClient {
+  #private;
+
+  /** Opens the connection at once. Throws if no WebSocket implementation is available. */
+  constructor(url: string, options?: VentaClientOptions);
+
+  /** True while the socket is open. */
+  readonly connected: boolean;
+
+  /** Subscribes to location updates; queued until open and re-sent after every reconnect. */
+  subscribeToLocation(vendorId: string, userId: string): void;
+  /** Subscribes to vendor profile updates; queued until open and re-sent after every reconnect. */
+  subscribeToVendor(vendorId: string, userId: string): void;
+  /** Forgets the subscription; tells the server only when connected. */
+  unsubscribeFromLocation(vendorId: string): void;
+  /** Forgets the subscription; tells the server only when connected. */
+  unsubscribeFromVendor(vendorId: string): void;
+  /** Sends a `ping` (queued when disconnected); returns its id, echoed in the `pong`. */
+  ping(): string;
+  /** Closes for good: no further reconnects. */
+  close(code?: number, reason?: string): void;
+
+  // Overridable hooks. The second argument is the whole message (for the echoed `id`).
+  onLocationUpdate(data: LocationUpdate, message: MessageOf<'location_updated'>): void;
+  onVendorUpdate(data: VendorUpdate, message: MessageOf<'vendor_updated'>): void;
+  onSubscribed(data: SubscriptionAck, message: MessageOf<'subscribed'>): void;
+  onUnsubscribed(data: SubscriptionAck, message: MessageOf<'unsubscribed'>): void;
+  onError(data: GatewayError, message: MessageOf<'error'>): void;
+  onPong(data: unknown, message: MessageOf<'pong'>): void;
+  /** Called after the client has answered the server's heartbeat with `pong`. */
+  onPing(message: MessageOf<'ping'>): void;
+  onOpen(): void;
+  /** Only for connections that had opened; failed attempts go to `onReconnecting`. */
+  onClose(event: CloseEventLike): void;
+  onReconnecting(info: ReconnectInfo): void;
+  onGiveUp(): void;
+  onUnknownMessage(message: { type?: unknown; [field: string]: unknown }): void;
+}
+
+export default VentaWebSocketClient;

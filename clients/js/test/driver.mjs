@@ -1,0 +1,72 @@
+// Scripted driver for the gateway's integration test: runs the real JS client
+// and reports what it sees as JSON lines on stdout.
+//
+//   node --experimental-websocket clients/js/test/driver.mjs <wsUrl> <vendorId> <userId> [reconnectBaseMs] [maxReconnectAttempts]
+//
+// stdout, one JSON object per line:
+//   {"event":"open"}                     a connection opened (first or after a reconnect)
+//   {"event":"close","code":N}           a connection that had opened closed
+//   {"event":"subscribed","data":{...}}  ack; after a reconnect it comes from the automatic resubscribe
+//   {"event":"unsubscribed","data":{...}}
+//   {"event":"location","data":{...}}    location_updated's data
+//   {"event":"vendor","data":{...}}      vendor_updated's data
+//   {"event":"error","data":{...}}       a gateway error message's data
+//   {"event":"ping"}                     the server pinged and the client answered pong
+//   {"event":"gave_up"}                  reconnect attempts exhausted (the test is failing by then)
+// Failed reconnect attempts print nothing on stdout (a line on stderr), so a
+// restart reads exactly: close, open, subscribed.
+//
+// Runs until stdin closes (keep it piped, not /dev/null) or 60 s pass, then
+// closes the client (a last {"event":"close","code":1000} if it was open) and
+// exits 0. Bad arguments: usage on stderr, exit 2. Diagnostics go to stderr.
+
+import { VentaWebSocketClient } from '../src/venta-client.js';
+
+const RUN_FOR_MS = 60_000;
+
+const [url, vendorId, userId, baseArg, maxArg] = process.argv.slice(2);
+const isCount = (arg) => arg === undefined || (Number.isInteger(Number(arg)) && Number(arg) >= 0);
+if (!url || !vendorId || !userId || !isCount(baseArg) || !isCount(maxArg)) {
+  process.stderr.write(
+    'usage: node --experimental-websocket driver.mjs <wsUrl> <vendorId> <userId> [reconnectBaseMs] [maxReconnectAttempts]\n',
+  );
+  process.exit(2);
+}
+
+// stdout to a pipe is synchronous on Linux, so each line is out before the next event.
+const emit = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
+const note = (text) => process.stderr.write(`driver: ${text}\n`);
+
+const options = { logger: null };
+if (baseArg !== undefined) options.reconnectBaseDelayMs = Number(baseArg);
+if (maxArg !== undefined) options.maxReconnectAttempts = Number(maxArg);
+
+const client = new VentaWebSocketClient(url, options);
+client.onOpen = () => emit({ event: 'open' });
+client.onClose = (ev) => emit({ event: 'close', code: ev.code });
+client.onSubscribed = (data) => emit({ event: 'subscribed', data });
+client.onUnsubscribed = (data) => emit({ event: 'unsubscribed', data });
+client.onLocationUpdate = (data) => emit({ event: 'location', data });
+client.onVendorUpdate = (data) => emit({ event: 'vendor', data });
+client.onError = (data) => emit({ event: 'error', data });
+client.onPing = () => emit({ event: 'ping' });
+client.onGiveUp = () => emit({ event: 'gave_up' });
+client.onReconnecting = ({ attempt, delayMs }) => note(`reconnect attempt ${attempt} in ${delayMs} ms`);
+
+// Sent on open, and again by the client after every reconnect.
+client.subscribeToLocation(vendorId, userId);
+
+let finished = false;
+function finish() {
+  if (finished) return;
+  finished = true;
+  client.close();
+  // Give the close frame a moment to leave; nothing after this matters.
+  setTimeout(() => process.exit(0), 100);
+}
+
+setTimeout(finish, RUN_FOR_MS);
+process.stdin.on('end', finish);
+process.stdin.on('close', finish);
+process.stdin.on('error', finish);
+process.stdin.resume();

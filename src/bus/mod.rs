@@ -1,0 +1,77 @@
+//! The bus carries updates from publishers to every gateway instance.
+//!
+//! One trait, two engines: [`local::LocalBus`] (in process, the embedded
+//! default) and NATS (a cluster). Publishers call [`Bus::publish`]; whatever
+//! the bus receives is handed to [`deliver`], which fans it out via the hub.
+
+pub mod local;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::{Topic, Update};
+
+/// A bus operation that could not be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The bus is unreachable; try again later.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// State of a dependency, as `/health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DependencyStatus {
+    /// Configured and working.
+    Ok,
+    /// Configured and not working, with why.
+    Down(String),
+    /// Not configured (embedded mode).
+    Disabled,
+}
+
+/// The transport of updates between publishers and gateway instances.
+pub trait Bus: Send + Sync + 'static {
+    /// Sends an update to every instance (this one included).
+    fn publish(&self, update: Update) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Declares interest in a topic; resolves once updates published from
+    /// now on will arrive, which is what a `subscribed` ack promises.
+    /// Calls are reference-counted: one [`Bus::unwatch`] per `watch`.
+    fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Drops one unit of interest in a topic.
+    fn unwatch(&self, topic: &Topic);
+
+    /// Health of the bus's engine.
+    fn health(&self) -> DependencyStatus;
+}
+
+/// Where updates from any bus end: fan-out to this instance's subscribers.
+#[derive(Debug, Clone)]
+pub struct Deliver {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl Deliver {
+    /// Delivery into `hub`, counted in `metrics`.
+    pub fn new(hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
+        Self { hub, metrics }
+    }
+
+    /// Fans an update out to this instance's subscribers.
+    pub fn deliver(&self, update: &Update, received_at: Instant) {
+        let fanout = self.hub.publish(update, received_at);
+        if fanout.conflated > 0 {
+            self.metrics.conflated.inc_by(fanout.conflated as u64);
+        }
+        if fanout.overflowed > 0 {
+            self.metrics.slow_consumers_closed.inc_by(fanout.overflowed as u64);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Configuration: every option is an environment variable (the seed's names)
+//! and an equal command-line flag. Errors name the variable and the value.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn heartbeat_ms(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v < 1000 {
+        return Err("must be at least 1000 (milliseconds)".into());
+    }
+    Ok(v)
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if v == 0 {
+        return Err("must be greater than 0".into());
+    }
+    Ok(v)
+}
+
+fn nonzero_u32(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v == 0 {
+        return Err("must be greater than 0".into());
+    }
+    Ok(v)
+}
+
+/// Gateway settings (`venta-gateway --help` lists them with defaults).
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// TCP port for HTTP and WebSocket.
+    #[arg(
+        long = "port",
+        env = "WEBSOCKET_GATEWAY_PORT",
+        value_name = "WEBSOCKET_GATEWAY_PORT",
+        default_value_t = 5006
+    )]
+    pub port: u16,
+
+    /// Address to bind; `::` is dual-stack (IPv4 and IPv6).
+    #[arg(long = "bind-addr", env = "BIND_ADDR", value_name = "BIND_ADDR", default_value = "::")]
+    pub bind_addr: IpAddr,
+
+    /// Server `ping` interval in milliseconds (min 1000); a client silent for
+    /// two intervals is closed with 4000.
+    #[arg(long = "heartbeat-interval", env = "WS_HEARTBEAT_INTERVAL", value_name = "WS_HEARTBEAT_INTERVAL", default_value = "30000", value_parser = heartbeat_ms)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Maximum concurrent client connections on this instance (over: close 1013).
+    #[arg(long = "max-connections", env = "WS_MAX_CONNECTIONS", value_name = "WS_MAX_CONNECTIONS", default_value = "1000", value_parser = positive)]
+    pub max_connections: usize,
+
+    /// Client messages per minute per user (per connection while auth is off);
+    /// a burst of this many is served at once, then the budget refills evenly.
+    #[arg(long = "rate-limit", env = "WS_RATE_LIMIT", value_name = "WS_RATE_LIMIT", default_value = "100", value_parser = nonzero_u32)]
+    pub rate_limit: u32,
+
+    /// Largest client frame in bytes (over: close 1009).
+    #[arg(long = "max-message-bytes", env = "WS_MAX_MESSAGE_BYTES", value_name = "WS_MAX_MESSAGE_BYTES", default_value = "4096", value_parser = positive)]
+    pub max_message_bytes: usize,
+
+    /// Subscriptions per connection (over: `too_many_subscriptions`).
+    #[arg(long = "max-subscriptions", env = "WS_MAX_SUBSCRIPTIONS", value_name = "WS_MAX_SUBSCRIPTIONS", default_value = "100", value_parser = positive)]
+    pub max_subscriptions: usize,
+
+    /// Bytes of unsent non-conflatable messages per connection before the
+    /// client is closed with 1013 as a slow consumer.
+    #[arg(long = "max-queue-bytes", env = "WS_MAX_QUEUE_BYTES", value_name = "WS_MAX_QUEUE_BYTES", default_value = "1048576", value_parser = positive)]
+    pub max_queue_bytes: usize,
+
+    /// Queued messages per connection beyond which pending location updates
+    /// are conflated (only the newest per vendor is kept).
+    #[arg(long = "max-queue-messages", env = "WS_MAX_QUEUE_MESSAGES", value_name = "WS_MAX_QUEUE_MESSAGES", default_value = "1024", value_parser = positive)]
+    pub max_queue_messages: usize,
+
+    /// Bearer token required by `POST /api/v1/publish/*`; unset: open.
+    #[arg(long = "ingest-token", env = "INGEST_TOKEN", value_name = "INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
+
+    /// Seconds to wait for clients to close and queues to flush on shutdown.
+    #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", value_name = "SHUTDOWN_TIMEOUT", default_value = "10")]
+    pub shutdown_timeout_secs: u64,
+
+    /// This instance's id in /ws/status and logs (default: random).
+    #[arg(long = "instance-id", env = "INSTANCE_ID", value_name = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long = "log-level", env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The documented defaults, ignoring the environment: for tests and embedding.
+    pub fn defaults() -> Self {
+        Self {
+            port: 5006,
+            bind_addr: IpAddr::from([0u16; 8]),
+            heartbeat_interval_ms: 30_000,
+            max_connections: 1000,
+            rate_limit: 100,
+            max_message_bytes: 4096,
+            max_subscriptions: 100,
+            max_queue_bytes: 1 << 20,
+            max_queue_messages: 1024,
+            ingest_token: None,
+            shutdown_timeout_secs: 10,
+            instance_id: None,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn defaults_match_the_flags() {
+        let parsed = Cli::try_parse_from(["x"]).map(|c| c.config);
+        let Ok(parsed) = parsed else { panic!("{parsed:?}") };
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::defaults()));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Cli::try_parse_from(["x", "--heartbeat-interval", "500"]).err().map(|e| e.to_string());
+        let msg = err.unwrap_or_default();
+        assert!(msg.contains("WS_HEARTBEAT_INTERVAL") && msg.contains("500"), "{msg}");
+    }
+}

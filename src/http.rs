@@ -1,0 +1,86 @@
+//! Operator endpoints: health, readiness, metrics and status. No token: keep
+//! them on the operators' network.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::bus::DependencyStatus;
+use crate::state::Shared;
+
+fn check(status: &DependencyStatus) -> Value {
+    match status {
+        DependencyStatus::Ok => json!({"status": "ok"}),
+        DependencyStatus::Down(detail) => json!({"status": "down", "detail": detail}),
+        DependencyStatus::Disabled => json!({"status": "disabled"}),
+    }
+}
+
+/// `GET /health`: overall status and one entry per dependency; 503 when a
+/// required dependency (the bus) is down.
+pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let nats = shared.bus.health();
+    let (status, code) = match nats {
+        DependencyStatus::Down(_) => ("down", StatusCode::SERVICE_UNAVAILABLE),
+        _ => ("ok", StatusCode::OK),
+    };
+    let body = json!({
+        "status": status,
+        "checks": {
+            "nats": check(&nats),
+            "redis": check(&DependencyStatus::Disabled),
+            "database": check(&DependencyStatus::Disabled),
+        },
+    });
+    (code, Json(body)).into_response()
+}
+
+/// `GET /health/live`: the process is up.
+pub async fn live() -> Response {
+    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+}
+
+/// `GET /health/ready`: 503 while starting, while the bus is down and from
+/// the first moment of shutdown.
+pub async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    let bus_ok = !matches!(shared.bus.health(), DependencyStatus::Down(_));
+    if shared.is_ready() && bus_ok {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready"}))).into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let m = &shared.metrics;
+    m.subscriptions.set(shared.hub.subscription_count() as i64);
+    m.topics.set(shared.hub.topic_count() as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
+}
+
+/// `GET /ws/status`: connections, subscriptions and traffic of this instance.
+pub async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let m = &shared.metrics;
+    let gauge = |t: &str, e: &str| m.connections.with_label_values(&[t, e]).get().max(0);
+    let ws_loc = gauge("websocket", "location");
+    let ws_ven = gauge("websocket", "vendor");
+    let (msg_in, msg_out) = m.totals();
+    Json(json!({
+        "instanceId": shared.instance_id,
+        "uptimeSeconds": shared.uptime_secs(),
+        "connections": {
+            "total": ws_loc + ws_ven,
+            "byTransport": {"websocket": ws_loc + ws_ven, "webtransport": 0},
+            "byEndpoint": {"location": ws_loc, "vendor": ws_ven},
+        },
+        "subscriptions": shared.hub.subscription_count(),
+        "topics": shared.hub.topic_count(),
+        "messages": {"in": msg_in, "out": msg_out},
+    }))
+    .into_response()
+}

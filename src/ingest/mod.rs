@@ -1,0 +1,3 @@
+//! Ways for backend services to publish updates into the gateway.
+
+pub mod http;

@@ -1,0 +1,33 @@
+//! venta-gateway: delivers vendor location and vendor data updates from
+//! backend publishers to every subscribed client, within milliseconds.
+//!
+//! Layout (data flows top to bottom; see `DESIGN.md` §2):
+//! - [`protocol`]: message types, validation and codecs. Pure, no I/O.
+//! - [`hub`]: topics → subscribers, fan-out into bounded per-connection
+//!   [`hub::Outbox`]es, conflation. Pure, no I/O.
+//! - [`session`]: one client's state machine (limits, heartbeat, dispatch),
+//!   driven by every transport.
+//! - [`transport`]: sockets in, frames out (`ws`: axum WebSocket).
+//! - [`bus`]: how updates travel between publishers and instances
+//!   (`local`: in-process).
+//! - [`ingest`]: publish entry points (`http`).
+//! - [`http`]: health, readiness, metrics, status.
+//! - [`config`], [`metrics`], [`ratelimit`], [`server`] (wiring).
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
+
+pub mod bus;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod metrics;
+pub mod protocol;
+pub mod ratelimit;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod transport;
+
+pub use config::Config;
+pub use server::Gateway;

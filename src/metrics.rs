@@ -1,0 +1,158 @@
+//! Prometheus metrics. One registry per gateway instance (not the process
+//! global), so several gateways can run in one test process.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::protocol::ErrorCode;
+
+/// Every metric the gateway exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections by transport and endpoint.
+    pub connections: IntGaugeVec,
+    /// Accepted client connections by transport and endpoint.
+    pub connections_total: IntCounterVec,
+    /// Connections refused, by reason.
+    pub connections_rejected: IntCounterVec,
+    /// Client messages by transport and type.
+    pub messages_in: IntCounterVec,
+    /// Messages written to clients by transport and type.
+    pub messages_out: IntCounterVec,
+    /// Errors sent to clients, by code.
+    pub errors: IntCounterVec,
+    /// Time from an update entering the gateway to its write to a client.
+    pub publish_to_write: Histogram,
+    /// Updates accepted from publishers, by channel and source.
+    pub updates_published: IntCounterVec,
+    /// Invalid updates dropped, by source.
+    pub updates_invalid: IntCounterVec,
+    /// Location updates replaced by newer ones in a slow client's queue.
+    pub conflated: IntCounter,
+    /// Clients closed with 1013 because their queue overflowed.
+    pub slow_consumers_closed: IntCounter,
+    /// Current (topic, connection) subscriptions.
+    pub subscriptions: IntGauge,
+    /// Current topics with at least one subscriber.
+    pub topics: IntGauge,
+    in_total: AtomicU64,
+    out_total: AtomicU64,
+}
+
+/// A metrics registration failed: a programming error (duplicate name).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registration: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
+        let connections =
+            IntGaugeVec::new(Opts::new("venta_connections", "Open client connections"), &["transport", "endpoint"])?;
+        let connections_total = IntCounterVec::new(
+            Opts::new("venta_connections_total", "Accepted client connections"),
+            &["transport", "endpoint"],
+        )?;
+        let connections_rejected = IntCounterVec::new(
+            Opts::new("venta_connections_rejected_total", "Refused client connections by reason"),
+            &["reason"],
+        )?;
+        let messages_in = IntCounterVec::new(
+            Opts::new("venta_messages_in_total", "Client messages received"),
+            &["transport", "type"],
+        )?;
+        let messages_out = IntCounterVec::new(
+            Opts::new("venta_messages_out_total", "Messages written to clients"),
+            &["transport", "type"],
+        )?;
+        let errors = IntCounterVec::new(Opts::new("venta_errors_total", "Errors sent to clients by code"), &["code"])?;
+        let publish_to_write = Histogram::with_opts(
+            HistogramOpts::new(
+                "venta_publish_to_write_seconds",
+                "Time from an update entering the gateway to its write to a client socket",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.5, 5.0,
+            ]),
+        )?;
+        let updates_published = IntCounterVec::new(
+            Opts::new("venta_updates_published_total", "Updates accepted from publishers"),
+            &["channel", "source"],
+        )?;
+        let updates_invalid =
+            IntCounterVec::new(Opts::new("venta_updates_invalid_total", "Invalid updates dropped"), &["source"])?;
+        let conflated = IntCounter::new("venta_outbox_conflated_total", "Location updates conflated for slow clients")?;
+        let slow_consumers_closed =
+            IntCounter::new("venta_slow_consumers_closed_total", "Clients closed with 1013 for not keeping up")?;
+        let subscriptions = IntGauge::new("venta_subscriptions", "Current subscriptions")?;
+        let topics = IntGauge::new("venta_topics", "Topics with at least one subscriber")?;
+        reg(Box::new(connections.clone()))?;
+        reg(Box::new(connections_total.clone()))?;
+        reg(Box::new(connections_rejected.clone()))?;
+        reg(Box::new(messages_in.clone()))?;
+        reg(Box::new(messages_out.clone()))?;
+        reg(Box::new(errors.clone()))?;
+        reg(Box::new(publish_to_write.clone()))?;
+        reg(Box::new(updates_published.clone()))?;
+        reg(Box::new(updates_invalid.clone()))?;
+        reg(Box::new(conflated.clone()))?;
+        reg(Box::new(slow_consumers_closed.clone()))?;
+        reg(Box::new(subscriptions.clone()))?;
+        reg(Box::new(topics.clone()))?;
+        // Pre-create the error series so dashboards see zeros, not gaps.
+        for code in ErrorCode::ALL {
+            errors.with_label_values(&[code.as_str()]);
+        }
+        Ok(Self {
+            registry,
+            connections,
+            connections_total,
+            connections_rejected,
+            messages_in,
+            messages_out,
+            errors,
+            publish_to_write,
+            updates_published,
+            updates_invalid,
+            conflated,
+            slow_consumers_closed,
+            subscriptions,
+            topics,
+            in_total: AtomicU64::new(0),
+            out_total: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts one client message.
+    pub fn message_in(&self, transport: &str, ty: &str) {
+        self.messages_in.with_label_values(&[transport, ty]).inc();
+        self.in_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` messages of one type written to a client.
+    pub fn messages_out(&self, transport: &str, ty: &str, n: u64) {
+        self.messages_out.with_label_values(&[transport, ty]).inc_by(n);
+        self.out_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Totals of messages in and out, for `/ws/status`.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.in_total.load(Ordering::Relaxed), self.out_total.load(Ordering::Relaxed))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Text encoding of gathered families only fails on invalid metric
+        // names, which registration already rejected.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

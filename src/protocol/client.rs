@@ -1,0 +1,222 @@
+//! Client → server messages: the envelope rules of DESIGN §1.10.
+
+use serde_json::{Map, Value};
+
+use super::{Channel, ErrorCode, UserId, VendorId};
+
+/// How a location subscription wants its updates (WebTransport only;
+/// WebSocket always uses the stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Reliable and ordered, on the connection's stream.
+    #[default]
+    Stream,
+    /// Unreliable datagrams: latest position wins.
+    Datagram,
+}
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `subscribe_location` / `subscribe_vendor`.
+    Subscribe {
+        /// Which channel.
+        channel: Channel,
+        /// Whose updates.
+        vendor: VendorId,
+        /// Who is asking (checked against the token when auth is on).
+        user: UserId,
+        /// Stream or datagram delivery.
+        delivery: Delivery,
+    },
+    /// `unsubscribe_location` / `unsubscribe_vendor`.
+    Unsubscribe {
+        /// Which channel.
+        channel: Channel,
+        /// Whose updates.
+        vendor: VendorId,
+    },
+    /// Client heartbeat; answered with `pong`.
+    Ping,
+    /// Answer to the server's `ping`.
+    Pong,
+}
+
+impl Command {
+    /// The request's `type` as the client spelled it (for `requestType`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Subscribe { channel: Channel::Location, .. } => "subscribe_location",
+            Self::Subscribe { channel: Channel::Vendor, .. } => "subscribe_vendor",
+            Self::Unsubscribe { channel: Channel::Location, .. } => "unsubscribe_location",
+            Self::Unsubscribe { channel: Channel::Vendor, .. } => "unsubscribe_vendor",
+            Self::Ping => "ping",
+            Self::Pong => "pong",
+        }
+    }
+}
+
+/// A decoded, validated client message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Echoed in the answer when given.
+    pub id: Option<String>,
+    /// What to do.
+    pub command: Command,
+}
+
+/// A message the gateway refuses, with everything the `error` reply needs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    /// Stable error code.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// The request's `type`, when it could be read.
+    pub request_type: Option<String>,
+    /// The request's `id`, when it could be read.
+    pub id: Option<String>,
+}
+
+impl Rejection {
+    /// A rejection with no request context.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), request_type: None, id: None }
+    }
+}
+
+/// Decodes a JSON text frame. Parsing goes through `Value` on purpose: client
+/// messages are rare (rate-limited) and this gives precise error messages.
+pub fn decode_json(bytes: &[u8]) -> Result<Request, Rejection> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Rejection::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
+    decode_value(value)
+}
+
+/// Applies the envelope rules to a parsed value; shared by every codec.
+pub fn decode_value(value: Value) -> Result<Request, Rejection> {
+    let Value::Object(mut obj) = value else {
+        return Err(Rejection::new(ErrorCode::InvalidField, "message must be a JSON object"));
+    };
+    let id = match obj.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 128 => Some(s),
+        Some(_) => {
+            return Err(Rejection::new(ErrorCode::InvalidField, "id must be a string of at most 128 characters"));
+        }
+    };
+    let reject = |code, message: String, request_type: Option<&str>| Rejection {
+        code,
+        message,
+        request_type: request_type.map(str::to_owned),
+        id: id.clone(),
+    };
+    let ty = match obj.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(_) => return Err(reject(ErrorCode::InvalidField, "type must be a string".into(), None)),
+        None => return Err(reject(ErrorCode::InvalidField, "missing field type".into(), None)),
+    };
+    let data = obj.get("data");
+    let command = match ty {
+        "ping" => Command::Ping,
+        "pong" => Command::Pong,
+        "subscribe_location" | "subscribe_vendor" => {
+            let channel = if ty == "subscribe_location" { Channel::Location } else { Channel::Vendor };
+            let data = data_object(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            let vendor = vendor_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            let user = match data.get("userId") {
+                Some(Value::String(s)) => UserId::parse(s)
+                    .map_err(|e| reject(ErrorCode::InvalidField, format!("data.userId {e}"), Some(ty)))?,
+                Some(_) => {
+                    return Err(reject(ErrorCode::InvalidField, "data.userId must be a string".into(), Some(ty)));
+                }
+                None => return Err(reject(ErrorCode::InvalidField, "missing field data.userId".into(), Some(ty))),
+            };
+            let delivery = match data.get("delivery") {
+                None | Some(Value::Null) => Delivery::Stream,
+                Some(Value::String(s)) if s == "stream" => Delivery::Stream,
+                Some(Value::String(s)) if s == "datagram" => Delivery::Datagram,
+                Some(_) => {
+                    return Err(reject(
+                        ErrorCode::InvalidField,
+                        "data.delivery must be \"stream\" or \"datagram\"".into(),
+                        Some(ty),
+                    ));
+                }
+            };
+            Command::Subscribe { channel, vendor, user, delivery }
+        }
+        "unsubscribe_location" | "unsubscribe_vendor" => {
+            let channel = if ty == "unsubscribe_location" { Channel::Location } else { Channel::Vendor };
+            let data = data_object(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            let vendor = vendor_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            Command::Unsubscribe { channel, vendor }
+        }
+        other => {
+            return Err(reject(ErrorCode::UnknownType, format!("unknown message type {other:?}"), Some(other)));
+        }
+    };
+    Ok(Request { id, command })
+}
+
+fn data_object(data: Option<&Value>) -> Result<&Map<String, Value>, String> {
+    match data {
+        Some(Value::Object(m)) => Ok(m),
+        Some(_) => Err("data must be an object".into()),
+        None => Err("missing field data".into()),
+    }
+}
+
+fn vendor_field(data: &Map<String, Value>) -> Result<VendorId, String> {
+    match data.get("vendorId") {
+        Some(Value::String(s)) => VendorId::parse(s).map_err(|e| format!("data.vendorId {e}")),
+        Some(_) => Err("data.vendorId must be a string".into()),
+        None => Err("missing field data.vendorId".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(s: &str) -> ErrorCode {
+        decode_json(s.as_bytes()).map(|_| ()).err().map(|r| r.code).unwrap_or(ErrorCode::Internal)
+    }
+
+    #[test]
+    fn decodes_every_type() {
+        let r = decode_json(br#"{"type":"subscribe_location","data":{"vendorId":"v1","userId":"u1"},"id":"a"}"#);
+        let Ok(Request { id, command: Command::Subscribe { channel, vendor, .. } }) = r else { panic!("{r:?}") };
+        assert_eq!((id.as_deref(), channel, vendor.as_str()), (Some("a"), Channel::Location, "v1"));
+        assert!(matches!(
+            decode_json(br#"{"type":"unsubscribe_vendor","data":{"vendorId":"v1"}}"#).map(|r| r.command),
+            Ok(Command::Unsubscribe { channel: Channel::Vendor, .. })
+        ));
+        assert_eq!(decode_json(br#"{"type":"ping"}"#).map(|r| r.command), Ok(Command::Ping));
+        assert_eq!(decode_json(br#"{"type":"pong","data":{}}"#).map(|r| r.command), Ok(Command::Pong));
+    }
+
+    #[test]
+    fn envelope_errors_have_their_codes() {
+        assert_eq!(code("{"), ErrorCode::InvalidJson);
+        assert_eq!(code("[1]"), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"data":{}}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":5}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code(r#"{"type":"subscribe_location","data":{"vendorId":"v.1","userId":"u"}}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(code(r#"{"type":"subscribe_location","data":{"vendorId":"v1"}}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"subscribe_vendor"}"#), ErrorCode::InvalidField);
+    }
+
+    #[test]
+    fn rejections_keep_id_and_type() {
+        let r = decode_json(br#"{"type":"subscribe_vendor","id":"7","data":{"vendorId":"*"}}"#);
+        let Err(rej) = r else { panic!("{r:?}") };
+        assert_eq!(rej.id.as_deref(), Some("7"));
+        assert_eq!(rej.request_type.as_deref(), Some("subscribe_vendor"));
+    }
+}

@@ -1,0 +1,155 @@
+//! Server → client messages and their encodings.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{Channel, ErrorCode, Update, VendorId};
+
+/// A wire encoding. The hub encodes each update at most once per codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// JSON text (WebSocket).
+    Json,
+}
+
+/// Everything the gateway sends to a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerMessage<'a> {
+    /// A location or vendor update.
+    Update(&'a Update),
+    /// Subscription acknowledged: updates published from now on arrive.
+    Subscribed {
+        /// The subscription's channel.
+        channel: Channel,
+        /// The subscription's vendor.
+        vendor: &'a VendorId,
+        /// The request's id, echoed.
+        id: Option<&'a str>,
+    },
+    /// Unsubscription acknowledged (also when nothing was subscribed).
+    Unsubscribed {
+        /// The subscription's channel.
+        channel: Channel,
+        /// The subscription's vendor.
+        vendor: &'a VendorId,
+        /// The request's id, echoed.
+        id: Option<&'a str>,
+    },
+    /// A refused request; the connection stays open.
+    Error {
+        /// Stable code.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: &'a str,
+        /// The offending request's type.
+        request_type: Option<&'a str>,
+        /// For `rate_limited`: when to try again.
+        retry_after_ms: Option<u64>,
+        /// The request's id, echoed.
+        id: Option<&'a str>,
+    },
+    /// Server heartbeat; clients answer `pong`.
+    Ping,
+    /// Answer to a client `ping`.
+    Pong {
+        /// The request's id, echoed.
+        id: Option<&'a str>,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// The message's `type`, also the metrics label.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Update(Update::Location(_)) => "location_updated",
+            Self::Update(Update::Vendor(_)) => "vendor_updated",
+            Self::Subscribed { .. } => "subscribed",
+            Self::Unsubscribed { .. } => "unsubscribed",
+            Self::Error { .. } => "error",
+            Self::Ping => "ping",
+            Self::Pong { .. } => "pong",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, D: Serialize> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<D>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Ack<'a> {
+    channel: Channel,
+    #[serde(rename = "vendorId")]
+    vendor_id: &'a VendorId,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorData<'a> {
+    code: ErrorCode,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+fn to_bytes<D: Serialize>(codec: Codec, ty: &'static str, data: Option<D>, id: Option<&str>) -> Bytes {
+    let env = Envelope { ty, data, id };
+    match codec {
+        // Serializing these types cannot fail: string keys, finite floats.
+        Codec::Json => Bytes::from(serde_json::to_vec(&env).unwrap_or_default()),
+    }
+}
+
+/// Encodes a message in a codec.
+pub fn encode(msg: &ServerMessage<'_>, codec: Codec) -> Bytes {
+    let ty = msg.type_name();
+    match msg {
+        ServerMessage::Update(Update::Location(u)) => to_bytes(codec, ty, Some(u), None),
+        ServerMessage::Update(Update::Vendor(u)) => to_bytes(codec, ty, Some(u), None),
+        ServerMessage::Subscribed { channel, vendor, id } | ServerMessage::Unsubscribed { channel, vendor, id } => {
+            to_bytes(codec, ty, Some(Ack { channel: *channel, vendor_id: vendor }), *id)
+        }
+        ServerMessage::Error { code, message, request_type, retry_after_ms, id } => to_bytes(
+            codec,
+            ty,
+            Some(ErrorData { code: *code, message, request_type: *request_type, retry_after_ms: *retry_after_ms }),
+            *id,
+        ),
+        ServerMessage::Ping => to_bytes::<()>(codec, ty, None, None),
+        ServerMessage::Pong { id } => to_bytes::<()>(codec, ty, None, *id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Location, LocationUpdate};
+
+    #[test]
+    fn encodes_the_seed_shapes() {
+        let vendor = VendorId::parse("v1").unwrap_or_else(|_| unreachable!());
+        let u = Update::Location(LocationUpdate {
+            vendor_id: vendor.clone(),
+            location: Location { lat: 1.5, long: -2.0 },
+            timestamp: "2026-01-01T00:00:00Z".into(),
+        });
+        assert_eq!(
+            encode(&ServerMessage::Update(&u), Codec::Json),
+            &br#"{"type":"location_updated","data":{"vendorId":"v1","location":{"lat":1.5,"long":-2.0},"timestamp":"2026-01-01T00:00:00Z"}}"#[..]
+        );
+        let ack = ServerMessage::Subscribed { channel: Channel::Vendor, vendor: &vendor, id: Some("x") };
+        assert_eq!(
+            encode(&ack, Codec::Json),
+            &br#"{"type":"subscribed","data":{"channel":"vendor","vendorId":"v1"},"id":"x"}"#[..]
+        );
+        assert_eq!(encode(&ServerMessage::Ping, Codec::Json), &br#"{"type":"ping"}"#[..]);
+    }
+}

@@ -1,0 +1,113 @@
+//! Wiring: build the shared state, the router, serve, and shut down cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::bus::local::LocalBus;
+use crate::bus::{Bus, Deliver};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::{Metrics, MetricsError};
+use crate::state::Shared;
+use crate::{http, ingest, transport};
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The HTTP/WebSocket port could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address tried.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Metrics registration failed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+}
+
+/// A gateway with its listener bound, ready to [`Gateway::run`].
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl Gateway {
+    /// Builds the engines and binds the listener (port 0 picks a free one).
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let addr = SocketAddr::new(config.bind_addr, config.port);
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let metrics = Arc::new(Metrics::new()?);
+        let hub = Arc::new(Hub::new());
+        let deliver = Deliver::new(Arc::clone(&hub), Arc::clone(&metrics));
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(deliver));
+        let shared = Arc::new(Shared::new(config, hub, bus, metrics));
+        Ok(Self { shared, listener })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serves until `shutdown` resolves, then: readiness 503, stop accepting,
+    /// close every client with 1001, wait for them up to `SHUTDOWN_TIMEOUT`.
+    /// Returns whether everything finished in time.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<bool> {
+        let Self { shared, listener } = self;
+        let app = router(Arc::clone(&shared));
+        shared.set_ready(true);
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, instance = %shared.instance_id, "venta-gateway listening (HTTP + WebSocket)");
+        }
+        let token = shared.shutdown.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutdown: not ready, closing clients with 1001");
+            token.cancel();
+        };
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(signal)
+            .await?;
+        // axum stops at the upgrade: WebSocket sessions are tracked apart.
+        shared.tracker.close();
+        let timeout = shared.config.shutdown_timeout();
+        let clean = tokio::time::timeout(timeout, shared.tracker.wait()).await.is_ok();
+        if clean {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!(?timeout, left = shared.tracker.len(), "shutdown timed out with connections still open");
+        }
+        Ok(clean)
+    }
+}
+
+/// Every HTTP route of the gateway.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let publish = Router::new()
+        .route("/api/v1/publish/location", post(ingest::http::location))
+        .route("/api/v1/publish/vendor", post(ingest::http::vendor))
+        .layer(DefaultBodyLimit::max(ingest::http::MAX_BODY));
+    Router::new()
+        .route("/ws/location", get(transport::ws::location))
+        .route("/ws/vendor", get(transport::ws::vendor))
+        .route("/ws/status", get(http::status))
+        .route("/health", get(http::health))
+        .route("/health/live", get(http::live))
+        .route("/health/ready", get(http::ready))
+        .route("/metrics", get(http::metrics))
+        .merge(publish)
+        .with_state(shared)
+}

@@ -1,0 +1,302 @@
+//! One client's state machine, written once and driven by every transport.
+//!
+//! The transport feeds it frames and timer ticks; the session answers by
+//! pushing frames into the connection's [`Outbox`] and, when the connection
+//! must end, by returning a [`Close`]. It knows nothing of sockets.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::hub::{ConnId, Frame, Outbox, OutboxLimits, Push};
+use crate::protocol::{Close, Codec, Command, ErrorCode, Rejection, Request, ServerMessage, Topic, encode};
+use crate::ratelimit::{Decision, Gcra};
+use crate::state::Shared;
+
+/// The path a client connected on; it names its main interest only, both
+/// accept every message type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/ws/location`, `/wt/location`.
+    Location,
+    /// `/ws/vendor`, `/wt/vendor`.
+    Vendor,
+}
+
+impl Endpoint {
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Location => "location",
+            Self::Vendor => "vendor",
+        }
+    }
+}
+
+/// How the client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket, JSON text frames.
+    WebSocket,
+}
+
+impl Transport {
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+        }
+    }
+
+    fn codec(self) -> Codec {
+        match self {
+            Self::WebSocket => Codec::Json,
+        }
+    }
+}
+
+/// One inbound transport event the session must judge.
+#[derive(Debug)]
+pub enum Inbound<'a> {
+    /// A text frame (JSON).
+    Text(&'a [u8]),
+    /// A binary WebSocket frame: not part of the JSON protocol.
+    Binary,
+    /// Transport-level liveness (a WebSocket Ping or Pong frame).
+    Heartbeat,
+}
+
+/// Denied messages in a row (over the budget) before the client is closed
+/// as abusive, in units of the per-minute limit.
+const ABUSE_FACTOR: u32 = 2;
+
+/// One connected client.
+pub struct Session {
+    id: ConnId,
+    shared: Arc<Shared>,
+    transport: Transport,
+    endpoint: Endpoint,
+    remote: SocketAddr,
+    outbox: Arc<Outbox>,
+    subscriptions: HashSet<Topic>,
+    limiter: Gcra,
+    denied_in_a_row: u32,
+    last_seen: Instant,
+    next_ping: Instant,
+    interval: Duration,
+}
+
+impl Session {
+    /// Opens a session; returns it with the outbox its writer drains.
+    pub fn open(shared: Arc<Shared>, transport: Transport, endpoint: Endpoint, remote: SocketAddr) -> Self {
+        let limits =
+            OutboxLimits { max_messages: shared.config.max_queue_messages, max_bytes: shared.config.max_queue_bytes };
+        let outbox = Arc::new(Outbox::new(transport.codec(), limits));
+        let interval = shared.config.heartbeat_interval();
+        let now = Instant::now();
+        let id = shared.next_conn_id();
+        let labels = [transport.as_str(), endpoint.as_str()];
+        shared.metrics.connections.with_label_values(&labels).inc();
+        shared.metrics.connections_total.with_label_values(&labels).inc();
+        tracing::debug!(conn = id, %remote, transport = transport.as_str(), endpoint = endpoint.as_str(), "connected");
+        Self {
+            id,
+            limiter: Gcra::per_minute(shared.config.rate_limit),
+            shared,
+            transport,
+            endpoint,
+            remote,
+            outbox,
+            subscriptions: HashSet::new(),
+            denied_in_a_row: 0,
+            last_seen: now,
+            next_ping: now + interval,
+            interval,
+        }
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The queue the transport's writer drains.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Topics this session is subscribed to.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Handles one inbound event; `Some(close)` ends the connection.
+    pub async fn on_inbound(&mut self, inbound: Inbound<'_>) -> Option<Close> {
+        self.last_seen = Instant::now();
+        match inbound {
+            Inbound::Heartbeat => None,
+            Inbound::Binary => {
+                self.count_in("binary");
+                self.reject(&Rejection::new(ErrorCode::InvalidJson, "binary frames are not supported; send JSON text"))
+            }
+            Inbound::Text(bytes) => match crate::protocol::decode_json(bytes) {
+                Ok(req) => {
+                    self.count_in(req.command.type_name());
+                    self.on_request(req).await
+                }
+                Err(rej) => {
+                    self.count_in(rej.request_type.as_deref().unwrap_or("invalid"));
+                    if let Some(close) = self.spend_budget(rej.request_type.as_deref(), rej.id.as_deref()) {
+                        return close;
+                    }
+                    self.reject(&rej)
+                }
+            },
+        }
+    }
+
+    /// When [`Session::on_timer`] must next run.
+    pub fn next_deadline(&self) -> Instant {
+        self.next_ping.min(self.last_seen + 2 * self.interval)
+    }
+
+    /// Sends the heartbeat `ping` when due; closes a client silent for two
+    /// intervals with 4000.
+    pub fn on_timer(&mut self, now: Instant) -> Option<Close> {
+        if now >= self.last_seen + 2 * self.interval {
+            tracing::debug!(conn = self.id, "heartbeat timeout");
+            return Some(Close::new(Close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.interval;
+            return self.send(&ServerMessage::Ping);
+        }
+        None
+    }
+
+    /// Releases every subscription; call once when the connection ends.
+    pub fn finish(mut self) {
+        for topic in std::mem::take(&mut self.subscriptions) {
+            self.shared.hub.unsubscribe(&topic, self.id);
+            self.shared.bus.unwatch(&topic);
+        }
+        self.update_gauges();
+        let labels = [self.transport.as_str(), self.endpoint.as_str()];
+        self.shared.metrics.connections.with_label_values(&labels).dec();
+        tracing::debug!(conn = self.id, remote = %self.remote, "disconnected");
+    }
+
+    async fn on_request(&mut self, req: Request) -> Option<Close> {
+        let id = req.id.as_deref();
+        if !matches!(req.command, Command::Pong)
+            && let Some(close) = self.spend_budget(Some(req.command.type_name()), id)
+        {
+            return close;
+        }
+        match &req.command {
+            Command::Pong => None,
+            Command::Ping => self.send(&ServerMessage::Pong { id }),
+            Command::Subscribe { channel, vendor, user: _, delivery: _ } => {
+                let topic = Topic::new(*channel, vendor.clone());
+                if !self.subscriptions.contains(&topic) {
+                    if self.subscriptions.len() >= self.shared.config.max_subscriptions {
+                        let msg =
+                            format!("at most {} subscriptions per connection", self.shared.config.max_subscriptions);
+                        return self.reject(&Rejection {
+                            code: ErrorCode::TooManySubscriptions,
+                            message: msg,
+                            request_type: Some(req.command.type_name().into()),
+                            id: req.id.clone(),
+                        });
+                    }
+                    // Hub first, then the bus: an update that arrives while
+                    // the bus interest settles is already routed to us.
+                    self.shared.hub.subscribe(&topic, self.id, &self.outbox);
+                    if let Err(e) = self.shared.bus.watch(&topic).await {
+                        self.shared.hub.unsubscribe(&topic, self.id);
+                        self.shared.bus.unwatch(&topic);
+                        return self.reject(&Rejection {
+                            code: ErrorCode::Unavailable,
+                            message: e.to_string(),
+                            request_type: Some(req.command.type_name().into()),
+                            id: req.id.clone(),
+                        });
+                    }
+                    self.subscriptions.insert(topic);
+                    self.update_gauges();
+                }
+                self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id })
+            }
+            Command::Unsubscribe { channel, vendor } => {
+                let topic = Topic::new(*channel, vendor.clone());
+                if self.subscriptions.remove(&topic) {
+                    self.shared.hub.unsubscribe(&topic, self.id);
+                    self.shared.bus.unwatch(&topic);
+                    self.update_gauges();
+                }
+                self.send(&ServerMessage::Unsubscribed { channel: *channel, vendor, id })
+            }
+        }
+    }
+
+    /// Charges one message to the rate budget. `Some(..)` means it was
+    /// refused: `Some(None)` after an error reply, `Some(Some(close))` when
+    /// the client is far over the limit and must go.
+    #[allow(clippy::option_option)]
+    fn spend_budget(&mut self, request_type: Option<&str>, id: Option<&str>) -> Option<Option<Close>> {
+        match self.limiter.check(Instant::now()) {
+            Decision::Allow => {
+                self.denied_in_a_row = 0;
+                None
+            }
+            Decision::Deny { retry_after } => {
+                self.denied_in_a_row += 1;
+                if self.denied_in_a_row > self.shared.config.rate_limit.saturating_mul(ABUSE_FACTOR) {
+                    return Some(Some(Close::new(Close::POLICY, "rate limit abuse")));
+                }
+                let retry_ms = u64::try_from(retry_after.as_millis()).unwrap_or(60_000).clamp(1, 60_000);
+                self.shared.metrics.errors.with_label_values(&[ErrorCode::RateLimited.as_str()]).inc();
+                Some(self.send(&ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    message: "too many messages; slow down",
+                    request_type,
+                    retry_after_ms: Some(retry_ms),
+                    id,
+                }))
+            }
+        }
+    }
+
+    fn reject(&self, rej: &Rejection) -> Option<Close> {
+        self.shared.metrics.errors.with_label_values(&[rej.code.as_str()]).inc();
+        self.send(&ServerMessage::Error {
+            code: rej.code,
+            message: &rej.message,
+            request_type: rej.request_type.as_deref(),
+            retry_after_ms: None,
+            id: rej.id.as_deref(),
+        })
+    }
+
+    fn send(&self, msg: &ServerMessage<'_>) -> Option<Close> {
+        let frame = Frame::control(encode(msg, self.outbox.codec()), msg.type_name());
+        match self.outbox.push(frame) {
+            Push::Queued | Push::Conflated | Push::Closed => None,
+            Push::Overflow => {
+                self.shared.metrics.slow_consumers_closed.inc();
+                None // The writer sends the pending 1013 close.
+            }
+        }
+    }
+
+    fn count_in(&self, ty: &str) {
+        self.shared.metrics.message_in(self.transport.as_str(), ty);
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.shared.metrics;
+        m.subscriptions.set(self.shared.hub.subscription_count() as i64);
+        m.topics.set(self.shared.hub.topic_count() as i64);
+    }
+}

@@ -1,0 +1,100 @@
+//! What every part of a running gateway shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::hub::{ConnId, Hub};
+use crate::metrics::Metrics;
+
+/// Shared state of one gateway instance.
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    /// This instance's id.
+    pub instance_id: String,
+    /// Subscriptions and fan-out.
+    pub hub: Arc<Hub>,
+    /// Updates between publishers and instances.
+    pub bus: Arc<dyn Bus>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when shutdown begins; every connection watches it.
+    pub shutdown: CancellationToken,
+    /// Client connection tasks, awaited on shutdown.
+    pub tracker: TaskTracker,
+    started: Instant,
+    ready: AtomicBool,
+    next_conn: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Shared {
+    /// Assembles the shared state.
+    pub fn new(config: Config, hub: Arc<Hub>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Self {
+        let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        Self {
+            config,
+            instance_id,
+            hub,
+            bus,
+            metrics,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    /// Seconds since start.
+    pub fn uptime_secs(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Whether the instance takes traffic (`/health/ready`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
+    }
+
+    /// Marks the instance ready (after its listeners are up).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a connection slot if fewer than `WS_MAX_CONNECTIONS` are open.
+    pub fn try_admit(self: &Arc<Self>) -> Option<Admission> {
+        let max = self.config.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Admission { shared: Arc::clone(self) })
+    }
+
+    /// Open client connections.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// A held connection slot; released on drop.
+pub struct Admission {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,4 @@
+//! Transports: sockets in, frames out. No business rules live here; every
+//! decision is the [`crate::session::Session`]'s.
+
+pub mod ws;
