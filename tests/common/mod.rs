@@ -1,0 +1,278 @@
+//! Shared helpers for the integration tests: an in-process gateway on an
+//! ephemeral port, a WebSocket client that checks every frame it receives
+//! against `schemas/server/any.json`, and a child-process gateway.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use venta_gateway::state::Shared;
+use venta_gateway::{Config, Gateway};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn schema(rel: &str) -> jsonschema::Validator {
+    let path = root().join("schemas").join(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&value)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Panics with the schema's complaint if `value` does not match `rel`.
+pub fn assert_schema(rel: &str, value: &Value) {
+    static CACHE: OnceLock<parking_lot::Mutex<std::collections::HashMap<String, Arc<jsonschema::Validator>>>> =
+        OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let v = cache.lock().entry(rel.to_owned()).or_insert_with(|| Arc::new(schema(rel))).clone();
+    if let Err(e) = v.validate(value) {
+        panic!("{value} does not match schemas/{rel}: {e}");
+    }
+}
+
+/// A gateway running in this test process.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<bool>>>,
+}
+
+pub fn test_config() -> Config {
+    let mut c = Config::defaults();
+    c.bind_addr = "127.0.0.1".parse().unwrap();
+    c.port = 0;
+    c.shutdown_timeout_secs = 5;
+    c
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let gw = Gateway::bind(config).await.expect("bind");
+        let addr = gw.local_addr().expect("addr");
+        let shared = Arc::clone(gw.shared());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gw.run(async move {
+            let _ = rx.await;
+        }));
+        Self { addr, shared, stop: Some(tx), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Triggers graceful shutdown; returns whether it finished in time.
+    pub async fn shutdown(mut self) -> bool {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("task");
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("shutdown timed out")
+            .expect("join")
+            .expect("io")
+    }
+
+    pub async fn publish_location(&self, vendor: &str, lat: f64, long: f64) -> Value {
+        let body = json!({"vendorId": vendor, "location": {"lat": lat, "long": long}});
+        publish(&self.http("/api/v1/publish/location"), &body).await
+    }
+
+    pub async fn publish_vendor(&self, vendor: &str, data: Value) -> Value {
+        let body = json!({"vendorId": vendor, "vendor": data});
+        publish(&self.http("/api/v1/publish/vendor"), &body).await
+    }
+}
+
+pub async fn publish(url: &str, body: &Value) -> Value {
+    let resp = reqwest::Client::new().post(url).json(body).send().await.expect("publish request");
+    assert_eq!(resp.status(), 202, "publish {body} answered {}", resp.status());
+    let v: Value = resp.json().await.expect("publish json");
+    assert_schema("http/publish_response.json", &v);
+    v
+}
+
+/// What a client saw next.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    Json(Value),
+    Closed(Option<u16>, String),
+}
+
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Whether to answer server pings with pong and hide them.
+    pub auto_pong: bool,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Self { ws, auto_pong: true }
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// Next JSON message or close; every JSON message is checked against the
+    /// server schema.
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("no message within timeout");
+            match msg {
+                None => return Event::Closed(None, String::new()),
+                Some(Err(e)) => return Event::Closed(None, e.to_string()),
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap_or_else(|e| panic!("server sent non-JSON {t}: {e}"));
+                    assert_schema("server/any.json", &v);
+                    if self.auto_pong && v["type"] == "ping" {
+                        self.send_json(json!({"type": "pong"})).await;
+                        continue;
+                    }
+                    return Event::Json(v);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Event::Closed(
+                        frame.as_ref().map(|f| u16::from(f.code)),
+                        frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    );
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event().await {
+            Event::Json(v) => v,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Waits for the close frame, skipping messages; returns (code, reason).
+    pub async fn closed(&mut self) -> (Option<u16>, String) {
+        loop {
+            if let Event::Closed(code, reason) = self.next_event().await {
+                return (code, reason);
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str, vendor: &str) {
+        let id = format!("s-{channel}-{vendor}");
+        self.send_json(
+            json!({"type": format!("subscribe_{channel}"), "data": {"vendorId": vendor, "userId": "u1"}, "id": id}),
+        )
+        .await;
+        let ack = self.recv().await;
+        assert_eq!(ack, json!({"type": "subscribed", "data": {"channel": channel, "vendorId": vendor}, "id": id}));
+    }
+}
+
+/// A port that was free a moment ago (for child-process gateways).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A gateway binary run as a child process.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl GatewayProcess {
+    pub async fn spawn(port: u16, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_venta-gateway"));
+        cmd.env("WEBSOCKET_GATEWAY_PORT", port.to_string())
+            .env("BIND_ADDR", "127.0.0.1")
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn gateway binary");
+        let p = Self { child, port };
+        p.wait_live().await;
+        p
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+
+    async fn wait_live(&self) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(self.http("/health/ready")).await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway on port {} did not become ready", self.port);
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().expect("kill");
+        assert!(st.success());
+    }
+
+    /// Waits for exit and returns the exit code.
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st.code();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "gateway did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
