@@ -31,6 +31,22 @@ fn positive(s: &str) -> Result<usize, String> {
     Ok(v)
 }
 
+fn nonzero_u64(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v == 0 {
+        return Err("must be greater than 0".into());
+    }
+    Ok(v)
+}
+
+/// Dot-separated tokens of the identifier alphabet: no wildcards.
+fn subject_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.split('.')
+            .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    if ok { Ok(s.to_owned()) } else { Err("must be dot-separated tokens of [A-Za-z0-9_-]".into()) }
+}
+
 fn nonzero_u32(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if v == 0 {
@@ -91,6 +107,34 @@ pub struct Config {
     #[arg(long = "ingest-token", env = "INGEST_TOKEN", value_name = "INGEST_TOKEN", hide_env_values = true)]
     pub ingest_token: Option<String>,
 
+    /// NATS server(s), e.g. `nats://127.0.0.1:4222`; unset: in-process bus.
+    #[arg(long = "nats-url", env = "NATS_URL", value_name = "NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// Subject prefix: updates travel on `<prefix>.location.<vendorId>` and
+    /// `<prefix>.vendor.<vendorId>`.
+    #[arg(long = "nats-subject-prefix", env = "NATS_SUBJECT_PREFIX", value_name = "NATS_SUBJECT_PREFIX", default_value = "venta", value_parser = subject_prefix)]
+    pub nats_subject_prefix: String,
+
+    /// Milliseconds an instance keeps a NATS subscription after its last
+    /// client left, so flapping clients do not churn NATS.
+    #[arg(
+        long = "nats-interest-linger",
+        env = "NATS_INTEREST_LINGER_MS",
+        value_name = "NATS_INTEREST_LINGER_MS",
+        default_value = "2000"
+    )]
+    pub nats_interest_linger_ms: u64,
+
+    /// Keep the last update per vendor in a JetStream stream (nats-server
+    /// 2.10+), so new subscribers get it across instances and restarts.
+    #[arg(long = "nats-jetstream", env = "NATS_JETSTREAM", value_name = "NATS_JETSTREAM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub nats_jetstream: bool,
+
+    /// Seconds JetStream keeps a vendor's last update.
+    #[arg(long = "last-value-max-age", env = "NATS_LAST_VALUE_MAX_AGE", value_name = "NATS_LAST_VALUE_MAX_AGE", default_value = "86400", value_parser = nonzero_u64)]
+    pub last_value_max_age_secs: u64,
+
     /// Seconds to wait for clients to close and queues to flush on shutdown.
     #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", value_name = "SHUTDOWN_TIMEOUT", default_value = "10")]
     pub shutdown_timeout_secs: u64,
@@ -132,6 +176,11 @@ impl Config {
             max_queue_bytes: 1 << 20,
             max_queue_messages: 1024,
             ingest_token: None,
+            nats_url: None,
+            nats_subject_prefix: "venta".into(),
+            nats_interest_linger_ms: 2000,
+            nats_jetstream: true,
+            last_value_max_age_secs: 86_400,
             shutdown_timeout_secs: 10,
             instance_id: None,
             log_level: "info".into(),

@@ -24,18 +24,21 @@ fn check(status: &DependencyStatus) -> Value {
 /// required dependency (the bus) is down.
 pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let nats = shared.bus.health();
+    let extra = shared.bus.extra_checks();
+    let degraded = extra.iter().any(|(_, s)| matches!(s, DependencyStatus::Down(_)));
     let (status, code) = match nats {
         DependencyStatus::Down(_) => ("down", StatusCode::SERVICE_UNAVAILABLE),
+        _ if degraded => ("degraded", StatusCode::OK),
         _ => ("ok", StatusCode::OK),
     };
-    let body = json!({
-        "status": status,
-        "checks": {
-            "nats": check(&nats),
-            "redis": check(&DependencyStatus::Disabled),
-            "database": check(&DependencyStatus::Disabled),
-        },
-    });
+    let mut checks = serde_json::Map::new();
+    checks.insert("nats".into(), check(&nats));
+    checks.insert("redis".into(), check(&DependencyStatus::Disabled));
+    checks.insert("database".into(), check(&DependencyStatus::Disabled));
+    for (name, s) in &extra {
+        checks.insert((*name).into(), check(s));
+    }
+    let body = json!({"status": status, "checks": checks});
     (code, Json(body)).into_response()
 }
 

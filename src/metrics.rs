@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::protocol::ErrorCode;
@@ -39,6 +40,14 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     /// Current topics with at least one subscriber.
     pub topics: IntGauge,
+    /// 1 while the bus (NATS) is connected.
+    pub bus_connected: IntGauge,
+    /// Times the bus connection was lost.
+    pub bus_disconnects: IntCounter,
+    /// Seconds without a bus connection (the gap clients did not see live).
+    pub bus_outage_seconds: Counter,
+    /// Times NATS dropped messages for a subscription we read too slowly.
+    pub bus_slow_consumer: IntCounter,
     in_total: AtomicU64,
     out_total: AtomicU64,
 }
@@ -93,6 +102,16 @@ impl Metrics {
             IntCounter::new("venta_slow_consumers_closed_total", "Clients closed with 1013 for not keeping up")?;
         let subscriptions = IntGauge::new("venta_subscriptions", "Current subscriptions")?;
         let topics = IntGauge::new("venta_topics", "Topics with at least one subscriber")?;
+        let bus_connected = IntGauge::new("venta_bus_connected", "1 while the NATS bus is connected")?;
+        let bus_disconnects = IntCounter::new("venta_bus_disconnects_total", "NATS connection losses")?;
+        let bus_outage_seconds =
+            Counter::new("venta_bus_outage_seconds_total", "Seconds spent without a NATS connection")?;
+        let bus_slow_consumer =
+            IntCounter::new("venta_bus_slow_consumer_total", "NATS slow-consumer events (messages dropped by NATS)")?;
+        reg(Box::new(bus_connected.clone()))?;
+        reg(Box::new(bus_disconnects.clone()))?;
+        reg(Box::new(bus_outage_seconds.clone()))?;
+        reg(Box::new(bus_slow_consumer.clone()))?;
         reg(Box::new(connections.clone()))?;
         reg(Box::new(connections_total.clone()))?;
         reg(Box::new(connections_rejected.clone()))?;
@@ -125,6 +144,10 @@ impl Metrics {
             slow_consumers_closed,
             subscriptions,
             topics,
+            bus_connected,
+            bus_disconnects,
+            bus_outage_seconds,
+            bus_slow_consumer,
             in_total: AtomicU64::new(0),
             out_total: AtomicU64::new(0),
         })

@@ -9,7 +9,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
+use std::time::Duration;
+
 use crate::bus::local::LocalBus;
+use crate::bus::nats::{ConnectError, NatsBus, NatsOptions};
 use crate::bus::{Bus, Deliver};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -28,6 +31,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The NATS client could not be set up.
+    #[error(transparent)]
+    Nats(#[from] ConnectError),
     /// Metrics registration failed.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
@@ -47,7 +53,22 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new()?);
         let hub = Arc::new(Hub::new());
         let deliver = Deliver::new(Arc::clone(&hub), Arc::clone(&metrics));
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(deliver));
+        let bus: Arc<dyn Bus> = match &config.nats_url {
+            Some(url) => {
+                let opts = NatsOptions {
+                    url: url.clone(),
+                    prefix: config.nats_subject_prefix.clone(),
+                    linger: Duration::from_millis(config.nats_interest_linger_ms),
+                    jetstream: config.nats_jetstream,
+                    last_value_max_age: Duration::from_secs(config.last_value_max_age_secs),
+                };
+                Arc::new(NatsBus::connect(opts, deliver, Arc::clone(&metrics)).await?)
+            }
+            None => {
+                tracing::info!("no NATS_URL: in-process bus (this instance alone)");
+                Arc::new(LocalBus::new(deliver))
+            }
+        };
         let shared = Arc::new(Shared::new(config, hub, bus, metrics));
         Ok(Self { shared, listener })
     }
@@ -85,6 +106,7 @@ impl Gateway {
         shared.tracker.close();
         let timeout = shared.config.shutdown_timeout();
         let clean = tokio::time::timeout(timeout, shared.tracker.wait()).await.is_ok();
+        let _ = tokio::time::timeout(Duration::from_secs(2), shared.bus.drain()).await;
         if clean {
             tracing::info!("shutdown complete");
         } else {

@@ -212,10 +212,12 @@ impl Session {
                     }
                     // Hub first, then the bus: an update that arrives while
                     // the bus interest settles is already routed to us.
+                    self.outbox.arm_snapshot(&topic);
                     self.shared.hub.subscribe(&topic, self.id, &self.outbox);
                     if let Err(e) = self.shared.bus.watch(&topic).await {
                         self.shared.hub.unsubscribe(&topic, self.id);
                         self.shared.bus.unwatch(&topic);
+                        self.outbox.push_snapshot(&topic, None);
                         return self.reject(&Rejection {
                             code: ErrorCode::Unavailable,
                             message: e.to_string(),
@@ -223,8 +225,23 @@ impl Session {
                             id: req.id.clone(),
                         });
                     }
-                    self.subscriptions.insert(topic);
+                    self.subscriptions.insert(topic.clone());
                     self.update_gauges();
+                    let close = self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id });
+                    // The last known value comes right after the ack, unless
+                    // a live update got there first.
+                    let last = self.shared.bus.last_value(&topic).await;
+                    let frame = last.as_ref().map(|u| {
+                        let msg = ServerMessage::Snapshot(u);
+                        Frame {
+                            bytes: encode(&msg, self.outbox.codec()),
+                            ty: msg.type_name(),
+                            topic: Some(topic.clone()),
+                            published_at: None,
+                        }
+                    });
+                    self.outbox.push_snapshot(&topic, frame);
+                    return close;
                 }
                 self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id })
             }

@@ -12,18 +12,19 @@ use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 #[tokio::test]
 async fn every_message_type_on_both_endpoints() {
     let gw = TestGateway::start().await;
-    for path in ["/ws/location", "/ws/vendor"] {
+    for (path, v) in [("/ws/location", "v1"), ("/ws/vendor", "v2")] {
         let mut c = WsClient::connect(&gw.url(path)).await;
-        c.subscribe("location", "v1").await;
-        c.subscribe("vendor", "v1").await;
+        c.subscribe("location", v).await;
+        c.subscribe("vendor", v).await;
 
-        gw.publish_location("v1", 12.5, -45.25).await;
+        gw.publish_location(v, 12.5, -45.25).await;
         let u = c.recv().await;
         assert_eq!(u["type"], "location_updated");
-        assert_eq!(u["data"]["vendorId"], "v1");
+        assert_eq!(u["data"]["vendorId"], v);
         assert_eq!(u["data"]["location"], json!({"lat": 12.5, "long": -45.25}));
+        assert_eq!(u["data"].get("snapshot"), None, "a fresh update is not a snapshot");
 
-        gw.publish_vendor("v1", json!({"name": "Tacos", "description": "al pastor", "open": true})).await;
+        gw.publish_vendor(v, json!({"name": "Tacos", "description": "al pastor", "open": true})).await;
         let u = c.recv().await;
         assert_eq!(u["type"], "vendor_updated");
         assert_eq!(u["data"]["vendor"], json!({"name": "Tacos", "description": "al pastor", "open": true}));
@@ -34,11 +35,11 @@ async fn every_message_type_on_both_endpoints() {
         c.send_json(json!({"type": "pong"})).await;
 
         for channel in ["location", "vendor"] {
-            c.send_json(json!({"type": format!("unsubscribe_{channel}"), "data": {"vendorId": "v1"}, "id": channel}))
+            c.send_json(json!({"type": format!("unsubscribe_{channel}"), "data": {"vendorId": v}, "id": channel}))
                 .await;
             assert_eq!(
                 c.recv().await,
-                json!({"type": "unsubscribed", "data": {"channel": channel, "vendorId": "v1"}, "id": channel})
+                json!({"type": "unsubscribed", "data": {"channel": channel, "vendorId": v}, "id": channel})
             );
         }
         // Unsubscribing what is not subscribed still answers, without id too.
@@ -304,4 +305,28 @@ async fn graceful_shutdown_closes_clients_with_1001() {
         assert_eq!(c.closed().await, (Some(1001), "server shutting down".to_owned()));
     }
     assert!(shutdown.await.unwrap(), "shutdown finished within SHUTDOWN_TIMEOUT");
+}
+
+#[tokio::test]
+async fn new_subscribers_first_get_the_last_known_value_as_snapshot() {
+    let gw = TestGateway::start().await;
+    gw.publish_location("lv", 1.5, 2.5).await;
+    gw.publish_location("lv", 3.5, 4.5).await;
+    gw.publish_vendor("lv", json!({"name": "Churros", "rating": 5})).await;
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    c.subscribe("location", "lv").await;
+    let snap = c.recv().await;
+    assert_eq!(snap["type"], "location_updated");
+    assert_eq!(snap["data"]["snapshot"], true);
+    assert_eq!(snap["data"]["location"], json!({"lat": 3.5, "long": 4.5}), "the newest one");
+    c.subscribe("vendor", "lv").await;
+    let snap = c.recv().await;
+    assert_eq!(snap["data"]["vendor"], json!({"name": "Churros", "rating": 5}));
+    assert_eq!(snap["data"]["snapshot"], true);
+    // A vendor nobody published for: the ack and nothing else.
+    c.subscribe("location", "fresh").await;
+    gw.publish_location("fresh", 0.5, 0.5).await;
+    let live = c.recv().await;
+    assert_eq!((live["data"]["vendorId"].as_str(), live["data"].get("snapshot")), (Some("fresh"), None));
+    gw.shutdown().await;
 }

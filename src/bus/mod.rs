@@ -5,6 +5,7 @@
 //! the bus receives is handed to [`deliver`], which fans it out via the hub.
 
 pub mod local;
+pub mod nats;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,8 +48,22 @@ pub trait Bus: Send + Sync + 'static {
     /// Drops one unit of interest in a topic.
     fn unwatch(&self, topic: &Topic);
 
+    /// The last update published on a topic, if known: sent to a new
+    /// subscriber first, marked as a snapshot.
+    fn last_value(&self, topic: &Topic) -> BoxFuture<'_, Option<Update>>;
+
     /// Health of the bus's engine.
     fn health(&self) -> DependencyStatus;
+
+    /// Further named checks for `/health` (e.g. `jetstream`).
+    fn extra_checks(&self) -> Vec<(&'static str, DependencyStatus)> {
+        Vec::new()
+    }
+
+    /// Flushes what is buffered and stops; called once on shutdown.
+    fn drain(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Where updates from any bus end: fan-out to this instance's subscribers.

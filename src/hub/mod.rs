@@ -70,10 +70,6 @@ impl Hub {
     /// Delivers an update to every subscriber of its topic.
     pub fn publish(&self, update: &Update, published_at: Instant) -> Fanout {
         let topic = update.topic();
-        let conflate_key = match update {
-            Update::Location(u) => Some(u.vendor_id.clone()),
-            Update::Vendor(_) => None,
-        };
         let msg = ServerMessage::Update(update);
         let mut fanout = Fanout::default();
         let topics = self.topics.read();
@@ -83,12 +79,8 @@ impl Hub {
             let bytes = match outbox.codec() {
                 Codec::Json => json.get_or_insert_with(|| encode(&msg, Codec::Json)).clone(),
             };
-            let frame = Frame {
-                bytes,
-                ty: msg.type_name(),
-                conflate_key: conflate_key.clone(),
-                published_at: Some(published_at),
-            };
+            let frame =
+                Frame { bytes, ty: msg.type_name(), topic: Some(topic.clone()), published_at: Some(published_at) };
             match outbox.push(frame) {
                 Push::Queued => fanout.queued += 1,
                 Push::Conflated => fanout.conflated += 1,

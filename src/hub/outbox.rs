@@ -7,7 +7,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::protocol::{Close, Codec, VendorId};
+use crate::protocol::{Channel, Close, Codec, Topic};
 
 /// One encoded message waiting to be written.
 #[derive(Debug, Clone)]
@@ -16,9 +16,10 @@ pub struct Frame {
     pub bytes: Bytes,
     /// The message's `type`, for metrics.
     pub ty: &'static str,
-    /// `Some(vendor)` for a location update, which a newer one for the same
-    /// vendor may replace while it waits; `None` must be delivered.
-    pub conflate_key: Option<VendorId>,
+    /// The update's topic; `None` for acks, errors and heartbeats. A queued
+    /// location update may be replaced by a newer one of the same topic;
+    /// everything else must be delivered.
+    pub topic: Option<Topic>,
     /// When the update entered the gateway, for the publish→write histogram.
     pub published_at: Option<Instant>,
 }
@@ -26,7 +27,11 @@ pub struct Frame {
 impl Frame {
     /// A frame that is never dropped or conflated (acks, errors, heartbeats).
     pub fn control(bytes: Bytes, ty: &'static str) -> Self {
-        Self { bytes, ty, conflate_key: None, published_at: None }
+        Self { bytes, ty, topic: None, published_at: None }
+    }
+
+    fn conflatable(&self) -> bool {
+        self.topic.as_ref().is_some_and(|t| t.channel == Channel::Location)
     }
 }
 
@@ -60,6 +65,8 @@ struct State {
     strict_bytes: usize,
     close: Option<Close>,
     conflated: u64,
+    /// Topics awaiting a snapshot, and whether a live update arrived since.
+    armed: Vec<(Topic, bool)>,
 }
 
 /// A connection's outbound queue: the hub and the session push, the
@@ -92,20 +99,27 @@ impl Outbox {
             if st.close.is_some() {
                 return Push::Closed;
             }
+            if !st.armed.is_empty()
+                && let Some(topic) = &frame.topic
+            {
+                for (armed, live) in &mut st.armed {
+                    *live |= armed == topic;
+                }
+            }
             if st.queue.len() >= self.limits.max_messages
-                && let Some(key) = &frame.conflate_key
-                && let Some(old) = st.queue.iter_mut().rev().find(|f| f.conflate_key.as_ref() == Some(key))
+                && frame.conflatable()
+                && let Some(old) = st.queue.iter_mut().rev().find(|f| f.conflatable() && f.topic == frame.topic)
             {
                 *old = frame;
                 st.conflated += 1;
                 Push::Conflated
-            } else if frame.conflate_key.is_none() && st.strict_bytes + frame.bytes.len() > self.limits.max_bytes {
+            } else if !frame.conflatable() && st.strict_bytes + frame.bytes.len() > self.limits.max_bytes {
                 st.queue.clear();
                 st.strict_bytes = 0;
                 st.close = Some(Close::new(Close::TRY_AGAIN_LATER, "slow consumer: outbound queue full"));
                 Push::Overflow
             } else {
-                if frame.conflate_key.is_none() {
+                if !frame.conflatable() {
                     st.strict_bytes += frame.bytes.len();
                 }
                 st.queue.push_back(frame);
@@ -116,6 +130,27 @@ impl Outbox {
             self.notify.notify_one();
         }
         outcome
+    }
+
+    /// Starts watching `topic` for live updates, before its snapshot is
+    /// fetched: see [`Outbox::push_snapshot`].
+    pub fn arm_snapshot(&self, topic: &Topic) {
+        self.state.lock().armed.push((topic.clone(), false));
+    }
+
+    /// Queues a last-known-value frame unless a live update of the same
+    /// topic was pushed since [`Outbox::arm_snapshot`]: a snapshot must never
+    /// overtake fresher data. Returns whether it was queued.
+    pub fn push_snapshot(&self, topic: &Topic, frame: Option<Frame>) -> bool {
+        let live = {
+            let mut st = self.state.lock();
+            let pos = st.armed.iter().position(|(t, _)| t == topic);
+            pos.is_some_and(|i| st.armed.swap_remove(i).1)
+        };
+        match frame {
+            Some(frame) if !live => matches!(self.push(frame), Push::Queued | Push::Conflated),
+            _ => false,
+        }
     }
 
     /// Asks the writer to send what is queued, then close. The first close wins.
@@ -164,13 +199,27 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    use crate::protocol::VendorId;
+
+    fn topic(vendor: &str) -> Topic {
+        Topic::new(Channel::Location, VendorId::parse(vendor).unwrap_or_else(|_| unreachable!()))
+    }
+
     fn loc(vendor: &str, n: u8) -> Frame {
-        Frame {
-            bytes: Bytes::from(vec![n]),
-            ty: "location_updated",
-            conflate_key: VendorId::parse(vendor).ok(),
-            published_at: None,
-        }
+        Frame { bytes: Bytes::from(vec![n]), ty: "location_updated", topic: Some(topic(vendor)), published_at: None }
+    }
+
+    #[test]
+    fn snapshot_never_overtakes_a_live_update() {
+        let ob = Outbox::new(Codec::Json, OutboxLimits { max_messages: 8, max_bytes: 100 });
+        ob.arm_snapshot(&topic("a"));
+        assert!(ob.push_snapshot(&topic("a"), Some(loc("a", 1))), "no live update: snapshot queued");
+        ob.arm_snapshot(&topic("b"));
+        ob.push(loc("b", 2));
+        assert!(!ob.push_snapshot(&topic("b"), Some(loc("b", 1))), "live update first: snapshot dropped");
+        let mut out = Vec::new();
+        ob.take(&mut out);
+        assert_eq!(out.iter().map(|f| f.bytes[0]).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub enum Codec {
 pub enum ServerMessage<'a> {
     /// A location or vendor update.
     Update(&'a Update),
+    /// The last known update of a topic, sent once on subscribe: data as
+    /// in [`ServerMessage::Update`] plus `"snapshot": true`.
+    Snapshot(&'a Update),
     /// Subscription acknowledged: updates published from now on arrive.
     Subscribed {
         /// The subscription's channel.
@@ -61,8 +64,8 @@ impl ServerMessage<'_> {
     /// The message's `type`, also the metrics label.
     pub fn type_name(&self) -> &'static str {
         match self {
-            Self::Update(Update::Location(_)) => "location_updated",
-            Self::Update(Update::Vendor(_)) => "vendor_updated",
+            Self::Update(Update::Location(_)) | Self::Snapshot(Update::Location(_)) => "location_updated",
+            Self::Update(Update::Vendor(_)) | Self::Snapshot(Update::Vendor(_)) => "vendor_updated",
             Self::Subscribed { .. } => "subscribed",
             Self::Unsubscribed { .. } => "unsubscribed",
             Self::Error { .. } => "error",
@@ -80,6 +83,13 @@ struct Envelope<'a, D: Serialize> {
     data: Option<D>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Snapshot<'a, T: Serialize> {
+    #[serde(flatten)]
+    update: &'a T,
+    snapshot: bool,
 }
 
 #[derive(Serialize)]
@@ -114,6 +124,12 @@ pub fn encode(msg: &ServerMessage<'_>, codec: Codec) -> Bytes {
     match msg {
         ServerMessage::Update(Update::Location(u)) => to_bytes(codec, ty, Some(u), None),
         ServerMessage::Update(Update::Vendor(u)) => to_bytes(codec, ty, Some(u), None),
+        ServerMessage::Snapshot(Update::Location(u)) => {
+            to_bytes(codec, ty, Some(Snapshot { update: u, snapshot: true }), None)
+        }
+        ServerMessage::Snapshot(Update::Vendor(u)) => {
+            to_bytes(codec, ty, Some(Snapshot { update: u, snapshot: true }), None)
+        }
         ServerMessage::Subscribed { channel, vendor, id } | ServerMessage::Unsubscribed { channel, vendor, id } => {
             to_bytes(codec, ty, Some(Ack { channel: *channel, vendor_id: vendor }), *id)
         }
