@@ -28,8 +28,8 @@ use crate::protocol::{Topic, Update};
 /// How long a NATS round trip (subscribe confirmation, last-value lookup)
 /// may take before the request is answered `unavailable`.
 const ROUND_TRIP: Duration = Duration::from_secs(5);
-/// How often JetStream setup is retried while it fails.
-const JETSTREAM_RETRY: Duration = Duration::from_secs(10);
+/// Longest pause between JetStream setup attempts while it fails.
+const JETSTREAM_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Settings of the NATS bus.
 #[derive(Debug, Clone)]
@@ -149,6 +149,7 @@ fn on_event(event: &Event, metrics: &Metrics, outage_started: &Mutex<Option<Inst
 }
 
 async fn setup_jetstream(inner: std::sync::Weak<Inner>) {
+    let mut pause = Duration::from_millis(100);
     loop {
         let Some(me) = inner.upgrade() else { return };
         if me.client.connection_state() == State::Connected {
@@ -180,7 +181,8 @@ async fn setup_jetstream(inner: std::sync::Weak<Inner>) {
             *me.jetstream_error.lock() = Some("NATS not connected".into());
         }
         drop(me);
-        tokio::time::sleep(JETSTREAM_RETRY).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(JETSTREAM_RETRY_MAX);
     }
 }
 

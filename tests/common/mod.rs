@@ -3,6 +3,8 @@
 //! against `schemas/server/any.json`, and a child-process gateway.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

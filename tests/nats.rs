@@ -1,0 +1,235 @@
+//! NATS as the bus (DESIGN §1.4), against the machine's NATS and
+//! nats-servers of the tests' own. Each test uses its own subject prefix.
+
+mod common;
+
+use std::time::Duration;
+
+use common::nats::{MACHINE_NATS, OwnNats, Proxy, require_machine_nats, unique_prefix};
+use common::{TestGateway, WsClient, test_config};
+use serde_json::{Value, json};
+
+fn nats_config(url: &str, prefix: &str) -> venta_gateway::Config {
+    let mut c = test_config();
+    c.nats_url = Some(url.to_owned());
+    c.nats_subject_prefix = prefix.to_owned();
+    c.nats_interest_linger_ms = 100;
+    c
+}
+
+async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ready(gw: &TestGateway) -> bool {
+    reqwest::get(gw.http("/health/ready")).await.is_ok_and(|r| r.status() == 200)
+}
+
+async fn health(gw: &TestGateway) -> (u16, Value) {
+    let r = reqwest::get(gw.http("/health")).await.unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    common::assert_schema("http/health.json", &v);
+    (status, v)
+}
+
+#[tokio::test]
+async fn a_nats_publish_reaches_a_websocket_client() {
+    require_machine_nats();
+    let prefix = unique_prefix();
+    let gw = TestGateway::start_with(nats_config(MACHINE_NATS, &prefix)).await;
+    wait_until("gateway ready", async || ready(&gw).await).await;
+    let nats = async_nats::connect(MACHINE_NATS).await.unwrap();
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    c.subscribe("location", "v1").await;
+    c.subscribe("vendor", "v1").await;
+    let payload =
+        json!({"vendorId": "v1", "location": {"lat": 52.5, "long": 13.25}, "timestamp": "2026-11-30T10:00:00.5Z"});
+    nats.publish(format!("{prefix}.location.v1"), payload.to_string().into()).await.unwrap();
+    let u = c.recv().await;
+    assert_eq!(u["type"], "location_updated");
+    assert_eq!(u["data"]["location"], json!({"lat": 52.5, "long": 13.25}));
+    assert_eq!(u["data"]["timestamp"], "2026-11-30T10:00:00.5Z");
+    // A missing timestamp is stamped; extra vendor fields pass through.
+    let payload = json!({"vendorId": "v1", "vendor": {"name": "Kebab", "hours": {"mon": "9-17"}}});
+    nats.publish(format!("{prefix}.vendor.v1"), payload.to_string().into()).await.unwrap();
+    let u = c.recv().await;
+    assert_eq!(u["data"]["vendor"], json!({"name": "Kebab", "hours": {"mon": "9-17"}}));
+    assert!(u["data"]["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let (status, h) = health(&gw).await;
+    assert_eq!((status, h["checks"]["nats"]["status"].as_str()), (200, Some("ok")));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn three_instances_each_deliver_a_publish_exactly_once() {
+    require_machine_nats();
+    let prefix = unique_prefix();
+    let mut gateways = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let gw = TestGateway::start_with(nats_config(MACHINE_NATS, &prefix)).await;
+        wait_until("gateway ready", async || ready(&gw).await).await;
+        let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+        c.subscribe("location", "v1").await;
+        clients.push(c);
+        gateways.push(gw);
+    }
+    // An HTTP publish on one instance goes through NATS to all of them.
+    gateways[1].publish_location("v1", 7.5, 8.5).await;
+    for c in &mut clients {
+        let u = c.recv().await;
+        assert_eq!(u["data"]["location"], json!({"lat": 7.5, "long": 8.5}));
+        c.send_json(json!({"type": "ping", "id": "next"})).await;
+        assert_eq!(c.recv().await, json!({"type": "pong", "id": "next"}), "exactly once: no duplicate before the pong");
+    }
+    for gw in gateways {
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_nats_payloads_are_counted_and_dropped() {
+    require_machine_nats();
+    let prefix = unique_prefix();
+    let gw = TestGateway::start_with(nats_config(MACHINE_NATS, &prefix)).await;
+    wait_until("gateway ready", async || ready(&gw).await).await;
+    let nats = async_nats::connect(MACHINE_NATS).await.unwrap();
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    c.subscribe("location", "v1").await;
+    c.subscribe("vendor", "v1").await;
+    let subject = format!("{prefix}.location.v1");
+    let bad: Vec<String> = vec![
+        "{not json".into(),
+        "[]".into(),
+        json!({"vendorId": "v1"}).to_string(),
+        json!({"vendorId": "v1", "location": {"lat": 91, "long": 0}}).to_string(),
+        json!({"vendorId": "v1", "location": {"lat": 0, "long": -181}}).to_string(),
+        json!({"vendorId": "v2", "location": {"lat": 0, "long": 0}}).to_string(),
+        json!({"vendorId": "v1", "location": {"lat": 0, "long": 0}, "timestamp": "soon"}).to_string(),
+    ];
+    for b in &bad {
+        nats.publish(subject.clone(), b.clone().into()).await.unwrap();
+    }
+    nats.publish(format!("{prefix}.vendor.v1"), json!({"vendorId": "v1", "vendor": {}}).to_string().into())
+        .await
+        .unwrap();
+    let good = json!({"vendorId": "v1", "location": {"lat": 1.5, "long": 1.5}});
+    nats.publish(subject, good.to_string().into()).await.unwrap();
+    let u = c.recv().await;
+    assert_eq!(u["data"]["location"], json!({"lat": 1.5, "long": 1.5}), "only the valid update arrives");
+    let metrics = gw.shared.metrics.render();
+    assert!(metrics.contains("venta_updates_invalid_total{source=\"nats\"} 8"), "{metrics}");
+    c.send_json(json!({"type": "ping", "id": "alive"})).await;
+    assert_eq!(c.recv().await["id"], "alive");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_instance_holds_a_subject_only_while_it_has_a_subscriber() {
+    let own = OwnNats::start().await;
+    let prefix = unique_prefix();
+    let gw = TestGateway::start_with(nats_config(&own.url(), &prefix)).await;
+    wait_until("gateway ready", async || ready(&gw).await).await;
+    let subject = format!("{prefix}.location.v1");
+    assert!(!own.subjects().await.contains(&subject));
+    let mut a = WsClient::connect(&gw.url("/ws/location")).await;
+    let mut b = WsClient::connect(&gw.url("/ws/location")).await;
+    a.subscribe("location", "v1").await;
+    b.subscribe("location", "v1").await;
+    // The ack means the subscription is live on the server.
+    let subjects = own.subjects().await;
+    assert_eq!(subjects.iter().filter(|s| **s == subject).count(), 1, "one NATS subscription for two clients");
+    a.send_json(json!({"type": "unsubscribe_location", "data": {"vendorId": "v1"}})).await;
+    assert_eq!(a.recv().await["type"], "unsubscribed");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(own.subjects().await.contains(&subject), "still held while b is subscribed");
+    drop(b); // disconnect-time cleanup releases the interest
+    wait_until("subject released", async || !own.subjects().await.contains(&subject)).await;
+    // And taken again on demand.
+    a.subscribe("location", "v1").await;
+    assert!(own.subjects().await.contains(&subject));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn snapshot_on_subscribe_survives_a_gateway_restart() {
+    let own = OwnNats::start().await;
+    let prefix = unique_prefix();
+    let js_ok = async |gw: &TestGateway| health(gw).await.1["checks"]["jetstream"]["status"] == "ok";
+    let gw = TestGateway::start_with(nats_config(&own.url(), &prefix)).await;
+    wait_until("JetStream ready", async || js_ok(&gw).await).await;
+    gw.publish_location("v9", 10.5, 20.5).await;
+    gw.publish_location("v9", 11.5, 21.5).await;
+    gw.publish_vendor("v9", json!({"name": "Pho"})).await;
+    assert!(gw.shutdown().await);
+
+    let gw = TestGateway::start_with(nats_config(&own.url(), &prefix)).await;
+    wait_until("JetStream ready", async || js_ok(&gw).await).await;
+    let mut c = WsClient::connect(&gw.url("/ws/vendor")).await;
+    c.subscribe("location", "v9").await;
+    let snap = c.recv().await;
+    assert_eq!(snap["data"]["location"], json!({"lat": 11.5, "long": 21.5}));
+    assert_eq!(snap["data"]["snapshot"], true);
+    c.subscribe("vendor", "v9").await;
+    let snap = c.recv().await;
+    assert_eq!((snap["data"]["vendor"]["name"].as_str(), &snap["data"]["snapshot"]), (Some("Pho"), &json!(true)));
+    // Live updates after the snapshot are not snapshots.
+    gw.publish_location("v9", 12.5, 22.5).await;
+    let live = c.recv().await;
+    assert_eq!((live["data"]["location"]["lat"].as_f64(), live["data"].get("snapshot")), (Some(12.5), None));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn nats_outage_keeps_clients_and_recovers_without_them_reconnecting() {
+    let own = OwnNats::start().await;
+    let proxy = Proxy::start(format!("127.0.0.1:{}", own.port).parse().unwrap()).await;
+    let prefix = unique_prefix();
+    let gw = TestGateway::start_with(nats_config(&format!("nats://{}", proxy.addr), &prefix)).await;
+    wait_until("gateway ready", async || ready(&gw).await).await;
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    c.subscribe("location", "v1").await;
+    let direct = async_nats::connect(own.url()).await.unwrap();
+
+    proxy.cut();
+    wait_until("readiness 503", async || !ready(&gw).await).await;
+    let (status, h) = health(&gw).await;
+    assert_eq!(
+        (status, h["status"].as_str(), h["checks"]["nats"]["status"].as_str()),
+        (503, Some("down"), Some("down"))
+    );
+    let r = reqwest::Client::new()
+        .post(gw.http("/api/v1/publish/location"))
+        .json(&json!({"vendorId": "v1", "location": {"lat": 0, "long": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "publishes are refused cleanly while NATS is down");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    // The client is still connected and served.
+    c.send_json(json!({"type": "ping", "id": "during"})).await;
+    assert_eq!(c.recv().await["id"], "during");
+
+    proxy.restore();
+    wait_until("ready again", async || ready(&gw).await).await;
+    // The subscription was restored with no client action.
+    direct
+        .publish(
+            format!("{prefix}.location.v1"),
+            json!({"vendorId": "v1", "location": {"lat": 5.5, "long": 6.5}}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let u = c.recv().await;
+    assert_eq!(u["data"]["location"], json!({"lat": 5.5, "long": 6.5}));
+    let metrics = gw.shared.metrics.render();
+    assert!(metrics.contains("venta_bus_disconnects_total 1"), "{metrics}");
+    assert!(!metrics.contains("venta_bus_outage_seconds_total 0\n"), "the gap is visible: {metrics}");
+    gw.shutdown().await;
+}
