@@ -137,3 +137,23 @@ async fn js_client_receives_updates_and_resubscribes_after_restart() {
     let status = child.wait().unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn log_format_json_writes_json_lines() {
+    let port = free_port();
+    let mut child = bin()
+        .env("WEBSOCKET_GATEWAY_PORT", port.to_string())
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("a log line").unwrap();
+    let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON: {first}: {e}"));
+    assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{v}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
