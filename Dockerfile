@@ -68,8 +68,8 @@ RUN cargo fetch --locked \
 # 2. The real sources. COPY cannot copy a path only "if present", so each
 #    directory the build needs is listed; uncomment a line once it exists.
 COPY src ./src
-# COPY build.rs ./
-# COPY proto ./proto
+COPY build.rs ./
+COPY proto ./proto
 # COPY migrations ./migrations
 # COPY schemas ./schemas
 

@@ -67,6 +67,10 @@ pub struct Config {
     )]
     pub port: u16,
 
+    /// TCP port for gRPC ingest (`venta.gateway.v1.UpdateIngest`).
+    #[arg(long = "grpc-port", env = "GRPC_PORT", value_name = "GRPC_PORT", default_value_t = 5007)]
+    pub grpc_port: u16,
+
     /// Address to bind; `::` is dual-stack (IPv4 and IPv6).
     #[arg(long = "bind-addr", env = "BIND_ADDR", value_name = "BIND_ADDR", default_value = "::")]
     pub bind_addr: IpAddr,
@@ -167,6 +171,7 @@ impl Config {
     pub fn defaults() -> Self {
         Self {
             port: 5006,
+            grpc_port: 5007,
             bind_addr: IpAddr::from([0u16; 8]),
             heartbeat_interval_ms: 30_000,
             max_connections: 1000,

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 
 use std::time::Duration;
 
@@ -39,10 +40,22 @@ pub enum StartError {
     Metrics(#[from] MetricsError),
 }
 
+/// Serving failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+    /// gRPC reflection could not be built.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
 /// A gateway with its listener bound, ready to [`Gateway::run`].
 pub struct Gateway {
     shared: Arc<Shared>,
     listener: TcpListener,
+    grpc_listener: TcpListener,
 }
 
 impl Gateway {
@@ -50,6 +63,9 @@ impl Gateway {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let addr = SocketAddr::new(config.bind_addr, config.port);
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let grpc_addr = SocketAddr::new(config.bind_addr, config.grpc_port);
+        let grpc_listener =
+            TcpListener::bind(grpc_addr).await.map_err(|source| StartError::Bind { addr: grpc_addr, source })?;
         let metrics = Arc::new(Metrics::new()?);
         let hub = Arc::new(Hub::new());
         let deliver = Deliver::new(Arc::clone(&hub), Arc::clone(&metrics));
@@ -70,7 +86,12 @@ impl Gateway {
             }
         };
         let shared = Arc::new(Shared::new(config, hub, bus, metrics));
-        Ok(Self { shared, listener })
+        Ok(Self { shared, listener, grpc_listener })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc_listener.local_addr()
     }
 
     /// The bound address.
@@ -86,9 +107,19 @@ impl Gateway {
     /// Serves until `shutdown` resolves, then: readiness 503, stop accepting,
     /// close every client with 1001, wait for them up to `SHUTDOWN_TIMEOUT`.
     /// Returns whether everything finished in time.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<bool> {
-        let Self { shared, listener } = self;
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<bool, RunError> {
+        let Self { shared, listener, grpc_listener } = self;
         let app = router(Arc::clone(&shared));
+        let grpc_routes = ingest::grpc::routes(Arc::clone(&shared)).await?;
+        if let Ok(addr) = grpc_listener.local_addr() {
+            tracing::info!(%addr, "gRPC ingest listening (UpdateIngest, health, reflection)");
+        }
+        let grpc_token = shared.shutdown.clone();
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(grpc_routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_token.cancelled_owned()),
+        );
         shared.set_ready(true);
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, instance = %shared.instance_id, "venta-gateway listening (HTTP + WebSocket)");
@@ -102,6 +133,11 @@ impl Gateway {
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(signal)
             .await?;
+        match grpc.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        }
         // axum stops at the upgrade: WebSocket sessions are tracked apart.
         shared.tracker.close();
         let timeout = shared.config.shutdown_timeout();

@@ -143,6 +143,7 @@ fn log_format_json_writes_json_lines() {
     let port = free_port();
     let mut child = bin()
         .env("WEBSOCKET_GATEWAY_PORT", port.to_string())
+        .env("GRPC_PORT", free_port().to_string())
         .env("BIND_ADDR", "127.0.0.1")
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", "info")

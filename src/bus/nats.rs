@@ -228,8 +228,18 @@ impl Inner {
         }
     }
 
+    /// While the first connection is still being made (startup), waits for
+    /// it briefly; after a loss, fails fast so clients hear `unavailable`.
+    async fn connected_soon(&self) -> Result<(), BusError> {
+        let deadline = Instant::now() + ROUND_TRIP;
+        while self.client.connection_state() == State::Pending && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.connected()
+    }
+
     async fn subscribe(self: &Arc<Self>, topic: &Topic) -> Result<CancellationToken, BusError> {
-        self.connected()?;
+        self.connected_soon().await?;
         let subject = NatsBus::subject(&self.opts.prefix, topic);
         let unavailable = |e: String| BusError::Unavailable(format!("subscribing to {subject}: {e}"));
         let sub = self.client.subscribe(subject.clone()).await.map_err(|e| unavailable(e.to_string()))?;
@@ -277,7 +287,7 @@ async fn read_subscription(inner: Arc<Inner>, topic: Topic, mut sub: Subscriber,
 impl Bus for NatsBus {
     fn publish(&self, update: Update) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
-            self.inner.connected()?;
+            self.inner.connected_soon().await?;
             let subject = Self::subject(&self.inner.opts.prefix, &update.topic());
             self.inner
                 .client

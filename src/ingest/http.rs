@@ -65,6 +65,6 @@ async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
 }
 
 /// Compares secrets without an early exit, so timing does not leak a prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -49,15 +49,17 @@ pub fn assert_schema(rel: &str, value: &Value) {
 /// A gateway running in this test process.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<bool>>>,
+    task: Option<tokio::task::JoinHandle<Result<bool, venta_gateway::server::RunError>>>,
 }
 
 pub fn test_config() -> Config {
     let mut c = Config::defaults();
     c.bind_addr = "127.0.0.1".parse().unwrap();
     c.port = 0;
+    c.grpc_port = 0;
     c.shutdown_timeout_secs = 5;
     c
 }
@@ -70,12 +72,13 @@ impl TestGateway {
     pub async fn start_with(config: Config) -> Self {
         let gw = Gateway::bind(config).await.expect("bind");
         let addr = gw.local_addr().expect("addr");
+        let grpc_addr = gw.grpc_addr().expect("grpc addr");
         let shared = Arc::clone(gw.shared());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        Self { addr, shared, stop: Some(tx), task: Some(task) }
+        Self { addr, grpc_addr, shared, stop: Some(tx), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -218,6 +221,7 @@ impl GatewayProcess {
     pub async fn spawn(port: u16, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_venta-gateway"));
         cmd.env("WEBSOCKET_GATEWAY_PORT", port.to_string())
+            .env("GRPC_PORT", free_port().to_string())
             .env("BIND_ADDR", "127.0.0.1")
             .env("LOG_LEVEL", "warn")
             .stdout(Stdio::null())

@@ -1,0 +1,232 @@
+//! gRPC ingest (DESIGN §1.5) with a real tonic client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::nats::{MACHINE_NATS, OwnNats, Proxy, require_machine_nats, unique_prefix};
+use common::{TestGateway, WsClient, test_config};
+use prost_types::value::Kind;
+use serde_json::json;
+use tonic::Code;
+use tonic::transport::Channel;
+use venta_gateway::ingest::grpc::pb::update_ingest_client::UpdateIngestClient;
+use venta_gateway::ingest::grpc::pb::{Location, PublishLocationRequest, PublishVendorRequest};
+
+async fn client(gw: &TestGateway) -> UpdateIngestClient<Channel> {
+    UpdateIngestClient::connect(format!("http://{}", gw.grpc_addr)).await.expect("grpc connect")
+}
+
+async fn channel(gw: &TestGateway) -> Channel {
+    Channel::from_shared(format!("http://{}", gw.grpc_addr)).unwrap().connect().await.expect("grpc channel")
+}
+
+fn loc(vendor: &str, lat: f64, long: f64) -> PublishLocationRequest {
+    PublishLocationRequest { vendor_id: vendor.into(), location: Some(Location { lat, long }), timestamp: None }
+}
+
+fn sval(kind: Kind) -> prost_types::Value {
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn vendor_struct(name: &str) -> prost_types::Struct {
+    let mut s = prost_types::Struct::default();
+    s.fields.insert("name".into(), sval(Kind::StringValue(name.into())));
+    s.fields.insert("open".into(), sval(Kind::BoolValue(true)));
+    let mut inner = prost_types::Struct::default();
+    inner.fields.insert("stars".into(), sval(Kind::NumberValue(4.5)));
+    s.fields.insert("rating".into(), sval(Kind::StructValue(inner)));
+    s
+}
+
+#[tokio::test]
+async fn unary_publishes_reach_websocket_clients() {
+    let gw = TestGateway::start().await;
+    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
+    ws.subscribe("location", "g1").await;
+    ws.subscribe("vendor", "g1").await;
+    let mut grpc = client(&gw).await;
+    let mut req = loc("g1", 48.5, 2.25);
+    req.timestamp = Some(prost_types::Timestamp { seconds: 1_780_000_000, nanos: 500_000_000 });
+    let reply = grpc.publish_location(req).await.expect("publish").into_inner();
+    assert!(reply.published);
+    let u = ws.recv().await;
+    assert_eq!(u["data"]["location"], json!({"lat": 48.5, "long": 2.25}));
+    assert_eq!(u["data"]["timestamp"], reply.timestamp);
+    assert!(reply.timestamp.starts_with("2026-05-28T"), "{}", reply.timestamp);
+
+    let req = PublishVendorRequest { vendor_id: "g1".into(), vendor: Some(vendor_struct("Crêpes")), timestamp: None };
+    assert!(grpc.publish_vendor(req).await.expect("publish vendor").into_inner().published);
+    let u = ws.recv().await;
+    assert_eq!(u["data"]["vendor"], json!({"name": "Crêpes", "open": true, "rating": {"stars": 4.5}}));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_requests_are_invalid_argument_naming_the_field() {
+    let gw = TestGateway::start().await;
+    let mut grpc = client(&gw).await;
+    for (req, field) in [
+        (loc("g1", 91.0, 0.0), "location.lat"),
+        (loc("g1", 0.0, -180.5), "location.long"),
+        (loc("g1", f64::NAN, 0.0), "location.lat"),
+        (loc("g.1", 0.0, 0.0), "vendorId"),
+        (loc("", 0.0, 0.0), "vendorId"),
+        (PublishLocationRequest { vendor_id: "g1".into(), location: None, timestamp: None }, "location"),
+    ] {
+        let err = grpc.publish_location(req).await.expect_err("must be refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+    }
+    let nameless = PublishVendorRequest { vendor_id: "g1".into(), vendor: Some(Default::default()), timestamp: None };
+    let err = grpc.publish_vendor(nameless).await.expect_err("nameless vendor");
+    assert_eq!((err.code(), err.message().starts_with("vendor.name")), (Code::InvalidArgument, true));
+    let missing = PublishVendorRequest { vendor_id: "g1".into(), vendor: None, timestamp: None };
+    assert_eq!(grpc.publish_vendor(missing).await.expect_err("no vendor").code(), Code::InvalidArgument);
+    // Over the 64 KiB message limit.
+    let mut big = vendor_struct("big");
+    big.fields.insert("pad".into(), sval(Kind::StringValue("x".repeat(70_000))));
+    let err =
+        grpc.publish_vendor(PublishVendorRequest { vendor_id: "g1".into(), vendor: Some(big), timestamp: None }).await;
+    assert_eq!(err.expect_err("too big").code(), Code::OutOfRange);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn ingest_token_is_unauthenticated_when_missing_or_wrong() {
+    let mut config = test_config();
+    config.ingest_token = Some("tok".into());
+    let gw = TestGateway::start_with(config).await;
+    let mut grpc = client(&gw).await;
+    let err = grpc.publish_location(loc("g1", 0.0, 0.0)).await.expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(loc("g1", 0.0, 0.0));
+    req.metadata_mut().insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(grpc.publish_location(req).await.expect_err("wrong token").code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(loc("g1", 0.0, 0.0));
+    req.metadata_mut().insert("authorization", "Bearer tok".parse().unwrap());
+    assert!(grpc.publish_location(req).await.expect("right token").into_inner().published);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_of_ten_thousand_counts_exactly_and_delivers_only_valid_ones() {
+    let mut config = test_config();
+    config.max_queue_messages = 100_000;
+    let gw = TestGateway::start_with(config).await;
+    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
+    ws.subscribe("location", "s0").await;
+    let mut grpc = client(&gw).await;
+    let n = 10_000u64;
+    let invalid = |i: u64| i % 7 == 0 || i % 13 == 0;
+    let items = (0..n).map(move |i| {
+        let vendor = format!("s{}", i % 10);
+        if i % 13 == 0 {
+            loc("bad.vendor", 0.0, 0.0)
+        } else if i % 7 == 0 {
+            loc(&vendor, 91.0, 0.0)
+        } else {
+            loc(&vendor, (i as f64) / 1000.0, 0.0)
+        }
+    });
+    let summary = grpc.stream_locations(tokio_stream::iter(items)).await.expect("stream").into_inner();
+    let expected_rejected = (0..n).filter(|i| invalid(*i)).count() as u64;
+    assert_eq!(summary.accepted + summary.rejected, n);
+    assert_eq!(summary.rejected, expected_rejected);
+    assert_eq!(
+        summary.rejected_by_field.get("vendorId"),
+        Some(&(0..n).filter(|i| i % 13 == 0).count().try_into().unwrap())
+    );
+    assert_eq!(
+        summary.rejected_by_field.get("location.lat"),
+        Some(&(0..n).filter(|i| i % 7 == 0 && i % 13 != 0).count().try_into().unwrap())
+    );
+    assert_eq!(summary.rejections.len(), 100);
+    assert_eq!(summary.rejections[0].index, 0);
+    // The client on s0 gets exactly the valid s0 updates, in order.
+    let expected: Vec<f64> = (0..n).filter(|i| i % 10 == 0 && !invalid(*i)).map(|i| (i as f64) / 1000.0).collect();
+    for want in &expected {
+        let u = ws.recv().await;
+        assert_eq!(u["data"]["location"]["lat"].as_f64(), Some(*want));
+    }
+    ws.send_json(json!({"type": "ping", "id": "end"})).await;
+    assert_eq!(ws.recv().await["id"], "end", "nothing invalid or extra was delivered");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let gw = TestGateway::start().await;
+    let mut refl = ServerReflectionClient::new(channel(&gw).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let msg = resp.message().await.unwrap().expect("a reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("{msg:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"venta.gateway.v1.UpdateIngest".to_owned()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_nats_a_grpc_publish_reaches_another_instance() {
+    require_machine_nats();
+    let prefix = unique_prefix();
+    let config = || {
+        let mut c = test_config();
+        c.nats_url = Some(MACHINE_NATS.into());
+        c.nats_subject_prefix = prefix.clone();
+        c
+    };
+    let a = TestGateway::start_with(config()).await;
+    let b = TestGateway::start_with(config()).await;
+    let mut ws = WsClient::connect(&b.url("/ws/location")).await;
+    ws.subscribe("location", "n1").await;
+    let mut grpc = client(&a).await;
+    grpc.publish_location(loc("n1", 33.5, 44.5)).await.expect("publish via a");
+    assert_eq!(ws.recv().await["data"]["location"], json!({"lat": 33.5, "long": 44.5}));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_and_unavailable_follow_a_nats_outage() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let own = OwnNats::start().await;
+    let proxy = Proxy::start(format!("127.0.0.1:{}", own.port).parse().unwrap()).await;
+    let mut config = test_config();
+    config.nats_url = Some(format!("nats://{}", proxy.addr));
+    config.nats_subject_prefix = unique_prefix();
+    let gw = TestGateway::start_with(config).await;
+    let mut health = HealthClient::new(channel(&gw).await);
+    let status = async |h: &mut HealthClient<Channel>| {
+        let req = HealthCheckRequest { service: "venta.gateway.v1.UpdateIngest".into() };
+        h.check(req).await.map(|r| r.into_inner().status).unwrap_or(-1)
+    };
+    let wait_for = async |h: &mut HealthClient<Channel>, want: ServingStatus| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while status(h).await != want as i32 {
+            assert!(tokio::time::Instant::now() < deadline, "health never became {want:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for(&mut health, ServingStatus::Serving).await;
+    proxy.cut();
+    wait_for(&mut health, ServingStatus::NotServing).await;
+    let mut grpc = client(&gw).await;
+    let err = grpc.publish_location(loc("o1", 0.0, 0.0)).await.expect_err("bus down");
+    assert_eq!(err.code(), Code::Unavailable);
+    proxy.restore();
+    wait_for(&mut health, ServingStatus::Serving).await;
+    assert!(grpc.publish_location(loc("o1", 0.0, 0.0)).await.expect("bus back").into_inner().published);
+    gw.shutdown().await;
+}
