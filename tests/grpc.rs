@@ -118,12 +118,12 @@ async fn stream_of_ten_thousand_counts_exactly_and_delivers_only_valid_ones() {
     ws.subscribe("location", "s0").await;
     let mut grpc = client(&gw).await;
     let n = 10_000u64;
-    let invalid = |i: u64| i % 7 == 0 || i % 13 == 0;
+    let invalid = |i: u64| i.is_multiple_of(7) || i.is_multiple_of(13);
     let items = (0..n).map(move |i| {
         let vendor = format!("s{}", i % 10);
-        if i % 13 == 0 {
+        if i.is_multiple_of(13) {
             loc("bad.vendor", 0.0, 0.0)
-        } else if i % 7 == 0 {
+        } else if i.is_multiple_of(7) {
             loc(&vendor, 91.0, 0.0)
         } else {
             loc(&vendor, (i as f64) / 1000.0, 0.0)
@@ -135,16 +135,17 @@ async fn stream_of_ten_thousand_counts_exactly_and_delivers_only_valid_ones() {
     assert_eq!(summary.rejected, expected_rejected);
     assert_eq!(
         summary.rejected_by_field.get("vendorId"),
-        Some(&(0..n).filter(|i| i % 13 == 0).count().try_into().unwrap())
+        Some(&(0..n).filter(|i| i.is_multiple_of(13)).count().try_into().unwrap())
     );
     assert_eq!(
         summary.rejected_by_field.get("location.lat"),
-        Some(&(0..n).filter(|i| i % 7 == 0 && i % 13 != 0).count().try_into().unwrap())
+        Some(&(0..n).filter(|i| i.is_multiple_of(7) && !i.is_multiple_of(13)).count().try_into().unwrap())
     );
     assert_eq!(summary.rejections.len(), 100);
     assert_eq!(summary.rejections[0].index, 0);
     // The client on s0 gets exactly the valid s0 updates, in order.
-    let expected: Vec<f64> = (0..n).filter(|i| i % 10 == 0 && !invalid(*i)).map(|i| (i as f64) / 1000.0).collect();
+    let expected: Vec<f64> =
+        (0..n).filter(|i| i.is_multiple_of(10) && !invalid(*i)).map(|i| (i as f64) / 1000.0).collect();
     for want in &expected {
         let u = ws.recv().await;
         assert_eq!(u["data"]["location"]["lat"].as_f64(), Some(*want));
