@@ -1,6 +1,8 @@
 //! The `venta-gateway` binary: configuration, logging, signals. Everything
 //! else lives in the library.
 
+mod publish_cli;
+
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -16,6 +18,14 @@ use venta_gateway::config::{Config, LogFormat};
 struct Cli {
     #[command(flatten)]
     config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Publish an update by hand (gRPC by default, or HTTP, or NATS).
+    Publish(publish_cli::PublishArgs),
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
@@ -79,6 +89,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Publish(args)) = cli.command {
+        return match runtime.block_on(publish_cli::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(cli.config)) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
