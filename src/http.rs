@@ -25,7 +25,9 @@ fn check(status: &DependencyStatus) -> Value {
 pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let nats = shared.bus.health();
     let extra = shared.bus.extra_checks();
-    let degraded = extra.iter().any(|(_, s)| matches!(s, DependencyStatus::Down(_)));
+    let redis = shared.limiter.health();
+    let degraded =
+        matches!(redis, DependencyStatus::Down(_)) || extra.iter().any(|(_, s)| matches!(s, DependencyStatus::Down(_)));
     let (status, code) = match nats {
         DependencyStatus::Down(_) => ("down", StatusCode::SERVICE_UNAVAILABLE),
         _ if degraded => ("degraded", StatusCode::OK),
@@ -33,7 +35,7 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     };
     let mut checks = serde_json::Map::new();
     checks.insert("nats".into(), check(&nats));
-    checks.insert("redis".into(), check(&DependencyStatus::Disabled));
+    checks.insert("redis".into(), check(&redis));
     checks.insert("database".into(), check(&DependencyStatus::Disabled));
     for (name, s) in &extra {
         checks.insert((*name).into(), check(s));

@@ -12,10 +12,13 @@
 //!   (`local`: in-process).
 //! - [`ingest`]: publish entry points (`http`).
 //! - [`http`]: health, readiness, metrics, status.
-//! - [`config`], [`metrics`], [`ratelimit`], [`server`] (wiring).
+//! - [`auth`]: JWT on connect; [`ratelimit`]: GCRA budgets, in memory or
+//!   shared through Redis.
+//! - [`config`], [`metrics`], [`server`] (wiring).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod http;

@@ -12,12 +12,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use std::time::Duration;
 
+use crate::auth::Authenticator;
 use crate::bus::local::LocalBus;
 use crate::bus::nats::{ConnectError, NatsBus, NatsOptions};
 use crate::bus::{Bus, Deliver};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, MetricsError};
+use crate::ratelimit::RateLimiter;
+use crate::ratelimit::memory::MemoryLimiter;
+use crate::ratelimit::redis::RedisLimiter;
 use crate::state::Shared;
 use crate::{http, ingest, transport};
 
@@ -35,6 +39,12 @@ pub enum StartError {
     /// The NATS client could not be set up.
     #[error(transparent)]
     Nats(#[from] ConnectError),
+    /// Auth is misconfigured.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// Redis is misconfigured.
+    #[error(transparent)]
+    Redis(#[from] crate::ratelimit::redis::RedisConfigError),
     /// Metrics registration failed.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
@@ -85,7 +95,21 @@ impl Gateway {
                 Arc::new(LocalBus::new(deliver))
             }
         };
-        let shared = Arc::new(Shared::new(config, hub, bus, metrics));
+        let auth = Authenticator::from_config(
+            config.jwt_secret.as_deref(),
+            config.jwt_public_key.as_deref(),
+            config.jwt_issuer.as_deref(),
+            config.jwt_audience.as_deref(),
+            config.gateway_env.eq_ignore_ascii_case("production"),
+        )?;
+        if !auth.enabled() {
+            tracing::warn!("AUTH IS OFF: no JWT_SECRET or JWT_PUBLIC_KEY; any client may connect as any user");
+        }
+        let limiter: Arc<dyn RateLimiter> = match &config.redis_url {
+            Some(url) => Arc::new(RedisLimiter::new(url, &config.redis_key_prefix, config.rate_limit)?),
+            None => Arc::new(MemoryLimiter::new(config.rate_limit)),
+        };
+        let shared = Arc::new(Shared::new(config, hub, bus, metrics, auth, limiter));
         Ok(Self { shared, listener, grpc_listener })
     }
 

@@ -7,10 +7,18 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
+use crate::protocol::UserId;
+use crate::ratelimit::RateLimiter;
+use crate::ratelimit::memory::MemoryLimiter;
 
 /// Shared state of one gateway instance.
 pub struct Shared {
@@ -24,6 +32,13 @@ pub struct Shared {
     pub bus: Arc<dyn Bus>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Verifies client tokens.
+    pub auth: Authenticator,
+    /// Client message budgets.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Connect attempts per IP (when `WS_CONNECT_RATE_LIMIT` > 0).
+    pub connect_limiter: Option<MemoryLimiter>,
+    per_user: Mutex<HashMap<UserId, usize>>,
     /// Cancelled when shutdown begins; every connection watches it.
     pub shutdown: CancellationToken,
     /// Client connection tasks, awaited on shutdown.
@@ -36,14 +51,26 @@ pub struct Shared {
 
 impl Shared {
     /// Assembles the shared state.
-    pub fn new(config: Config, hub: Arc<Hub>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Config,
+        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+        auth: Authenticator,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> Self {
         let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let connect_limiter = (config.connect_rate_limit > 0).then(|| MemoryLimiter::new(config.connect_rate_limit));
         Self {
             config,
             instance_id,
             hub,
             bus,
             metrics,
+            auth,
+            limiter,
+            connect_limiter,
+            per_user: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
@@ -85,6 +112,37 @@ impl Shared {
     /// Open client connections.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+}
+
+impl Shared {
+    /// Takes one of the user's `WS_MAX_CONNECTIONS_PER_USER` slots.
+    pub fn try_admit_user(self: &Arc<Self>, user: &UserId) -> Option<UserAdmission> {
+        let mut per_user = self.per_user.lock();
+        let n = per_user.entry(user.clone()).or_insert(0);
+        if *n >= self.config.max_connections_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(UserAdmission { shared: Arc::clone(self), user: user.clone() })
+    }
+}
+
+/// A held per-user connection slot; released on drop.
+pub struct UserAdmission {
+    shared: Arc<Shared>,
+    user: UserId,
+}
+
+impl Drop for UserAdmission {
+    fn drop(&mut self) {
+        let mut per_user = self.shared.per_user.lock();
+        if let Some(n) = per_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(&self.user);
+            }
+        }
     }
 }
 
