@@ -107,6 +107,16 @@ pub struct Config {
     #[arg(long = "max-queue-messages", env = "WS_MAX_QUEUE_MESSAGES", value_name = "WS_MAX_QUEUE_MESSAGES", default_value = "1024", value_parser = positive)]
     pub max_queue_messages: usize,
 
+    /// TCP accept queue length, for reconnect storms after a restart (the
+    /// kernel caps it at net.core.somaxconn).
+    #[arg(
+        long = "accept-backlog",
+        env = "WS_ACCEPT_BACKLOG",
+        value_name = "WS_ACCEPT_BACKLOG",
+        default_value = "4096"
+    )]
+    pub accept_backlog: u32,
+
     /// Connect attempts per minute per client IP (0 = off: behind a load
     /// balancer every client shares one IP). Over: HTTP 429.
     #[arg(
@@ -229,6 +239,7 @@ impl Config {
             max_subscriptions: 100,
             max_queue_bytes: 1 << 20,
             max_queue_messages: 1024,
+            accept_backlog: 4096,
             connect_rate_limit: 0,
             max_connections_per_user: 10,
             jwt_secret: None,

@@ -72,7 +72,7 @@ impl Gateway {
     /// Builds the engines and binds the listener (port 0 picks a free one).
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let addr = SocketAddr::new(config.bind_addr, config.port);
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let listener = listen(addr, config.accept_backlog).map_err(|source| StartError::Bind { addr, source })?;
         let grpc_addr = SocketAddr::new(config.bind_addr, config.grpc_port);
         let grpc_listener =
             TcpListener::bind(grpc_addr).await.map_err(|source| StartError::Bind { addr: grpc_addr, source })?;
@@ -174,6 +174,15 @@ impl Gateway {
         }
         Ok(clean)
     }
+}
+
+/// Binds with a deep accept backlog: after a restart thousands of clients
+/// reconnect at once, and a short queue turns that into refused connections.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Every HTTP route of the gateway.

@@ -222,6 +222,11 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox, sh
             if sink.feed(Message::Text(text)).await.is_err() {
                 return;
             }
+            // Alongside the seed's app-level ping, a protocol-level one:
+            // browsers answer it even when the page's JS is throttled.
+            if frame.ty == "ping" && sink.feed(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                return;
+            }
         }
         if !batch.is_empty() {
             if sink.flush().await.is_err() {
