@@ -11,6 +11,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
+use crate::transport::wt::cert::CertStore;
 
 /// Shared state of one gateway instance.
 pub struct Shared {
@@ -28,6 +29,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Client connection tasks, awaited on shutdown.
     pub tracker: TaskTracker,
+    /// The WebTransport certificate hashes served at `/wt/cert-hash`.
+    pub wt_certs: Arc<CertStore>,
     started: Instant,
     ready: AtomicBool,
     next_conn: AtomicU64,
@@ -46,6 +49,7 @@ impl Shared {
             metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            wt_certs: Arc::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
