@@ -441,3 +441,23 @@ async fn unreadable_wt_cert_fails_startup_naming_the_file() {
     let err = venta_gateway::Gateway::bind(config).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("WT_CERT") && err.contains("/nonexistent/cert.pem"), "{err}");
 }
+
+/// The binary as operators run it: SIGTERM closes WebTransport sessions with
+/// 1001 and the process exits 0.
+#[tokio::test]
+async fn sigterm_closes_webtransport_sessions_with_1001_and_exits_0() {
+    let wt_port = common::free_udp_port();
+    let mut gw = common::GatewayProcess::spawn(common::free_port(), &[("WT_PORT", &wt_port.to_string())]).await;
+    let hash = cert_hash(&gw.http("")).await;
+    let url = format!("https://127.0.0.1:{wt_port}/wt/location");
+    let hashes = [hash["value"].as_str().unwrap()];
+    let mut clients = join_all((0..10).map(|_| WtClient::connect_url(&url, &hashes))).await;
+    for c in &mut clients {
+        c.subscribe("location", "term").await;
+    }
+    gw.signal("TERM");
+    for c in &mut clients {
+        assert_eq!(c.closed().await, (Some(1001), "server shutting down".into()));
+    }
+    assert_eq!(gw.wait_exit().await, Some(0));
+}

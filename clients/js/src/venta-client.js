@@ -205,8 +205,8 @@ function openWebTransport(WebTransportImpl, url, options, log, on) {
     wt = hashes.length
       ? new WebTransportImpl(url, { serverCertificateHashes: hashes })
       : new WebTransportImpl(url);
-    // The gateway ends a session with a QUIC close; browsers report it as a
-    // rejection of `closed`, without the gateway's code (1001, 1013, ...).
+    // A gateway that vanishes without finishing the stream ends up here as a
+    // rejection (1006).
     wt.closed.then(
       (info) => end({ code: info?.closeCode ?? 1000, reason: info?.reason ?? '', wasClean: true }),
       failed,
@@ -225,8 +225,10 @@ function openWebTransport(WebTransportImpl, url, options, log, on) {
     on.onOpen();
     readDatagrams(wt.datagrams.readable, log, on.onMessage).catch(noop);
     await readFrames(stream.readable, log, on.onMessage);
-    // The gateway finished its stream: the session is closing.
-    wt.close();
+    // The gateway finished its stream: it is closing the session. Its close
+    // code (1001, 1013, 4000, ...) does not reach browsers (it closes QUIC,
+    // not the WebTransport session), so report 1005, "no status received".
+    end({ code: 1005, reason: 'the gateway ended the session', wasClean: true });
   })().catch(failed);
   return {
     kind: 'webtransport',
