@@ -11,6 +11,7 @@
 pub mod cert;
 mod conn;
 
+use std::future::IntoFuture as _;
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,16 +161,26 @@ fn route(path: &str) -> Option<Path> {
     }
 }
 
+/// Runs a handshake step, bounded by [`HANDSHAKE_TIMEOUT`] and abandoned at
+/// shutdown (so a stalled client cannot hold the drain up).
+async fn step<F: std::future::Future>(shared: &Shared, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = shared.shutdown.cancelled() => None,
+        out = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut) => out.ok(),
+    }
+}
+
 /// One incoming session: handshake, route, admission, then the session.
 async fn handshake(incoming: IncomingSession, shared: Arc<Shared>) {
-    let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-        Ok(Ok(request)) => request,
-        Ok(Err(e)) => {
+    let request = match step(&shared, incoming.into_future()).await {
+        Some(Ok(request)) => request,
+        Some(Err(e)) => {
             tracing::debug!(error = %e, "WebTransport handshake failed");
             return;
         }
-        Err(_) => {
-            tracing::debug!("WebTransport handshake timed out");
+        None => {
+            tracing::debug!("WebTransport handshake timed out or shutdown began");
             return;
         }
     };
@@ -186,13 +197,13 @@ async fn handshake(incoming: IncomingSession, shared: Arc<Shared>) {
         return;
     }
     let admission = shared.try_admit();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, request.accept()).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
+    let conn = match step(&shared, request.accept()).await {
+        Some(Ok(conn)) => conn,
+        Some(Err(e)) => {
             tracing::debug!(%remote, error = %e, "WebTransport session accept failed");
             return;
         }
-        Err(_) => return,
+        None => return,
     };
     let Some(admission) = admission else {
         // As on WebSocket: the client learns why (1013) and may retry.
