@@ -23,6 +23,7 @@ use crate::ratelimit::RateLimiter;
 use crate::ratelimit::memory::MemoryLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::state::Shared;
+use crate::transport::wt;
 use crate::{http, ingest, transport};
 
 /// Startup failures.
@@ -48,6 +49,9 @@ pub enum StartError {
     /// Metrics registration failed.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// WebTransport could not start (certificate or UDP port).
+    #[error(transparent)]
+    WebTransport(#[from] wt::WtError),
 }
 
 /// Serving failures.
@@ -66,6 +70,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     listener: TcpListener,
     grpc_listener: TcpListener,
+    wt: wt::Listener,
 }
 
 impl Gateway {
@@ -110,7 +115,14 @@ impl Gateway {
             None => Arc::new(MemoryLimiter::new(config.rate_limit)),
         };
         let shared = Arc::new(Shared::new(config, hub, bus, metrics, auth, limiter));
-        Ok(Self { shared, listener, grpc_listener })
+        let http_port = listener.local_addr().map(|a| a.port()).unwrap_or(shared.config.port);
+        let wt = wt::Listener::bind(&shared.config, http_port, &shared.wt_certs).await?;
+        Ok(Self { shared, listener, grpc_listener, wt })
+    }
+
+    /// The bound WebTransport (UDP) address.
+    pub fn wt_addr(&self) -> SocketAddr {
+        self.wt.local_addr()
     }
 
     /// The bound gRPC address.
@@ -132,7 +144,8 @@ impl Gateway {
     /// close every client with 1001, wait for them up to `SHUTDOWN_TIMEOUT`.
     /// Returns whether everything finished in time.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<bool, RunError> {
-        let Self { shared, listener, grpc_listener } = self;
+        let Self { shared, listener, grpc_listener, wt } = self;
+        let wt_accept = wt.spawn(Arc::clone(&shared));
         let app = router(Arc::clone(&shared));
         let grpc_routes = ingest::grpc::routes(Arc::clone(&shared)).await?;
         if let Ok(addr) = grpc_listener.local_addr() {
@@ -162,10 +175,23 @@ impl Gateway {
             Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
             Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
         }
-        // axum stops at the upgrade: WebSocket sessions are tracked apart.
+        // The WebTransport accept loop ends on the token; wait for it before
+        // the endpoint may be closed (accepting on a closed one panics).
+        let wt_endpoint = match wt_accept.await {
+            Ok(endpoint) => Some(endpoint),
+            Err(e) => {
+                tracing::error!(error = %e, "WebTransport accept loop failed");
+                None
+            }
+        };
+        // axum stops at the upgrade: WebSocket and WebTransport sessions are
+        // tracked apart, and close themselves with 1001.
         shared.tracker.close();
         let timeout = shared.config.shutdown_timeout();
         let clean = tokio::time::timeout(timeout, shared.tracker.wait()).await.is_ok();
+        if let Some(endpoint) = wt_endpoint {
+            wt::close(&endpoint, Duration::from_secs(2)).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.bus.drain()).await;
         if clean {
             tracing::info!("shutdown complete");
@@ -199,6 +225,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health/live", get(http::live))
         .route("/health/ready", get(http::ready))
         .route("/metrics", get(http::metrics))
+        .route("/wt/cert-hash", get(http::cert_hash))
         .merge(publish)
         .with_state(shared)
 }
