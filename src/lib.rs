@@ -10,12 +10,15 @@
 //! - [`transport`]: sockets in, frames out (`ws`: axum WebSocket).
 //! - [`bus`]: how updates travel between publishers and instances
 //!   (`local`: in-process).
-//! - [`ingest`]: publish entry points (`http`).
+//! - [`ingest`]: publish entry points (`http`, `grpc`).
+//! - [`audit`]: the subscription audit trail (`postgres`, `sqlite`), fed
+//!   through a bounded queue, a batching writer and a spill journal.
 //! - [`http`]: health, readiness, metrics, status.
 //! - [`config`], [`metrics`], [`ratelimit`], [`server`] (wiring).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod audit;
 pub mod bus;
 pub mod config;
 pub mod http;

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use std::time::Duration;
 
+use crate::audit::{Audit, AuditError, AuditOptions};
 use crate::bus::local::LocalBus;
 use crate::bus::nats::{ConnectError, NatsBus, NatsOptions};
 use crate::bus::{Bus, Deliver};
@@ -19,7 +20,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, MetricsError};
 use crate::state::Shared;
-use crate::{http, ingest, transport};
+use crate::{audit, http, ingest, transport};
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,10 @@ pub enum StartError {
     /// Metrics registration failed.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The audit trail could not be set up (journal directory, SQLite file,
+    /// or an unparsable DATABASE_URL).
+    #[error("audit: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// Serving failures.
@@ -85,7 +90,10 @@ impl Gateway {
                 Arc::new(LocalBus::new(deliver))
             }
         };
-        let shared = Arc::new(Shared::new(config, hub, bus, metrics));
+        let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let audit =
+            Arc::new(Audit::start(AuditOptions::from_config(&config), &instance_id, Arc::clone(&metrics)).await?);
+        let shared = Arc::new(Shared::new(config, hub, bus, metrics, audit));
         Ok(Self { shared, listener, grpc_listener })
     }
 
@@ -105,8 +113,9 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves, then: readiness 503, stop accepting,
-    /// close every client with 1001, wait for them up to `SHUTDOWN_TIMEOUT`.
-    /// Returns whether everything finished in time.
+    /// close every client with 1001, wait for them up to `SHUTDOWN_TIMEOUT`,
+    /// flush the audit trail (journaling what cannot be written), drain the
+    /// bus. Returns whether every client finished in time.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<bool, RunError> {
         let Self { shared, listener, grpc_listener } = self;
         let app = router(Arc::clone(&shared));
@@ -139,9 +148,13 @@ impl Gateway {
             Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
         }
         // axum stops at the upgrade: WebSocket sessions are tracked apart.
+        let stopping = std::time::Instant::now();
         shared.tracker.close();
         let timeout = shared.config.shutdown_timeout();
         let clean = tokio::time::timeout(timeout, shared.tracker.wait()).await.is_ok();
+        // Sessions have recorded their disconnects: the audit flush gets the
+        // rest of the grace period (at least a second).
+        shared.audit.close(timeout.saturating_sub(stopping.elapsed())).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.bus.drain()).await;
         if clean {
             tracing::info!("shutdown complete");
@@ -166,6 +179,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health/live", get(http::live))
         .route("/health/ready", get(http::ready))
         .route("/metrics", get(http::metrics))
+        .route("/api/v1/audit", get(audit::api::list))
         .merge(publish)
         .with_state(shared)
 }

@@ -9,8 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use time::OffsetDateTime;
+
+use crate::audit::{Action, AuditEvent};
 use crate::hub::{ConnId, Frame, Outbox, OutboxLimits, Push};
-use crate::protocol::{Close, Codec, Command, ErrorCode, Rejection, Request, ServerMessage, Topic, encode};
+use crate::protocol::{Close, Codec, Command, ErrorCode, Rejection, Request, ServerMessage, Topic, UserId, encode};
 use crate::ratelimit::{Decision, Gcra};
 use crate::state::Shared;
 
@@ -85,6 +88,10 @@ pub struct Session {
     last_seen: Instant,
     next_ping: Instant,
     interval: Duration,
+    /// The last `userId` this connection subscribed with (auth comes later).
+    user: Option<UserId>,
+    /// Time of the last audit row, so rows of one connection never tie.
+    audit_clock: Option<OffsetDateTime>,
 }
 
 impl Session {
@@ -100,7 +107,7 @@ impl Session {
         shared.metrics.connections.with_label_values(&labels).inc();
         shared.metrics.connections_total.with_label_values(&labels).inc();
         tracing::debug!(conn = id, %remote, transport = transport.as_str(), endpoint = endpoint.as_str(), "connected");
-        Self {
+        let mut session = Self {
             id,
             limiter: Gcra::per_minute(shared.config.rate_limit),
             shared,
@@ -113,7 +120,11 @@ impl Session {
             last_seen: now,
             next_ping: now + interval,
             interval,
-        }
+            user: None,
+            audit_clock: None,
+        };
+        session.audit(Action::Connect, None, None);
+        session
     }
 
     /// The connection's id.
@@ -176,11 +187,17 @@ impl Session {
     }
 
     /// Releases every subscription; call once when the connection ends.
-    pub fn finish(mut self) {
-        for topic in std::mem::take(&mut self.subscriptions) {
+    /// `reason` goes into the audit trail: the close code and reason the
+    /// server sent (`1001 server shutting down`), or `client closed`.
+    pub fn finish(mut self, reason: &str) {
+        let mut held: Vec<Topic> = std::mem::take(&mut self.subscriptions).into_iter().collect();
+        held.sort();
+        for topic in held {
             self.shared.hub.unsubscribe(&topic, self.id);
             self.shared.bus.unwatch(&topic);
+            self.audit(Action::Unsubscribe, Some(&topic), Some("disconnect"));
         }
+        self.audit(Action::Disconnect, None, Some(reason));
         self.update_gauges();
         let labels = [self.transport.as_str(), self.endpoint.as_str()];
         self.shared.metrics.connections.with_label_values(&labels).dec();
@@ -197,8 +214,9 @@ impl Session {
         match &req.command {
             Command::Pong => None,
             Command::Ping => self.send(&ServerMessage::Pong { id }),
-            Command::Subscribe { channel, vendor, user: _, delivery: _ } => {
+            Command::Subscribe { channel, vendor, user, delivery: _ } => {
                 let topic = Topic::new(*channel, vendor.clone());
+                self.user = Some(user.clone());
                 if !self.subscriptions.contains(&topic) {
                     if self.subscriptions.len() >= self.shared.config.max_subscriptions {
                         let msg =
@@ -227,6 +245,7 @@ impl Session {
                     }
                     self.subscriptions.insert(topic.clone());
                     self.update_gauges();
+                    self.audit(Action::Subscribe, Some(&topic), None);
                     let close = self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id });
                     // The last known value comes right after the ack, unless
                     // a live update got there first.
@@ -251,6 +270,7 @@ impl Session {
                     self.shared.hub.unsubscribe(&topic, self.id);
                     self.shared.bus.unwatch(&topic);
                     self.update_gauges();
+                    self.audit(Action::Unsubscribe, Some(&topic), None);
                 }
                 self.send(&ServerMessage::Unsubscribed { channel: *channel, vendor, id })
             }
@@ -305,6 +325,25 @@ impl Session {
                 None // The writer sends the pending 1013 close.
             }
         }
+    }
+
+    /// Hands one row to the audit trail; never waits (see [`crate::audit`]).
+    fn audit(&mut self, action: Action, topic: Option<&Topic>, reason: Option<&str>) {
+        let time = crate::audit::next_time(self.audit_clock);
+        self.audit_clock = Some(time);
+        self.shared.audit.record(AuditEvent {
+            event_id: uuid::Uuid::now_v7(),
+            time,
+            instance_id: std::sync::Arc::clone(self.shared.audit.instance_id()),
+            connection_id: self.id,
+            user_id: self.user.as_ref().map(|u| u.as_str().to_owned()),
+            transport: self.transport.as_str().to_owned(),
+            channel: topic.map(|t| t.channel.as_str().to_owned()),
+            vendor_id: topic.map(|t| t.vendor.as_str().to_owned()),
+            action,
+            client_addr: Some(self.remote.to_string()),
+            reason: reason.map(str::to_owned),
+        });
     }
 
     fn count_in(&self, ty: &str) {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::Audit;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
@@ -24,6 +25,8 @@ pub struct Shared {
     pub bus: Arc<dyn Bus>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The subscription audit trail.
+    pub audit: Arc<Audit>,
     /// Cancelled when shutdown begins; every connection watches it.
     pub shutdown: CancellationToken,
     /// Client connection tasks, awaited on shutdown.
@@ -35,15 +38,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Assembles the shared state.
-    pub fn new(config: Config, hub: Arc<Hub>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Self {
-        let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    /// Assembles the shared state; the instance id is the audit trail's.
+    pub fn new(config: Config, hub: Arc<Hub>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, audit: Arc<Audit>) -> Self {
+        let instance_id = audit.instance_id().to_string();
         Self {
             config,
             instance_id,
             hub,
             bus,
             metrics,
+            audit,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
