@@ -294,3 +294,6 @@ impl Audit {
         self.journal.release();
     }
 }
+
+#[cfg(test)]
+mod tests;
