@@ -67,6 +67,13 @@ pub trait AuditSink: Send + Sync + 'static {
     /// Whether this is the embedded engine (no dependency to be down for).
     fn embedded(&self) -> bool;
 
+    /// How many batches the writer may have in flight at once (each on its
+    /// own connection), so a round trip's latency is paid once per several
+    /// batches.
+    fn parallel_writes(&self) -> usize {
+        1
+    }
+
     /// Applies the embedded migrations; idempotent.
     fn migrate(&self) -> BoxFuture<'_, Result<(), AuditError>>;
 

@@ -2,7 +2,8 @@
 //!
 //! It takes rows from the hot-path queue into a memory backlog and writes
 //! them in batches of `AUDIT_BATCH` (a batch goes out when full, or
-//! [`FLUSH_INTERVAL`] after its first row). While the sink fails it retries
+//! [`FLUSH_INTERVAL`] after its first row; under load several batches are in
+//! flight at once, see [`AuditSink::parallel_writes`]). While the sink fails it retries
 //! with back-off; the backlog holds up to `AUDIT_BUFFER` rows, then spills
 //! to the journal (synced before the rows leave memory). On recovery the
 //! journal is replayed before the backlog, so rows reach the database in
@@ -69,7 +70,7 @@ impl Writer {
     /// Runs until `stop` delivers the shutdown deadline (or every sender is
     /// gone), then flushes.
     pub(crate) async fn run(mut self, mut stop: oneshot::Receiver<Instant>) {
-        let mut buf = Vec::with_capacity(self.p.batch);
+        let mut buf = Vec::with_capacity(self.p.batch * self.p.sink.parallel_writes().max(1));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A journal left by an earlier run is replayed at once.
@@ -82,7 +83,7 @@ impl Writer {
                     let deadline = deadline.unwrap_or_else(|_| Instant::now());
                     return self.shutdown(deadline).await;
                 }
-                n = self.rx.recv_many(&mut buf, self.p.batch) => {
+                n = self.rx.recv_many(&mut buf, self.p.batch * self.p.sink.parallel_writes().max(1)) => {
                     if n == 0 {
                         return self.shutdown(Instant::now() + Duration::from_secs(1)).await;
                     }
@@ -137,9 +138,9 @@ impl Writer {
         }
         self.replay_journal().await?;
         while !self.backlog.is_empty() {
-            let n = self.backlog.len().min(self.p.batch);
+            let n = self.backlog.len().min(self.p.batch * self.p.sink.parallel_writes().max(1));
             let rows = &self.backlog.make_contiguous()[..n];
-            write_rows(&*self.p.sink, &self.p.metrics, rows).await?;
+            write_batches(&*self.p.sink, &self.p.metrics, rows, self.p.batch).await?;
             self.backlog.drain(..n);
             self.last_contact = Instant::now();
         }
@@ -156,8 +157,8 @@ impl Writer {
                 },
             };
             let start = segment.position()?;
-            let batch = segment.read_batch(self.p.batch)?;
-            if let Err(e) = write_rows(&*self.p.sink, &self.p.metrics, &batch.rows).await {
+            let batch = segment.read_batch(self.p.batch * self.p.sink.parallel_writes().max(1))?;
+            if let Err(e) = write_batches(&*self.p.sink, &self.p.metrics, &batch.rows, self.p.batch).await {
                 segment.rewind(start)?;
                 self.replay = Some(segment);
                 return Err(e);
@@ -283,6 +284,19 @@ impl Writer {
 
 async fn timed<T>(f: impl Future<Output = Result<T, AuditError>>) -> Result<T, AuditError> {
     tokio::time::timeout(WRITE_TIMEOUT, f).await.map_err(|_| AuditError::Timeout(WRITE_TIMEOUT))?
+}
+
+/// `rows` in inserts of `batch` rows, all in flight at once; `Ok` only if
+/// every insert succeeded (on failure the caller keeps all the rows: those
+/// that did go in are skipped when written again).
+async fn write_batches(
+    sink: &dyn AuditSink,
+    metrics: &Metrics,
+    rows: &[AuditEvent],
+    batch: usize,
+) -> Result<(), AuditError> {
+    let results = futures_util::future::join_all(rows.chunks(batch.max(1)).map(|c| write_rows(sink, metrics, c))).await;
+    results.into_iter().collect()
 }
 
 /// One insert, measured.
