@@ -108,6 +108,65 @@ pub struct Config {
     #[arg(long = "max-queue-messages", env = "WS_MAX_QUEUE_MESSAGES", value_name = "WS_MAX_QUEUE_MESSAGES", default_value = "1024", value_parser = positive)]
     pub max_queue_messages: usize,
 
+    /// TCP accept queue length, for reconnect storms after a restart (the
+    /// kernel caps it at net.core.somaxconn).
+    #[arg(
+        long = "accept-backlog",
+        env = "WS_ACCEPT_BACKLOG",
+        value_name = "WS_ACCEPT_BACKLOG",
+        default_value = "4096"
+    )]
+    pub accept_backlog: u32,
+
+    /// Connect attempts per minute per client IP (0 = off: behind a load
+    /// balancer every client shares one IP). Over: HTTP 429.
+    #[arg(
+        long = "connect-rate-limit",
+        env = "WS_CONNECT_RATE_LIMIT",
+        value_name = "WS_CONNECT_RATE_LIMIT",
+        default_value = "0"
+    )]
+    pub connect_rate_limit: u32,
+
+    /// Concurrent connections per authenticated user (over: close 1008).
+    #[arg(long = "max-connections-per-user", env = "WS_MAX_CONNECTIONS_PER_USER", value_name = "WS_MAX_CONNECTIONS_PER_USER", default_value = "10", value_parser = positive)]
+    pub max_connections_per_user: usize,
+
+    /// HS256 secret for client JWTs (at least 16 bytes). Unset, and no
+    /// JWT_PUBLIC_KEY: auth is off (logged loudly).
+    #[arg(long = "jwt-secret", env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file of an RSA (RS256) or EC P-256 (ES256) public key for client JWTs.
+    #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Required `iss` of client JWTs, when set.
+    #[arg(long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of client JWTs, when set.
+    #[arg(long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// `production` refuses to start without a JWT key.
+    #[arg(long = "gateway-env", env = "GATEWAY_ENV", value_name = "GATEWAY_ENV", default_value = "development")]
+    pub gateway_env: String,
+
+    /// Redis for rate-limit counters shared by every instance; unset: each
+    /// instance limits alone.
+    #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the rate-limit keys in Redis.
+    #[arg(
+        long = "redis-key-prefix",
+        env = "REDIS_KEY_PREFIX",
+        value_name = "REDIS_KEY_PREFIX",
+        default_value = "venta:rl:"
+    )]
+    pub redis_key_prefix: String,
+
     /// Bearer token required by `POST /api/v1/publish/*`; unset: open.
     #[arg(long = "ingest-token", env = "INGEST_TOKEN", value_name = "INGEST_TOKEN", hide_env_values = true)]
     pub ingest_token: Option<String>,
@@ -223,6 +282,16 @@ impl Config {
             max_subscriptions: 100,
             max_queue_bytes: 1 << 20,
             max_queue_messages: 1024,
+            accept_backlog: 4096,
+            connect_rate_limit: 0,
+            max_connections_per_user: 10,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            gateway_env: "development".into(),
+            redis_url: None,
+            redis_key_prefix: "venta:rl:".into(),
             ingest_token: None,
             nats_url: None,
             nats_subject_prefix: "venta".into(),

@@ -22,13 +22,15 @@ fn check(status: &DependencyStatus) -> Value {
 
 /// `GET /health`: overall status and one entry per dependency; 503 when a
 /// required dependency (the bus) is down, `degraded` (200) when an optional
-/// one (JetStream, the audit database) is.
+/// one (Redis, JetStream, the audit database) is.
 pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let nats = shared.bus.health();
     let extra = shared.bus.extra_checks();
+    let redis = shared.limiter.health();
     let database = shared.audit.health();
-    let degraded = extra.iter().any(|(_, s)| matches!(s, DependencyStatus::Down(_)))
-        || matches!(database, DependencyStatus::Down(_));
+    let degraded = matches!(redis, DependencyStatus::Down(_))
+        || matches!(database, DependencyStatus::Down(_))
+        || extra.iter().any(|(_, s)| matches!(s, DependencyStatus::Down(_)));
     let (status, code) = match nats {
         DependencyStatus::Down(_) => ("down", StatusCode::SERVICE_UNAVAILABLE),
         _ if degraded => ("degraded", StatusCode::OK),
@@ -36,7 +38,7 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     };
     let mut checks = serde_json::Map::new();
     checks.insert("nats".into(), check(&nats));
-    checks.insert("redis".into(), check(&DependencyStatus::Disabled));
+    checks.insert("redis".into(), check(&redis));
     checks.insert("database".into(), check(&database));
     for (name, s) in &extra {
         checks.insert((*name).into(), check(s));

@@ -14,11 +14,14 @@
 //! - [`audit`]: the subscription audit trail (`postgres`, `sqlite`), fed
 //!   through a bounded queue, a batching writer and a spill journal.
 //! - [`http`]: health, readiness, metrics, status.
-//! - [`config`], [`metrics`], [`ratelimit`], [`server`] (wiring).
+//! - [`auth`]: JWT on connect; [`ratelimit`]: GCRA budgets, in memory or
+//!   shared through Redis.
+//! - [`config`], [`metrics`], [`server`] (wiring).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod audit;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod http;

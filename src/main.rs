@@ -26,6 +26,27 @@ struct Cli {
 enum Command {
     /// Publish an update by hand (gRPC by default, or HTTP, or NATS).
     Publish(publish_cli::PublishArgs),
+    /// Print an HS256 token signed with JWT_SECRET, for development.
+    Gentoken {
+        /// The user (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime: seconds, or with a unit: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        Some('d') => (&s[..s.len() - 1], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 1h or 7d"))?;
+    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
@@ -89,6 +110,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Gentoken { sub, ttl }) = &cli.command {
+        let Some(secret) = cli.config.jwt_secret.as_deref() else {
+            eprintln!("error: gentoken signs with JWT_SECRET; set it (at least 16 bytes)");
+            return ExitCode::from(2);
+        };
+        if let Err(e) = venta_gateway::protocol::UserId::parse(sub) {
+            eprintln!("error: --sub {e}");
+            return ExitCode::from(2);
+        }
+        return match venta_gateway::auth::dev_token(secret, sub, *ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Publish(args)) = cli.command {
         return match runtime.block_on(publish_cli::run(args)) {
             Ok(()) => ExitCode::SUCCESS,

@@ -13,12 +13,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 use std::time::Duration;
 
 use crate::audit::{Audit, AuditError, AuditOptions};
+use crate::auth::Authenticator;
 use crate::bus::local::LocalBus;
 use crate::bus::nats::{ConnectError, NatsBus, NatsOptions};
 use crate::bus::{Bus, Deliver};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, MetricsError};
+use crate::ratelimit::RateLimiter;
+use crate::ratelimit::memory::MemoryLimiter;
+use crate::ratelimit::redis::RedisLimiter;
 use crate::state::Shared;
 use crate::{audit, http, ingest, transport};
 
@@ -36,6 +40,12 @@ pub enum StartError {
     /// The NATS client could not be set up.
     #[error(transparent)]
     Nats(#[from] ConnectError),
+    /// Auth is misconfigured.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// Redis is misconfigured.
+    #[error(transparent)]
+    Redis(#[from] crate::ratelimit::redis::RedisConfigError),
     /// Metrics registration failed.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
@@ -67,7 +77,7 @@ impl Gateway {
     /// Builds the engines and binds the listener (port 0 picks a free one).
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let addr = SocketAddr::new(config.bind_addr, config.port);
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let listener = listen(addr, config.accept_backlog).map_err(|source| StartError::Bind { addr, source })?;
         let grpc_addr = SocketAddr::new(config.bind_addr, config.grpc_port);
         let grpc_listener =
             TcpListener::bind(grpc_addr).await.map_err(|source| StartError::Bind { addr: grpc_addr, source })?;
@@ -90,10 +100,24 @@ impl Gateway {
                 Arc::new(LocalBus::new(deliver))
             }
         };
+        let auth = Authenticator::from_config(
+            config.jwt_secret.as_deref(),
+            config.jwt_public_key.as_deref(),
+            config.jwt_issuer.as_deref(),
+            config.jwt_audience.as_deref(),
+            config.gateway_env.eq_ignore_ascii_case("production"),
+        )?;
+        if !auth.enabled() {
+            tracing::warn!("AUTH IS OFF: no JWT_SECRET or JWT_PUBLIC_KEY; any client may connect as any user");
+        }
+        let limiter: Arc<dyn RateLimiter> = match &config.redis_url {
+            Some(url) => Arc::new(RedisLimiter::new(url, &config.redis_key_prefix, config.rate_limit)?),
+            None => Arc::new(MemoryLimiter::new(config.rate_limit)),
+        };
         let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let audit =
             Arc::new(Audit::start(AuditOptions::from_config(&config), &instance_id, Arc::clone(&metrics)).await?);
-        let shared = Arc::new(Shared::new(config, hub, bus, metrics, audit));
+        let shared = Arc::new(Shared::new(config, hub, bus, metrics, auth, limiter, audit));
         Ok(Self { shared, listener, grpc_listener })
     }
 
@@ -163,6 +187,15 @@ impl Gateway {
         }
         Ok(clean)
     }
+}
+
+/// Binds with a deep accept backlog: after a restart thousands of clients
+/// reconnect at once, and a short queue turns that into refused connections.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Every HTTP route of the gateway.

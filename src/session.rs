@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::audit::{Action, AuditEvent};
 use crate::hub::{ConnId, Frame, Outbox, OutboxLimits, Push};
 use crate::protocol::{Close, Codec, Command, ErrorCode, Rejection, Request, ServerMessage, Topic, UserId, encode};
-use crate::ratelimit::{Decision, Gcra};
+use crate::ratelimit::Decision;
 use crate::state::Shared;
 
 /// The path a client connected on; it names its main interest only, both
@@ -83,20 +83,30 @@ pub struct Session {
     remote: SocketAddr,
     outbox: Arc<Outbox>,
     subscriptions: HashSet<Topic>,
-    limiter: Gcra,
+    /// The token's `sub` when auth is on: every `userId` must equal it.
+    user: Option<UserId>,
+    /// Rate-limit key: the user, or this connection while auth is off.
+    budget_key: String,
     denied_in_a_row: u32,
     last_seen: Instant,
     next_ping: Instant,
     interval: Duration,
-    /// The last `userId` this connection subscribed with (auth comes later).
-    user: Option<UserId>,
+    /// The audit trail's user: the token's `sub` when auth is on, else the
+    /// last `userId` this connection subscribed with.
+    audit_user: Option<UserId>,
     /// Time of the last audit row, so rows of one connection never tie.
     audit_clock: Option<OffsetDateTime>,
 }
 
 impl Session {
     /// Opens a session; returns it with the outbox its writer drains.
-    pub fn open(shared: Arc<Shared>, transport: Transport, endpoint: Endpoint, remote: SocketAddr) -> Self {
+    pub fn open(
+        shared: Arc<Shared>,
+        transport: Transport,
+        endpoint: Endpoint,
+        remote: SocketAddr,
+        user: Option<UserId>,
+    ) -> Self {
         let limits =
             OutboxLimits { max_messages: shared.config.max_queue_messages, max_bytes: shared.config.max_queue_bytes };
         let outbox = Arc::new(Outbox::new(transport.codec(), limits));
@@ -107,9 +117,15 @@ impl Session {
         shared.metrics.connections.with_label_values(&labels).inc();
         shared.metrics.connections_total.with_label_values(&labels).inc();
         tracing::debug!(conn = id, %remote, transport = transport.as_str(), endpoint = endpoint.as_str(), "connected");
+        let budget_key = match &user {
+            Some(u) => format!("user:{u}"),
+            None => format!("conn:{}:{id}", shared.instance_id),
+        };
         let mut session = Self {
             id,
-            limiter: Gcra::per_minute(shared.config.rate_limit),
+            audit_user: user.clone(),
+            user,
+            budget_key,
             shared,
             transport,
             endpoint,
@@ -120,7 +136,6 @@ impl Session {
             last_seen: now,
             next_ping: now + interval,
             interval,
-            user: None,
             audit_clock: None,
         };
         session.audit(Action::Connect, None, None);
@@ -158,7 +173,7 @@ impl Session {
                 }
                 Err(rej) => {
                     self.count_in(rej.request_type.as_deref().unwrap_or("invalid"));
-                    if let Some(close) = self.spend_budget(rej.request_type.as_deref(), rej.id.as_deref()) {
+                    if let Some(close) = self.spend_budget(rej.request_type.as_deref(), rej.id.as_deref()).await {
                         return close;
                     }
                     self.reject(&rej)
@@ -207,7 +222,7 @@ impl Session {
     async fn on_request(&mut self, req: Request) -> Option<Close> {
         let id = req.id.as_deref();
         if !matches!(req.command, Command::Pong)
-            && let Some(close) = self.spend_budget(Some(req.command.type_name()), id)
+            && let Some(close) = self.spend_budget(Some(req.command.type_name()), id).await
         {
             return close;
         }
@@ -215,8 +230,18 @@ impl Session {
             Command::Pong => None,
             Command::Ping => self.send(&ServerMessage::Pong { id }),
             Command::Subscribe { channel, vendor, user, delivery: _ } => {
+                if let Some(sub) = &self.user
+                    && sub != user
+                {
+                    return self.reject(&Rejection {
+                        code: ErrorCode::Forbidden,
+                        message: "userId differs from the token's user".into(),
+                        request_type: Some(req.command.type_name().into()),
+                        id: req.id.clone(),
+                    });
+                }
                 let topic = Topic::new(*channel, vendor.clone());
-                self.user = Some(user.clone());
+                self.audit_user = Some(user.clone());
                 if !self.subscriptions.contains(&topic) {
                     if self.subscriptions.len() >= self.shared.config.max_subscriptions {
                         let msg =
@@ -281,8 +306,8 @@ impl Session {
     /// refused: `Some(None)` after an error reply, `Some(Some(close))` when
     /// the client is far over the limit and must go.
     #[allow(clippy::option_option)]
-    fn spend_budget(&mut self, request_type: Option<&str>, id: Option<&str>) -> Option<Option<Close>> {
-        match self.limiter.check(Instant::now()) {
+    async fn spend_budget(&mut self, request_type: Option<&str>, id: Option<&str>) -> Option<Option<Close>> {
+        match self.shared.limiter.check(&self.budget_key).await {
             Decision::Allow => {
                 self.denied_in_a_row = 0;
                 None
@@ -336,7 +361,7 @@ impl Session {
             time,
             instance_id: std::sync::Arc::clone(self.shared.audit.instance_id()),
             connection_id: self.id,
-            user_id: self.user.as_ref().map(|u| u.as_str().to_owned()),
+            user_id: self.audit_user.as_ref().map(|u| u.as_str().to_owned()),
             transport: self.transport.as_str().to_owned(),
             channel: topic.map(|t| t.channel.as_str().to_owned()),
             vendor_id: topic.map(|t| t.vendor.as_str().to_owned()),

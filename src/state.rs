@@ -4,14 +4,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::Audit;
+use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
+use crate::protocol::UserId;
+use crate::ratelimit::RateLimiter;
+use crate::ratelimit::memory::MemoryLimiter;
 
 /// Shared state of one gateway instance.
 pub struct Shared {
@@ -27,6 +34,13 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The subscription audit trail.
     pub audit: Arc<Audit>,
+    /// Verifies client tokens.
+    pub auth: Authenticator,
+    /// Client message budgets.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Connect attempts per IP (when `WS_CONNECT_RATE_LIMIT` > 0).
+    pub connect_limiter: Option<MemoryLimiter>,
+    per_user: Mutex<HashMap<UserId, usize>>,
     /// Cancelled when shutdown begins; every connection watches it.
     pub shutdown: CancellationToken,
     /// Client connection tasks, awaited on shutdown.
@@ -39,8 +53,17 @@ pub struct Shared {
 
 impl Shared {
     /// Assembles the shared state; the instance id is the audit trail's.
-    pub fn new(config: Config, hub: Arc<Hub>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, audit: Arc<Audit>) -> Self {
+    pub fn new(
+        config: Config,
+        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+        auth: Authenticator,
+        limiter: Arc<dyn RateLimiter>,
+        audit: Arc<Audit>,
+    ) -> Self {
         let instance_id = audit.instance_id().to_string();
+        let connect_limiter = (config.connect_rate_limit > 0).then(|| MemoryLimiter::new(config.connect_rate_limit));
         Self {
             config,
             instance_id,
@@ -48,6 +71,10 @@ impl Shared {
             bus,
             metrics,
             audit,
+            auth,
+            limiter,
+            connect_limiter,
+            per_user: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
@@ -89,6 +116,37 @@ impl Shared {
     /// Open client connections.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+}
+
+impl Shared {
+    /// Takes one of the user's `WS_MAX_CONNECTIONS_PER_USER` slots.
+    pub fn try_admit_user(self: &Arc<Self>, user: &UserId) -> Option<UserAdmission> {
+        let mut per_user = self.per_user.lock();
+        let n = per_user.entry(user.clone()).or_insert(0);
+        if *n >= self.config.max_connections_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(UserAdmission { shared: Arc::clone(self), user: user.clone() })
+    }
+}
+
+/// A held per-user connection slot; released on drop.
+pub struct UserAdmission {
+    shared: Arc<Shared>,
+    user: UserId,
+}
+
+impl Drop for UserAdmission {
+    fn drop(&mut self) {
+        let mut per_user = self.shared.per_user.lock();
+        if let Some(n) = per_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(&self.user);
+            }
+        }
     }
 }
 

@@ -529,3 +529,35 @@ async fn an_unreachable_database_at_start_degrades_and_catches_up() {
     schema.wait_count("TRUE", 4).await;
     assert!(gw.shutdown().await);
 }
+
+#[tokio::test]
+async fn with_auth_on_every_row_carries_the_tokens_user() {
+    const SECRET: &str = "audit-test-secret-0123456789";
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "carol", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let mut config = test_config();
+    config.jwt_secret = Some(SECRET.into());
+    config.admin_token = Some(TOKEN.into());
+    let gw = TestGateway::start_with(config).await;
+    let mut c = WsClient::connect(&format!("{}?token={token}", gw.url("/ws/location"))).await;
+    subscribe_as(&mut c, "location", "v1", "carol").await;
+    // Another user's id is refused and leaves no row.
+    c.send_json(json!({"type": "subscribe_location", "data": {"vendorId": "v2", "userId": "mallory"}})).await;
+    assert_eq!(c.recv().await["data"]["code"], "forbidden");
+    close(c).await;
+    let mut rows = Vec::new();
+    wait_until("4 rows", async || {
+        rows = api_rows(&gw, "").await;
+        rows.len() == 4
+    })
+    .await;
+    let seen: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["action"].as_str().unwrap(), r["userId"].as_str().unwrap_or("-"))).collect();
+    assert_eq!(seen, [("connect", "carol"), ("subscribe", "carol"), ("unsubscribe", "carol"), ("disconnect", "carol")]);
+    assert!(gw.shutdown().await);
+}

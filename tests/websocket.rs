@@ -220,6 +220,25 @@ async fn invalid_utf8_closes_with_1007() {
 }
 
 #[tokio::test]
+async fn protocol_level_pongs_count_as_life() {
+    let mut config = common::test_config();
+    config.heartbeat_interval_ms = 1000;
+    let gw = TestGateway::start_with(config).await;
+    // This client never sends a message of its own, but its WebSocket stack
+    // answers Ping frames while it reads: that keeps it connected.
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    c.auto_pong = false;
+    let mut pings = 0;
+    while pings < 3 {
+        match c.next_event().await {
+            Event::Json(v) if v["type"] == "ping" => pings += 1,
+            other => panic!("expected pings only, got {other:?}"),
+        }
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn heartbeat_pings_and_closes_a_silent_client_with_4000() {
     let mut config = common::test_config();
     config.heartbeat_interval_ms = 1000;
@@ -233,9 +252,12 @@ async fn heartbeat_pings_and_closes_a_silent_client_with_4000() {
         assert!(waited.is_err(), "alive client got {waited:?}");
         alive
     });
+    // A silent client: it does not read at all, so neither the app-level
+    // ping nor the protocol-level one is answered.
     let mut silent = WsClient::connect(&gw.url("/ws/location")).await;
     silent.auto_pong = false;
-    assert_eq!(silent.recv().await, json!({"type": "ping"}));
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    assert_eq!(silent.recv().await, json!({"type": "ping"}), "the app-level ping came first");
     let (code, reason) = silent.closed().await;
     assert_eq!(code, Some(4000));
     assert_eq!(reason, "heartbeat timeout");

@@ -150,6 +150,7 @@ fn on_event(event: &Event, metrics: &Metrics, outage_started: &Mutex<Option<Inst
 
 async fn setup_jetstream(inner: std::sync::Weak<Inner>) {
     let mut pause = Duration::from_millis(100);
+    let mut warned = false;
     loop {
         let Some(me) = inner.upgrade() else { return };
         if me.client.connection_state() == State::Connected {
@@ -172,7 +173,11 @@ async fn setup_jetstream(inner: std::sync::Weak<Inner>) {
                     return;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "JetStream unavailable (needs nats-server 2.10+ with -js); last values are per instance");
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(error = %e, "JetStream unavailable (needs nats-server 2.10+ with -js); last values are per instance; retrying quietly");
+                    } else {
+                        tracing::debug!(error = %e, "JetStream still unavailable");
+                    }
                     *me.jetstream_error.lock() = Some(e.to_string());
                 }
                 Err(_) => *me.jetstream_error.lock() = Some("timed out".into()),

@@ -101,6 +101,19 @@ impl Hub {
         self.topics.read().values().map(IndexMap::len).sum()
     }
 
+    /// Queue depth (frames, strict bytes) of every subscribed connection,
+    /// for tests and diagnostics; walks every topic, so not for hot paths.
+    pub fn queue_depths(&self) -> HashMap<ConnId, (usize, usize)> {
+        let topics = self.topics.read();
+        let mut out = HashMap::new();
+        for subs in topics.values() {
+            for (id, outbox) in subs {
+                out.entry(*id).or_insert_with(|| outbox.depth());
+            }
+        }
+        out
+    }
+
     /// Subscribers of one topic.
     pub fn subscribers(&self, topic: &Topic) -> usize {
         self.topics.read().get(topic).map_or(0, IndexMap::len)

@@ -139,6 +139,8 @@ pub fn encode(msg: &ServerMessage<'_>, codec: Codec) -> Bytes {
             Some(ErrorData { code: *code, message, request_type: *request_type, retry_after_ms: *retry_after_ms }),
             *id,
         ),
+        // Every connection gets one per interval: no allocation for it.
+        ServerMessage::Ping if codec == Codec::Json => Bytes::from_static(br#"{"type":"ping"}"#),
         ServerMessage::Ping => to_bytes::<()>(codec, ty, None, None),
         ServerMessage::Pong { id } => to_bytes::<()>(codec, ty, None, *id),
     }

@@ -2,9 +2,28 @@
 //!
 //! The budget is GCRA (generic cell rate algorithm): a burst of `limit`
 //! messages at once, then one every `60 s / limit` — smooth, with no
-//! fixed-window edge that would allow 2× bursts.
+//! fixed-window edge that would allow 2× bursts. One trait, two engines:
+//! [`memory::MemoryLimiter`] (this process) and [`redis::RedisLimiter`]
+//! (shared by every instance, falling back to memory while Redis is down).
+
+pub mod memory;
+pub mod redis;
 
 use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+
+use crate::bus::DependencyStatus;
+
+/// Counts client messages per key (the user, or the connection when auth
+/// is off) against the `WS_RATE_LIMIT` budget.
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Spends one unit of `key`'s budget if it allows.
+    fn check<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Decision>;
+
+    /// Health of the engine (`Disabled` for the in-process one).
+    fn health(&self) -> DependencyStatus;
+}
 
 /// The answer to "may this message pass?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +51,12 @@ impl Gcra {
     pub fn per_minute(per_minute: u32) -> Self {
         let interval = Duration::from_secs(60) / per_minute.max(1);
         Self { interval, burst: interval * per_minute.max(1), tat: None }
+    }
+
+    /// Whether the whole burst is available again at `now` (the state can
+    /// be forgotten).
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.tat.is_none_or(|t| t <= now)
     }
 
     /// Spends one unit if the budget allows it.

@@ -7,16 +7,18 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
+use crate::auth;
 use crate::hub::{Frame, Outbox};
-use crate::protocol::Close;
+use crate::protocol::{Close, ErrorCode, UserId};
+use crate::ratelimit::Decision;
 use crate::session::{Endpoint, Inbound, Session, Transport};
-use crate::state::{Admission, Shared};
+use crate::state::{Admission, Shared, UserAdmission};
 
 /// Initial read buffer per connection. Client frames are small (≤ 4 KiB);
 /// tungstenite's 128 KiB default would be resident for every idle client.
@@ -27,30 +29,46 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// What an upgrade request carries besides the socket.
+pub struct Handshake {
+    remote: SocketAddr,
+    query: Option<String>,
+    headers: HeaderMap,
+}
+
 /// `GET /ws/location`.
 pub async fn location(
     state: State<Arc<Shared>>,
-    remote: ConnectInfo<SocketAddr>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    upgrade(state, remote, ws, Endpoint::Location)
+    upgrade(state, Handshake { remote, query, headers }, ws, Endpoint::Location)
 }
 
 /// `GET /ws/vendor`.
 pub async fn vendor(
     state: State<Arc<Shared>>,
-    remote: ConnectInfo<SocketAddr>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    upgrade(state, remote, ws, Endpoint::Vendor)
+    upgrade(state, Handshake { remote, query, headers }, ws, Endpoint::Vendor)
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({"error": {"code": code, "message": message}}))).into_response()
 }
 
 fn upgrade(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    hs: Handshake,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     endpoint: Endpoint,
 ) -> Response {
+    let remote = hs.remote;
     let Ok(ws) = ws else {
         return (
             StatusCode::UPGRADE_REQUIRED,
@@ -62,31 +80,69 @@ fn upgrade(
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    if let Some(limiter) = &shared.connect_limiter
+        && let Decision::Deny { retry_after } = limiter.check_now(&remote.ip().to_string())
+    {
+        shared.metrics.connections_rejected.with_label_values(&["connect_rate"]).inc();
+        let mut resp = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many connection attempts from this address",
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    let authorization = hs.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = auth::token_from(hs.query.as_deref(), authorization);
+    let user = match shared.auth.authenticate(token.as_deref()) {
+        Ok(user) => user,
+        Err(e) => {
+            shared.metrics.connections_rejected.with_label_values(&["unauthorized"]).inc();
+            return refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, &e.to_string());
+        }
+    };
     let max = shared.config.max_message_bytes;
-    let admission = shared.try_admit();
+    let admission = shared.try_admit().map(|a| (a, user.as_ref().map(|u| shared.try_admit_user(u))));
     let tracker = shared.tracker.clone();
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| tracker.track_future(serve(socket, shared, endpoint, remote, admission)))
+        .on_upgrade(move |socket| tracker.track_future(serve(socket, shared, endpoint, remote, user, admission)))
 }
+
+/// The instance-wide slot, and the per-user slot when authenticated
+/// (`Some(None)`: the user is at `WS_MAX_CONNECTIONS_PER_USER`).
+type Admissions = Option<(Admission, Option<Option<UserAdmission>>)>;
 
 async fn serve(
     socket: WebSocket,
     shared: Arc<Shared>,
     endpoint: Endpoint,
     remote: SocketAddr,
-    admission: Option<Admission>,
+    user: Option<UserId>,
+    admission: Admissions,
 ) {
     let (mut sink, stream) = socket.split();
-    let Some(_admission) = admission else {
-        shared.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
-        let close = Close::new(Close::TRY_AGAIN_LATER, "server at WS_MAX_CONNECTIONS; try again later");
+    let refusal = match &admission {
+        None => Some((
+            "max_connections",
+            Close::new(Close::TRY_AGAIN_LATER, "server at WS_MAX_CONNECTIONS; try again later"),
+        )),
+        Some((_, Some(None))) => {
+            Some(("max_connections_per_user", Close::new(Close::POLICY, "too many connections for this user")))
+        }
+        Some(_) => None,
+    };
+    if let Some((reason, close)) = refusal {
+        shared.metrics.connections_rejected.with_label_values(&[reason]).inc();
         let _ = sink.send(close_message(&close)).await;
         return;
-    };
-    let mut session = Session::open(Arc::clone(&shared), Transport::WebSocket, endpoint, remote);
+    }
+    let _admission = admission;
+    let mut session = Session::open(Arc::clone(&shared), Transport::WebSocket, endpoint, remote, user);
     let outbox = Arc::clone(session.outbox());
     let writer = write_loop(sink, &outbox, &shared);
     tokio::pin!(writer);
@@ -188,6 +244,11 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox, sh
             // fails; it costs a scan of ~100 bytes, not an allocation.
             let Ok(text) = Utf8Bytes::try_from(frame.bytes.clone()) else { continue };
             if sink.feed(Message::Text(text)).await.is_err() {
+                return None;
+            }
+            // Alongside the seed's app-level ping, a protocol-level one:
+            // browsers answer it even when the page's JS is throttled.
+            if frame.ty == "ping" && sink.feed(Message::Ping(bytes::Bytes::new())).await.is_err() {
                 return None;
             }
         }

@@ -210,11 +210,14 @@ impl WsClient {
 
     /// Waits for the close frame, skipping messages; returns (code, reason).
     pub async fn closed(&mut self) -> (Option<u16>, String) {
-        loop {
-            if let Event::Closed(code, reason) = self.next_event().await {
-                return (code, reason);
+        let wait = async {
+            loop {
+                if let Event::Closed(code, reason) = self.next_event().await {
+                    return (code, reason);
+                }
             }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait).await.expect("no close within 60 s")
     }
 
     pub async fn subscribe(&mut self, channel: &str, vendor: &str) {

@@ -1,0 +1,218 @@
+//! Authentication of client connections: a JWT on connect (`?token=` or
+//! `Authorization: Bearer`), HS256 with a shared secret or RS256/ES256 with a
+//! public key. The token's `sub` is the user every message is bound to.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::UserId;
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused (the client gets 401 / close 1008).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token in the query or the Authorization header.
+    #[error("missing token (?token= or Authorization: Bearer)")]
+    Missing,
+    /// Signature, algorithm, expiry, issuer or audience check failed.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// `sub` is not a valid user id.
+    #[error("token sub must match ^[A-Za-z0-9_-]{{1,64}}$")]
+    BadSubject,
+}
+
+/// The auth configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// Both kinds of key were given.
+    #[error("JWT_SECRET and JWT_PUBLIC_KEY are both set: choose one")]
+    BothKeys,
+    /// The public key file could not be read.
+    #[error("cannot read JWT_PUBLIC_KEY {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The public key is neither an RSA nor an EC (P-256) PEM key.
+    #[error("JWT_PUBLIC_KEY {0} is neither an RSA nor an EC P-256 public key in PEM")]
+    BadKey(String),
+    /// The secret is unusable.
+    #[error("JWT_SECRET: {0}")]
+    BadSecret(String),
+    /// Production requires auth.
+    #[error("GATEWAY_ENV=production requires JWT_SECRET or JWT_PUBLIC_KEY")]
+    ProductionWithoutKey,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
+/// Verifies tokens; `None` inside means auth is off.
+#[derive(Clone)]
+pub struct Authenticator {
+    verify: Option<(DecodingKey, Validation)>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("enabled", &self.enabled()).finish()
+    }
+}
+
+impl Authenticator {
+    /// Auth off: every connection is anonymous.
+    pub fn disabled() -> Self {
+        Self { verify: None }
+    }
+
+    /// Builds the verifier from the configured key (at most one).
+    pub fn from_config(
+        secret: Option<&str>,
+        public_key: Option<&Path>,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+        production: bool,
+    ) -> Result<Self, AuthConfigError> {
+        let (key, alg) = match (secret, public_key) {
+            (Some(_), Some(_)) => return Err(AuthConfigError::BothKeys),
+            (None, None) if production => return Err(AuthConfigError::ProductionWithoutKey),
+            (None, None) => return Ok(Self::disabled()),
+            (Some(s), None) => {
+                if s.len() < 16 {
+                    return Err(AuthConfigError::BadSecret("must be at least 16 bytes".into()));
+                }
+                (
+                    DecodingKey::from_secret(s.as_bytes()).map_err(|e| AuthConfigError::BadSecret(e.to_string()))?,
+                    Algorithm::HS256,
+                )
+            }
+            (None, Some(path)) => {
+                let shown = path.display().to_string();
+                let pem =
+                    std::fs::read(path).map_err(|source| AuthConfigError::Read { path: shown.clone(), source })?;
+                if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                    (k, Algorithm::RS256)
+                } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                    (k, Algorithm::ES256)
+                } else {
+                    return Err(AuthConfigError::BadKey(shown));
+                }
+            }
+        };
+        // One algorithm only: a token signed with anything else ("none", HS
+        // with an RSA key's bytes) is refused.
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(iss) = issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Self { verify: Some((key, validation)) })
+    }
+
+    /// Whether tokens are required.
+    pub fn enabled(&self) -> bool {
+        self.verify.is_some()
+    }
+
+    /// Checks a token; `Ok(None)` when auth is off.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Option<UserId>, AuthError> {
+        let Some((key, validation)) = &self.verify else { return Ok(None) };
+        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        UserId::parse(&data.claims.sub).map(Some).map_err(|_| AuthError::BadSubject)
+    }
+}
+
+/// Signs an HS256 development token for `sub`, valid for `ttl_secs`.
+pub fn dev_token(secret: &str, sub: &str, ttl_secs: u64) -> Result<String, AuthConfigError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let key = EncodingKey::from_secret(secret.as_bytes()).map_err(|e| AuthConfigError::BadSecret(e.to_string()))?;
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &Claims { sub: sub.to_owned(), exp: now + ttl_secs }, &key)
+        .map_err(|e| AuthConfigError::BadSecret(e.to_string()))
+}
+
+/// Finds the token in a query string (`token=`) or an Authorization header.
+pub fn token_from(query: Option<&str>, authorization: Option<&str>) -> Option<String> {
+    if let Some(h) = authorization.and_then(|h| h.strip_prefix("Bearer ")) {
+        return Some(h.trim().to_owned());
+    }
+    query?.split('&').find_map(|pair| pair.strip_prefix("token=")).map(percent_decode)
+}
+
+/// JWTs are URL-safe base64 with dots; decode `%XX` anyway for clients that
+/// escape everything.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123";
+
+    #[test]
+    fn hs256_round_trip_and_refusals() {
+        let auth = Authenticator::from_config(Some(SECRET), None, None, None, false).unwrap_or_else(|e| panic!("{e}"));
+        let token = dev_token(SECRET, "u1", 60).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(auth.authenticate(Some(&token)).ok().flatten().map(|u| u.to_string()), Some("u1".into()));
+        assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+        let other = dev_token("another-secret-of-16+", "u1", 60).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(auth.authenticate(Some(&other)), Err(AuthError::Invalid(_))));
+        let bad_sub = dev_token(SECRET, "u.1", 60).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(auth.authenticate(Some(&bad_sub)), Err(AuthError::BadSubject));
+    }
+
+    #[test]
+    fn config_rules() {
+        assert!(matches!(
+            Authenticator::from_config(Some(SECRET), Some(Path::new("/x")), None, None, false),
+            Err(AuthConfigError::BothKeys)
+        ));
+        assert!(matches!(
+            Authenticator::from_config(None, None, None, None, true),
+            Err(AuthConfigError::ProductionWithoutKey)
+        ));
+        assert!(!Authenticator::from_config(None, None, None, None, false).map(|a| a.enabled()).unwrap_or(true));
+    }
+
+    #[test]
+    fn token_is_found_in_query_or_header() {
+        assert_eq!(token_from(Some("a=1&token=abc.def"), None).as_deref(), Some("abc.def"));
+        assert_eq!(token_from(Some("token=a%2Eb"), None).as_deref(), Some("a.b"));
+        assert_eq!(token_from(None, Some("Bearer xyz")).as_deref(), Some("xyz"));
+        assert_eq!(token_from(Some("x=1"), None), None);
+    }
+}
