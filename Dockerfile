@@ -70,7 +70,8 @@ RUN cargo fetch --locked \
 COPY src ./src
 COPY build.rs ./
 COPY proto ./proto
-# COPY migrations ./migrations
+# sqlx::migrate! embeds the audit migrations into the binary at build time.
+COPY migrations ./migrations
 # COPY schemas ./schemas
 
 # Forget the stub build of this crate (COPY keeps the context's mtimes, which
@@ -119,7 +120,8 @@ USER 10001:10001
 
 ENV BIND_ADDR=:: \
     LOG_FORMAT=json \
-    AUDIT_SQLITE_PATH=/var/lib/venta-gateway/venta-gateway-audit.db
+    AUDIT_SQLITE_PATH=/var/lib/venta-gateway/venta-gateway-audit.db \
+    AUDIT_JOURNAL_DIR=/var/lib/venta-gateway/audit-journal
 
 # 5006/tcp HTTP + WebSocket, 5006/udp WebTransport (HTTP/3), 5007/tcp gRPC.
 EXPOSE 5006/tcp 5006/udp 5007/tcp

@@ -1,5 +1,6 @@
 //! Generates the gRPC code from `proto/` with a vendored protoc, so a fresh
-//! machine needs nothing but `cargo build`.
+//! machine needs nothing but `cargo build`; rebuilds when `migrations/`
+//! (embedded by `sqlx::migrate!`) changes.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let include = protoc_bin_vendored::include_path()?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds migrations/ at compile time.
+    println!("cargo:rerun-if-changed=migrations");
     tonic_prost_build::configure().file_descriptor_set_path(out.join("venta_gateway_v1.bin")).compile_with_config(
         config,
         &[PathBuf::from("proto/venta/gateway/v1/ingest.proto")],

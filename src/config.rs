@@ -231,6 +231,48 @@ pub struct Config {
     #[arg(long = "last-value-max-age", env = "NATS_LAST_VALUE_MAX_AGE", value_name = "NATS_LAST_VALUE_MAX_AGE", default_value = "86400", value_parser = nonzero_u64)]
     pub last_value_max_age_secs: u64,
 
+    /// PostgreSQL for the subscription audit trail, e.g.
+    /// `postgres://user:pass@host:5432/db`; unset: embedded SQLite file.
+    #[arg(long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// The embedded SQLite audit file, used when DATABASE_URL is unset.
+    #[arg(
+        long = "audit-sqlite-path",
+        env = "AUDIT_SQLITE_PATH",
+        value_name = "AUDIT_SQLITE_PATH",
+        default_value = "./venta-gateway-audit.db"
+    )]
+    pub audit_sqlite_path: PathBuf,
+
+    /// Directory of the audit spill journal (rows the database could not
+    /// take yet); one per instance.
+    #[arg(
+        long = "audit-journal-dir",
+        env = "AUDIT_JOURNAL_DIR",
+        value_name = "AUDIT_JOURNAL_DIR",
+        default_value = "./audit-journal"
+    )]
+    pub audit_journal_dir: PathBuf,
+
+    /// Audit rows the hot-path queue holds; when full, rows go straight to
+    /// the journal (never dropped, never waited for).
+    #[arg(long = "audit-queue", env = "AUDIT_QUEUE", value_name = "AUDIT_QUEUE", default_value = "10000", value_parser = positive)]
+    pub audit_queue: usize,
+
+    /// Audit rows per database insert.
+    #[arg(long = "audit-batch", env = "AUDIT_BATCH", value_name = "AUDIT_BATCH", default_value = "500", value_parser = positive)]
+    pub audit_batch: usize,
+
+    /// Audit rows kept in memory while the database is unreachable before
+    /// they spill to the journal.
+    #[arg(long = "audit-buffer", env = "AUDIT_BUFFER", value_name = "AUDIT_BUFFER", default_value = "10000", value_parser = positive)]
+    pub audit_buffer: usize,
+
+    /// Bearer token for `GET /api/v1/audit`; unset: that route answers 404.
+    #[arg(long = "admin-token", env = "ADMIN_TOKEN", value_name = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Seconds to wait for clients to close and queues to flush on shutdown.
     #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", value_name = "SHUTDOWN_TIMEOUT", default_value = "10")]
     pub shutdown_timeout_secs: u64,
@@ -297,6 +339,13 @@ impl Config {
             nats_interest_linger_ms: 2000,
             nats_jetstream: true,
             last_value_max_age_secs: 86_400,
+            database_url: None,
+            audit_sqlite_path: PathBuf::from("./venta-gateway-audit.db"),
+            audit_journal_dir: PathBuf::from("./audit-journal"),
+            audit_queue: 10_000,
+            audit_batch: 500,
+            audit_buffer: 10_000,
+            admin_token: None,
             shutdown_timeout_secs: 10,
             instance_id: None,
             log_level: "info".into(),

@@ -22,13 +22,16 @@ fn check(status: &DependencyStatus) -> Value {
 }
 
 /// `GET /health`: overall status and one entry per dependency; 503 when a
-/// required dependency (the bus) is down.
+/// required dependency (the bus) is down, `degraded` (200) when an optional
+/// one (Redis, JetStream, the audit database) is.
 pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let nats = shared.bus.health();
     let extra = shared.bus.extra_checks();
     let redis = shared.limiter.health();
-    let degraded =
-        matches!(redis, DependencyStatus::Down(_)) || extra.iter().any(|(_, s)| matches!(s, DependencyStatus::Down(_)));
+    let database = shared.audit.health();
+    let degraded = matches!(redis, DependencyStatus::Down(_))
+        || matches!(database, DependencyStatus::Down(_))
+        || extra.iter().any(|(_, s)| matches!(s, DependencyStatus::Down(_)));
     let (status, code) = match nats {
         DependencyStatus::Down(_) => ("down", StatusCode::SERVICE_UNAVAILABLE),
         _ if degraded => ("degraded", StatusCode::OK),
@@ -37,7 +40,7 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let mut checks = serde_json::Map::new();
     checks.insert("nats".into(), check(&nats));
     checks.insert("redis".into(), check(&redis));
-    checks.insert("database".into(), check(&DependencyStatus::Disabled));
+    checks.insert("database".into(), check(&database));
     for (name, s) in &extra {
         checks.insert((*name).into(), check(s));
     }
@@ -66,6 +69,7 @@ pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let m = &shared.metrics;
     m.subscriptions.set(shared.hub.subscription_count() as i64);
     m.topics.set(shared.hub.topic_count() as i64);
+    m.audit_queue_depth.set(shared.audit.queue_depth() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
 }
 

@@ -11,7 +11,9 @@
 //!   `wt`: WebTransport over HTTP/3, MessagePack frames and datagrams).
 //! - [`bus`]: how updates travel between publishers and instances
 //!   (`local`: in-process).
-//! - [`ingest`]: publish entry points (`http`).
+//! - [`ingest`]: publish entry points (`http`, `grpc`).
+//! - [`audit`]: the subscription audit trail (`postgres`, `sqlite`), fed
+//!   through a bounded queue, a batching writer and a spill journal.
 //! - [`http`]: health, readiness, metrics, status.
 //! - [`auth`]: JWT on connect; [`ratelimit`]: GCRA budgets, in memory or
 //!   shared through Redis.
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod config;

@@ -51,6 +51,26 @@ pub struct Metrics {
     pub bus_outage_seconds: Counter,
     /// Times NATS dropped messages for a subscription we read too slowly.
     pub bus_slow_consumer: IntCounter,
+    /// Audit rows waiting in the hot-path queue.
+    pub audit_queue_depth: IntGauge,
+    /// Audit rows held in the writer's memory (the database is slow or down).
+    pub audit_buffered_rows: IntGauge,
+    /// Audit rows in the on-disk journal, not yet in the database.
+    pub audit_journal_rows: IntGauge,
+    /// 1 while the audit database takes writes.
+    pub audit_database_up: IntGauge,
+    /// Time of one audit insert (one batch).
+    pub audit_write_seconds: Histogram,
+    /// Rows per audit insert.
+    pub audit_batch_rows: Histogram,
+    /// Audit rows written (a replayed row already stored counts again).
+    pub audit_rows_written: IntCounter,
+    /// Failed audit inserts.
+    pub audit_write_errors: IntCounter,
+    /// Audit rows put in the journal, by reason.
+    pub audit_spilled: IntCounterVec,
+    /// Audit rows lost, by reason (the journal could not be written).
+    pub audit_dropped: IntCounterVec,
     in_total: AtomicU64,
     out_total: AtomicU64,
 }
@@ -118,6 +138,46 @@ impl Metrics {
             Counter::new("venta_bus_outage_seconds_total", "Seconds spent without a NATS connection")?;
         let bus_slow_consumer =
             IntCounter::new("venta_bus_slow_consumer_total", "NATS slow-consumer events (messages dropped by NATS)")?;
+        let audit_queue_depth = IntGauge::new("venta_audit_queue_depth", "Audit rows waiting in the hot-path queue")?;
+        let audit_buffered_rows =
+            IntGauge::new("venta_audit_buffered_rows", "Audit rows held in memory by the writer")?;
+        let audit_journal_rows =
+            IntGauge::new("venta_audit_journal_rows", "Audit rows in the on-disk journal, not yet in the database")?;
+        let audit_database_up = IntGauge::new("venta_audit_database_up", "1 while the audit database takes writes")?;
+        let audit_write_seconds = Histogram::with_opts(
+            HistogramOpts::new("venta_audit_write_seconds", "Time of one audit insert (one batch)")
+                .buckets(vec![0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )?;
+        let audit_batch_rows = Histogram::with_opts(
+            HistogramOpts::new("venta_audit_batch_rows", "Rows per audit insert")
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]),
+        )?;
+        let audit_rows_written = IntCounter::new("venta_audit_rows_written_total", "Audit rows written")?;
+        let audit_write_errors = IntCounter::new("venta_audit_write_errors_total", "Failed audit inserts")?;
+        let audit_spilled = IntCounterVec::new(
+            Opts::new("venta_audit_spilled_total", "Audit rows put in the on-disk journal, by reason"),
+            &["reason"],
+        )?;
+        let audit_dropped = IntCounterVec::new(
+            Opts::new("venta_audit_dropped_total", "Audit rows lost (journal not writable or unreadable), by reason"),
+            &["reason"],
+        )?;
+        reg(Box::new(audit_queue_depth.clone()))?;
+        reg(Box::new(audit_buffered_rows.clone()))?;
+        reg(Box::new(audit_journal_rows.clone()))?;
+        reg(Box::new(audit_database_up.clone()))?;
+        reg(Box::new(audit_write_seconds.clone()))?;
+        reg(Box::new(audit_batch_rows.clone()))?;
+        reg(Box::new(audit_rows_written.clone()))?;
+        reg(Box::new(audit_write_errors.clone()))?;
+        reg(Box::new(audit_spilled.clone()))?;
+        reg(Box::new(audit_dropped.clone()))?;
+        for reason in ["queue_full", "buffer_full", "shutdown", "writer_stopped"] {
+            audit_spilled.with_label_values(&[reason]);
+        }
+        for reason in ["journal_error", "journal_unreadable"] {
+            audit_dropped.with_label_values(&[reason]);
+        }
         reg(Box::new(bus_connected.clone()))?;
         reg(Box::new(bus_disconnects.clone()))?;
         reg(Box::new(bus_outage_seconds.clone()))?;
@@ -163,6 +223,16 @@ impl Metrics {
             bus_disconnects,
             bus_outage_seconds,
             bus_slow_consumer,
+            audit_queue_depth,
+            audit_buffered_rows,
+            audit_journal_rows,
+            audit_database_up,
+            audit_write_seconds,
+            audit_batch_rows,
+            audit_rows_written,
+            audit_write_errors,
+            audit_spilled,
+            audit_dropped,
             in_total: AtomicU64::new(0),
             out_total: AtomicU64::new(0),
         })

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use std::time::Duration;
 
+use crate::audit::{Audit, AuditError, AuditOptions};
 use crate::auth::Authenticator;
 use crate::bus::local::LocalBus;
 use crate::bus::nats::{ConnectError, NatsBus, NatsOptions};
@@ -24,7 +25,7 @@ use crate::ratelimit::memory::MemoryLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::state::Shared;
 use crate::transport::wt;
-use crate::{http, ingest, transport};
+use crate::{audit, http, ingest, transport};
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,10 @@ pub enum StartError {
     /// WebTransport could not start (certificate or UDP port).
     #[error(transparent)]
     WebTransport(#[from] wt::WtError),
+    /// The audit trail could not be set up (journal directory, SQLite file,
+    /// or an unparsable DATABASE_URL).
+    #[error("audit: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// Serving failures.
@@ -114,7 +119,10 @@ impl Gateway {
             Some(url) => Arc::new(RedisLimiter::new(url, &config.redis_key_prefix, config.rate_limit)?),
             None => Arc::new(MemoryLimiter::new(config.rate_limit)),
         };
-        let shared = Arc::new(Shared::new(config, hub, bus, metrics, auth, limiter));
+        let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let audit =
+            Arc::new(Audit::start(AuditOptions::from_config(&config), &instance_id, Arc::clone(&metrics)).await?);
+        let shared = Arc::new(Shared::new(config, hub, bus, metrics, auth, limiter, audit));
         let http_port = listener.local_addr().map(|a| a.port()).unwrap_or(shared.config.port);
         let wt = wt::Listener::bind(&shared.config, http_port, &shared.wt_certs).await?;
         Ok(Self { shared, listener, grpc_listener, wt })
@@ -141,8 +149,9 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves, then: readiness 503, stop accepting,
-    /// close every client with 1001, wait for them up to `SHUTDOWN_TIMEOUT`.
-    /// Returns whether everything finished in time.
+    /// close every client with 1001, wait for them up to `SHUTDOWN_TIMEOUT`,
+    /// flush the audit trail (journaling what cannot be written), drain the
+    /// bus. Returns whether every client finished in time.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<bool, RunError> {
         let Self { shared, listener, grpc_listener, wt } = self;
         let wt_accept = wt.spawn(Arc::clone(&shared));
@@ -186,12 +195,16 @@ impl Gateway {
         };
         // axum stops at the upgrade: WebSocket and WebTransport sessions are
         // tracked apart, and close themselves with 1001.
+        let stopping = std::time::Instant::now();
         shared.tracker.close();
         let timeout = shared.config.shutdown_timeout();
         let clean = tokio::time::timeout(timeout, shared.tracker.wait()).await.is_ok();
         if let Some(endpoint) = wt_endpoint {
             wt::close(&endpoint, Duration::from_secs(2)).await;
         }
+        // Sessions have recorded their disconnects: the audit flush gets the
+        // rest of the grace period (at least a second).
+        shared.audit.close(timeout.saturating_sub(stopping.elapsed())).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.bus.drain()).await;
         if clean {
             tracing::info!("shutdown complete");
@@ -226,6 +239,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health/ready", get(http::ready))
         .route("/metrics", get(http::metrics))
         .route("/wt/cert-hash", get(http::cert_hash))
+        .route("/api/v1/audit", get(audit::api::list))
         .merge(publish)
         .with_state(shared)
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
+use time::OffsetDateTime;
 
+use crate::audit::{Action, AuditEvent};
 use crate::hub::{ConnId, Frame, Outbox, OutboxLimits, Push};
 use crate::protocol::{
     Channel, Close, Codec, Command, Delivery, ErrorCode, Rejection, Request, ServerMessage, Topic, UserId, encode,
@@ -140,6 +142,11 @@ pub struct Session {
     last_seen: Instant,
     next_ping: Instant,
     interval: Duration,
+    /// The audit trail's user: the token's `sub` when auth is on, else the
+    /// last `userId` this connection subscribed with.
+    audit_user: Option<UserId>,
+    /// Time of the last audit row, so rows of one connection never tie.
+    audit_clock: Option<OffsetDateTime>,
 }
 
 impl Session {
@@ -165,8 +172,9 @@ impl Session {
             Some(u) => format!("user:{u}"),
             None => format!("conn:{}:{id}", shared.instance_id),
         };
-        Self {
+        let mut session = Self {
             id,
+            audit_user: user.clone(),
             user,
             budget_key,
             shared,
@@ -180,7 +188,10 @@ impl Session {
             last_seen: now,
             next_ping: now + interval,
             interval,
-        }
+            audit_clock: None,
+        };
+        session.audit(Action::Connect, None, None);
+        session
     }
 
     /// The connection's id.
@@ -266,11 +277,17 @@ impl Session {
     }
 
     /// Releases every subscription; call once when the connection ends.
-    pub fn finish(mut self) {
-        for topic in std::mem::take(&mut self.subscriptions) {
+    /// `reason` goes into the audit trail: the close code and reason the
+    /// server sent (`1001 server shutting down`), or `client closed`.
+    pub fn finish(mut self, reason: &str) {
+        let mut held: Vec<Topic> = std::mem::take(&mut self.subscriptions).into_iter().collect();
+        held.sort();
+        for topic in held {
             self.shared.hub.unsubscribe(&topic, self.id);
             self.shared.bus.unwatch(&topic);
+            self.audit(Action::Unsubscribe, Some(&topic), Some("disconnect"));
         }
+        self.audit(Action::Disconnect, None, Some(reason));
         self.update_gauges();
         let labels = [self.transport.as_str(), self.endpoint.as_str()];
         self.shared.metrics.connections.with_label_values(&labels).dec();
@@ -299,6 +316,7 @@ impl Session {
                     });
                 }
                 let topic = Topic::new(*channel, vendor.clone());
+                self.audit_user = Some(user.clone());
                 // Datagrams are for location updates (latest position wins);
                 // a vendor subscription ignores the field. Set before the hub
                 // routes anything, and again on a repeated subscribe, so the
@@ -335,6 +353,7 @@ impl Session {
                     }
                     self.subscriptions.insert(topic.clone());
                     self.update_gauges();
+                    self.audit(Action::Subscribe, Some(&topic), None);
                     let close = self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id });
                     // The last known value comes right after the ack, unless
                     // a live update got there first.
@@ -361,6 +380,7 @@ impl Session {
                     self.shared.hub.unsubscribe(&topic, self.id);
                     self.shared.bus.unwatch(&topic);
                     self.update_gauges();
+                    self.audit(Action::Unsubscribe, Some(&topic), None);
                 }
                 self.send(&ServerMessage::Unsubscribed { channel: *channel, vendor, id })
             }
@@ -415,6 +435,25 @@ impl Session {
                 None // The writer sends the pending 1013 close.
             }
         }
+    }
+
+    /// Hands one row to the audit trail; never waits (see [`crate::audit`]).
+    fn audit(&mut self, action: Action, topic: Option<&Topic>, reason: Option<&str>) {
+        let time = crate::audit::next_time(self.audit_clock);
+        self.audit_clock = Some(time);
+        self.shared.audit.record(AuditEvent {
+            event_id: uuid::Uuid::now_v7(),
+            time,
+            instance_id: std::sync::Arc::clone(self.shared.audit.instance_id()),
+            connection_id: self.id,
+            user_id: self.audit_user.as_ref().map(|u| u.as_str().to_owned()),
+            transport: self.transport.as_str().to_owned(),
+            channel: topic.map(|t| t.channel.as_str().to_owned()),
+            vendor_id: topic.map(|t| t.vendor.as_str().to_owned()),
+            action,
+            client_addr: Some(self.remote.to_string()),
+            reason: reason.map(str::to_owned),
+        });
     }
 
     fn count_in(&self, ty: &str) {

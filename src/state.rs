@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
@@ -33,6 +33,8 @@ pub struct Shared {
     pub bus: Arc<dyn Bus>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The subscription audit trail.
+    pub audit: Arc<Audit>,
     /// Verifies client tokens.
     pub auth: Authenticator,
     /// Client message budgets.
@@ -53,7 +55,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Assembles the shared state.
+    /// Assembles the shared state; the instance id is the audit trail's.
     pub fn new(
         config: Config,
         hub: Arc<Hub>,
@@ -61,8 +63,9 @@ impl Shared {
         metrics: Arc<Metrics>,
         auth: Authenticator,
         limiter: Arc<dyn RateLimiter>,
+        audit: Arc<Audit>,
     ) -> Self {
-        let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let instance_id = audit.instance_id().to_string();
         let connect_limiter = (config.connect_rate_limit > 0).then(|| MemoryLimiter::new(config.connect_rate_limit));
         Self {
             config,
@@ -70,6 +73,7 @@ impl Shared {
             hub,
             bus,
             metrics,
+            audit,
             auth,
             limiter,
             connect_limiter,

@@ -24,6 +24,8 @@ fn bad_values_exit_non_zero_naming_variable_and_value() {
         ("WS_RATE_LIMIT", "0"),
         ("LOG_FORMAT", "xml"),
         ("BIND_ADDR", "nowhere"),
+        ("AUDIT_QUEUE", "0"),
+        ("AUDIT_BATCH", "many"),
     ] {
         let out = bin().env(var, value).output().unwrap();
         assert!(!out.status.success(), "{var}={value} was accepted");
@@ -49,11 +51,18 @@ fn help_documents_every_option_with_its_default() {
         ("SHUTDOWN_TIMEOUT", "10"),
         ("LOG_LEVEL", "info"),
         ("LOG_FORMAT", "text"),
+        ("AUDIT_SQLITE_PATH", "./venta-gateway-audit.db"),
+        ("AUDIT_JOURNAL_DIR", "./audit-journal"),
+        ("AUDIT_QUEUE", "10000"),
+        ("AUDIT_BATCH", "500"),
+        ("AUDIT_BUFFER", "10000"),
     ] {
         assert!(help.contains(&format!("env: {var}")), "--help lacks {var}:\n{help}");
         assert!(help.contains(&format!("default: {default}")), "--help lacks default {default} for {var}");
     }
-    assert!(help.contains("INGEST_TOKEN"));
+    for var in ["INGEST_TOKEN", "DATABASE_URL", "ADMIN_TOKEN"] {
+        assert!(help.contains(&format!("env: {var}")), "--help lacks {var}");
+    }
 }
 
 #[tokio::test]
@@ -141,12 +150,15 @@ async fn js_client_receives_updates_and_resubscribes_after_restart() {
 #[test]
 fn log_format_json_writes_json_lines() {
     let port = free_port();
+    let audit = common::nats::tempdir::Dir::new();
     let mut child = bin()
         .env("WEBSOCKET_GATEWAY_PORT", port.to_string())
         .env("GRPC_PORT", free_port().to_string())
         .env("BIND_ADDR", "127.0.0.1")
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", "info")
+        .env("AUDIT_JOURNAL_DIR", audit.0.join("journal"))
+        .env("AUDIT_SQLITE_PATH", audit.0.join("audit.db"))
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

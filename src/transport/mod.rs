@@ -3,3 +3,8 @@
 
 pub mod ws;
 pub mod wt;
+
+/// The audit trail's reason for a close: code and reason.
+pub(crate) fn close_reason(close: &crate::protocol::Close) -> String {
+    format!("{} {}", close.code, close.reason)
+}

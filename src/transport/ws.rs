@@ -147,44 +147,61 @@ async fn serve(
     let writer = write_loop(sink, &outbox, &shared);
     tokio::pin!(writer);
     let reader = read_loop(stream, &mut session, &shared);
-    tokio::select! {
-        () = &mut writer => {}
-        close = reader => {
-            if let Some(close) = close {
+    let reason = tokio::select! {
+        sent = &mut writer => match sent {
+            Some(close) => crate::transport::close_reason(&close),
+            None => "connection lost".to_owned(),
+        },
+        end = reader => match end {
+            ReadEnd::Close(close) => {
+                let reason = crate::transport::close_reason(&close);
                 outbox.close(close);
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+                reason
             }
+            ReadEnd::ClientClosed => "client closed".to_owned(),
+            ReadEnd::Lost => "connection lost".to_owned(),
         }
-    }
-    session.finish();
+    };
+    session.finish(&reason);
 }
 
-/// Reads client frames until the client leaves (`None`) or the session
-/// decides to close it.
-async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, shared: &Shared) -> Option<Close> {
+/// How the read side ended.
+enum ReadEnd {
+    /// The session (or shutdown) closes the connection with this.
+    Close(Close),
+    /// The client sent a Close frame or ended the stream.
+    ClientClosed,
+    /// The socket failed.
+    Lost,
+}
+
+/// Reads client frames until the client leaves or the session decides to
+/// close it.
+async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, shared: &Shared) -> ReadEnd {
     loop {
         let deadline = tokio::time::Instant::from_std(session.next_deadline());
         let inbound = tokio::select! {
             msg = stream.next() => msg,
             () = tokio::time::sleep_until(deadline) => {
                 match session.on_timer(Instant::now()) {
-                    Some(close) => return Some(close),
+                    Some(close) => return ReadEnd::Close(close),
                     None => continue,
                 }
             }
             () = shared.shutdown.cancelled() => {
-                return Some(Close::new(Close::GOING_AWAY, "server shutting down"));
+                return ReadEnd::Close(Close::new(Close::GOING_AWAY, "server shutting down"));
             }
         };
         let close = match inbound {
-            None | Some(Ok(Message::Close(_))) => return None,
+            None | Some(Ok(Message::Close(_))) => return ReadEnd::ClientClosed,
             Some(Ok(Message::Text(text))) => session.on_inbound(Inbound::Text(text.as_bytes())).await,
             Some(Ok(Message::Binary(_))) => session.on_inbound(Inbound::Binary).await,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => session.on_inbound(Inbound::Heartbeat).await,
-            Some(Err(e)) => return close_for_error(&e),
+            Some(Err(e)) => return close_for_error(&e).map_or(ReadEnd::Lost, ReadEnd::Close),
         };
-        if close.is_some() {
-            return close;
+        if let Some(close) = close {
+            return ReadEnd::Close(close);
         }
     }
 }
@@ -207,8 +224,10 @@ fn close_for_error(err: &axum::Error) -> Option<Close> {
 }
 
 /// Drains the outbox into the socket: every frame queued since the last
-/// wake-up is fed, then flushed once, so a burst costs one write.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox, shared: &Shared) {
+/// wake-up is fed, then flushed once, so a burst costs one write. Returns
+/// the close it sent (e.g. 1013 for a slow consumer), `None` if the socket
+/// failed first.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox, shared: &Shared) -> Option<Close> {
     let metrics = &shared.metrics;
     let transport = Transport::WebSocket.as_str();
     let mut batch: Vec<Frame> = Vec::with_capacity(16);
@@ -220,17 +239,17 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox, sh
             // fails; it costs a scan of ~100 bytes, not an allocation.
             let Ok(text) = Utf8Bytes::try_from(frame.bytes.clone()) else { continue };
             if sink.feed(Message::Text(text)).await.is_err() {
-                return;
+                return None;
             }
             // Alongside the seed's app-level ping, a protocol-level one:
             // browsers answer it even when the page's JS is throttled.
             if frame.ty == "ping" && sink.feed(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                return;
+                return None;
             }
         }
         if !batch.is_empty() {
             if sink.flush().await.is_err() {
-                return;
+                return None;
             }
             let now = Instant::now();
             let mut run: Option<(&'static str, u64)> = None;
@@ -254,7 +273,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox, sh
         }
         if let Some(close) = close {
             let _ = sink.send(close_message(&close)).await;
-            return;
+            return Some(close);
         }
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod pg;
 pub mod wt;
 
 use std::net::SocketAddr;
@@ -55,6 +56,26 @@ pub struct TestGateway {
     pub shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<bool, venta_gateway::server::RunError>>>,
+    /// Audit files (SQLite, journal) of a test that did not choose its own.
+    _audit_dir: Option<nats::tempdir::Dir>,
+}
+
+/// Points audit paths still at their defaults (the working directory) into
+/// a fresh temporary directory, so tests neither share nor litter them.
+pub fn private_audit_paths(config: &mut Config) -> Option<nats::tempdir::Dir> {
+    let defaults = Config::defaults();
+    if config.audit_journal_dir != defaults.audit_journal_dir && config.audit_sqlite_path != defaults.audit_sqlite_path
+    {
+        return None;
+    }
+    let dir = nats::tempdir::Dir::new();
+    if config.audit_journal_dir == defaults.audit_journal_dir {
+        config.audit_journal_dir = dir.0.join("journal");
+    }
+    if config.audit_sqlite_path == defaults.audit_sqlite_path {
+        config.audit_sqlite_path = dir.0.join("audit.db");
+    }
+    Some(dir)
 }
 
 pub fn test_config() -> Config {
@@ -73,7 +94,8 @@ impl TestGateway {
         Self::start_with(test_config()).await
     }
 
-    pub async fn start_with(config: Config) -> Self {
+    pub async fn start_with(mut config: Config) -> Self {
+        let audit_dir = private_audit_paths(&mut config);
         let gw = Gateway::bind(config).await.expect("bind");
         let addr = gw.local_addr().expect("addr");
         let grpc_addr = gw.grpc_addr().expect("grpc addr");
@@ -83,7 +105,7 @@ impl TestGateway {
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        Self { addr, grpc_addr, wt_addr, shared, stop: Some(tx), task: Some(task) }
+        Self { addr, grpc_addr, wt_addr, shared, stop: Some(tx), task: Some(task), _audit_dir: audit_dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -233,6 +255,7 @@ pub fn free_udp_port() -> u16 {
 pub struct GatewayProcess {
     pub child: Child,
     pub port: u16,
+    _audit_dir: nats::tempdir::Dir,
 }
 
 impl GatewayProcess {
@@ -245,11 +268,15 @@ impl GatewayProcess {
             .env("LOG_LEVEL", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // Audit files in a private directory unless the test chose its own.
+        let audit_dir = nats::tempdir::Dir::new();
+        cmd.env("AUDIT_JOURNAL_DIR", audit_dir.0.join("journal"))
+            .env("AUDIT_SQLITE_PATH", audit_dir.0.join("audit.db"));
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn gateway binary");
-        let p = Self { child, port };
+        let p = Self { child, port, _audit_dir: audit_dir };
         p.wait_live().await;
         p
     }

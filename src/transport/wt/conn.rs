@@ -46,8 +46,9 @@ pub(super) async fn serve(
     let stream = tokio::select! {
         s = tokio::time::timeout(wait, conn.accept_bi()) => s,
         () = shared.shutdown.cancelled() => {
-            close_now(&conn, &Close::new(Close::GOING_AWAY, "server shutting down"));
-            session.finish();
+            let close = Close::new(Close::GOING_AWAY, "server shutting down");
+            close_now(&conn, &close);
+            session.finish(&crate::transport::close_reason(&close));
             return;
         }
     };
@@ -55,12 +56,13 @@ pub(super) async fn serve(
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(conn = session.id(), error = %e, "WebTransport session ended before its stream");
-            session.finish();
+            session.finish("connection lost before the stream opened");
             return;
         }
         Err(_) => {
-            close_now(&conn, &Close::new(Close::HEARTBEAT_TIMEOUT, "heartbeat timeout: no stream opened"));
-            session.finish();
+            let close = Close::new(Close::HEARTBEAT_TIMEOUT, "heartbeat timeout: no stream opened");
+            close_now(&conn, &close);
+            session.finish(&crate::transport::close_reason(&close));
             return;
         }
     };
@@ -69,18 +71,20 @@ pub(super) async fn serve(
     let writer = write_loop(send, &conn, &outbox, &datagrams, &shared);
     tokio::pin!(writer);
     let reader = read_loop(recv, &conn, &mut session, &shared);
-    tokio::select! {
-        () = &mut writer => {}
-        close = reader => {
-            if let Some(close) = close {
+    let reason = tokio::select! {
+        () = &mut writer => "closed by the server or connection lost".to_owned(),
+        close = reader => match close {
+            Some(close) => {
                 outbox.close(close.clone());
                 if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
                     close_now(&conn, &close);
                 }
+                crate::transport::close_reason(&close)
             }
+            None => "client closed".to_owned(),
         }
-    }
-    session.finish();
+    };
+    session.finish(&reason);
 }
 
 /// Reads client frames until the client leaves (`None`) or the session

@@ -1,0 +1,122 @@
+//! `GET /api/v1/audit?userId=&vendorId=&since=&limit=&cursor=`: audit rows
+//! for operators, behind the `ADMIN_TOKEN` bearer.
+//!
+//! Without `ADMIN_TOKEN` the route answers 404: an endpoint no token can
+//! open should look absent rather than invite guessing. Rows come in
+//! (time, event id) order; `nextCursor`, when present, fetches the next page.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{AuditQuery, Cursor};
+use crate::ingest::http::constant_time_eq;
+use crate::protocol::{ErrorCode, UserId, VendorId};
+use crate::state::Shared;
+
+/// Rows per page unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest `limit`.
+pub const MAX_LIMIT: usize = 1000;
+
+/// Query parameters, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Params {
+    user_id: Option<String>,
+    vendor_id: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+fn invalid(message: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, message)
+}
+
+impl Params {
+    /// The query asked for, or what is wrong with the parameters.
+    fn parse(self) -> Result<AuditQuery, String> {
+        let user_id = match self.user_id {
+            Some(u) => Some(UserId::parse(&u).map_err(|e| format!("userId: {e}"))?.as_str().to_owned()),
+            None => None,
+        };
+        let vendor_id = match self.vendor_id {
+            Some(v) => Some(VendorId::parse(&v).map_err(|e| format!("vendorId: {e}"))?.as_str().to_owned()),
+            None => None,
+        };
+        let since = match self.since {
+            Some(s) => Some(
+                OffsetDateTime::parse(&s, &Rfc3339)
+                    .map_err(|_| "since: must be an RFC 3339 time, e.g. 2026-11-30T10:00:00Z".to_owned())?,
+            ),
+            None => None,
+        };
+        let limit = match self.limit {
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => return Err(format!("limit: must be an integer in [1, {MAX_LIMIT}]")),
+            },
+            None => DEFAULT_LIMIT,
+        };
+        let after = match self.cursor {
+            Some(c) => Some(Cursor::decode(&c).ok_or("cursor: not a cursor this API returned")?),
+            None => None,
+        };
+        Ok(AuditQuery { user_id, vendor_id, since, after, limit })
+    }
+}
+
+/// `GET /api/v1/audit`.
+pub async fn list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Response {
+    let Some(expected) = &shared.config.admin_token else {
+        return error(StatusCode::NOT_FOUND, ErrorCode::Unavailable, "the audit API is off: ADMIN_TOKEN is not set");
+    };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+        let mut resp =
+            error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong bearer token (ADMIN_TOKEN)");
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return invalid(&e.body_text()),
+    };
+    let mut query = match params.parse() {
+        Ok(q) => q,
+        Err(why) => return invalid(&why),
+    };
+    let limit = query.limit;
+    // One row more than asked tells whether another page exists.
+    query.limit = limit + 1;
+    match shared.audit.query(&query).await {
+        Ok(mut rows) => {
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            let next = if more { rows.last().map(|r| Cursor::after(r).encode()) } else { None };
+            Json(json!({"rows": rows, "nextCursor": next})).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "audit query failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &format!("audit store unavailable: {e}"))
+        }
+    }
+}

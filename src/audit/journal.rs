@@ -1,0 +1,379 @@
+//! The append-only spill journal: audit rows the database could not take
+//! yet, as JSON lines in `AUDIT_JOURNAL_DIR`.
+//!
+//! New rows go to `active.jsonl`. To replay, the writer seals it (renames it
+//! to `segment-<n>.jsonl`, so appends continue in a fresh file), writes the
+//! segment's rows to the database batch by batch, and deletes the segment
+//! only after its last batch is confirmed. A crash in between replays the
+//! segment again; event ids make that harmless. One process owns a journal
+//! directory at a time (an exclusive lock on `.lock`).
+//!
+//! Durability: [`Journal::sync`] (`fdatasync`) is called by the writer right
+//! after it spills, and at least once a second for rows the hot path
+//! appended; a row appended without a sync survives a process crash (it is
+//! in the page cache) but not a power loss.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+use super::AuditEvent;
+
+const ACTIVE: &str = "active.jsonl";
+const LOCK: &str = ".lock";
+
+/// A journal operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Reading or writing a journal file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process holds the directory.
+    #[error("{0} is in use by another gateway process (each instance needs its own AUDIT_JOURNAL_DIR)")]
+    Locked(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io { path: path.to_owned(), source }
+}
+
+/// The journal of one gateway process.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    state: Mutex<State>,
+    lock: Mutex<Option<File>>,
+}
+
+#[derive(Debug)]
+struct State {
+    active: Option<File>,
+    dirty: bool,
+    /// Sealed segments, oldest first, with their row counts.
+    sealed: VecDeque<PathBuf>,
+    next_seq: u64,
+    /// Rows in the journal not yet confirmed written (a gauge).
+    pending: u64,
+}
+
+/// A sealed segment being replayed.
+#[derive(Debug)]
+pub struct Segment {
+    /// Its file.
+    pub path: PathBuf,
+    reader: BufReader<File>,
+    line: String,
+}
+
+/// One batch read from a segment.
+#[derive(Debug, Default)]
+pub struct SegmentBatch {
+    /// The rows.
+    pub rows: Vec<AuditEvent>,
+    /// Lines that were not a row (a torn last line after a crash).
+    pub invalid: u64,
+    /// Whether the segment has no more lines.
+    pub done: bool,
+}
+
+impl Journal {
+    /// Opens (creating) the directory, takes its lock, and seals what a
+    /// previous process left in `active.jsonl` so it is replayed first.
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(LOCK);
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(dir.to_owned())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
+        let mut segments = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(seq) = name.strip_prefix("segment-").and_then(|s| s.strip_suffix(".jsonl"))
+                && let Ok(seq) = seq.parse::<u64>()
+            {
+                segments.push((seq, entry.path()));
+            }
+        }
+        segments.sort();
+        let next_seq = segments.last().map_or(1, |(s, _)| s + 1);
+        let mut pending = 0;
+        for (_, path) in &segments {
+            pending += count_lines(path)?;
+        }
+        let journal = Self {
+            dir: dir.to_owned(),
+            state: Mutex::new(State {
+                active: None,
+                dirty: false,
+                sealed: segments.into_iter().map(|(_, p)| p).collect(),
+                next_seq,
+                pending,
+            }),
+            lock: Mutex::new(Some(lock)),
+        };
+        let active = dir.join(ACTIVE);
+        if active.exists() {
+            let rows = count_lines(&active)?;
+            let mut st = journal.state.lock();
+            st.pending += rows;
+            journal.seal_locked(&mut st)?;
+        }
+        Ok(journal)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends rows (buffered by the OS; see [`Journal::sync`]).
+    pub fn append(&self, rows: &[AuditEvent]) -> Result<(), JournalError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(rows.len() * 320);
+        for row in rows {
+            // Serialising plain strings, numbers and a UUID cannot fail.
+            if serde_json::to_writer(&mut buf, row).is_ok() {
+                buf.push(b'\n');
+            }
+        }
+        let path = self.dir.join(ACTIVE);
+        let mut st = self.state.lock();
+        if st.active.is_none() {
+            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+            st.active = Some(file);
+        }
+        if let Some(file) = st.active.as_mut() {
+            file.write_all(&buf).map_err(io(&path))?;
+        }
+        st.dirty = true;
+        st.pending += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Forces appended rows to disk. The lock is held only to clone the
+    /// handle: the hot path's appends do not wait for the disk.
+    pub fn sync(&self) -> Result<(), JournalError> {
+        let file = {
+            let mut st = self.state.lock();
+            if !st.dirty {
+                return Ok(());
+            }
+            st.dirty = false;
+            match st.active.as_ref().map(File::try_clone) {
+                Some(Ok(f)) => f,
+                Some(Err(e)) => return Err(io(&self.dir.join(ACTIVE))(e)),
+                None => return Ok(()),
+            }
+        };
+        file.sync_data().map_err(io(&self.dir.join(ACTIVE)))
+    }
+
+    /// Rows in the journal not yet confirmed written.
+    pub fn pending_rows(&self) -> u64 {
+        self.state.lock().pending
+    }
+
+    /// Whether anything waits in the journal.
+    pub fn has_pending(&self) -> bool {
+        let st = self.state.lock();
+        !st.sealed.is_empty() || st.active.is_some()
+    }
+
+    /// The oldest segment to replay, sealing the active file when no sealed
+    /// segment is left; `None` when the journal is empty.
+    pub fn next_segment(&self) -> Result<Option<Segment>, JournalError> {
+        let path = {
+            let mut st = self.state.lock();
+            if st.sealed.is_empty() && st.active.is_some() {
+                self.seal_locked(&mut st)?;
+            }
+            match st.sealed.front() {
+                Some(p) => p.clone(),
+                None => return Ok(None),
+            }
+        };
+        let file = File::open(&path).map_err(io(&path))?;
+        Ok(Some(Segment { path, reader: BufReader::new(file), line: String::new() }))
+    }
+
+    /// Marks `rows` journal rows as written (or skipped as invalid).
+    pub fn confirm(&self, rows: u64) {
+        let mut st = self.state.lock();
+        st.pending = st.pending.saturating_sub(rows);
+    }
+
+    /// Deletes a fully written segment.
+    pub fn finish_segment(&self, segment: Segment) -> Result<(), JournalError> {
+        let Segment { path, reader, .. } = segment;
+        drop(reader);
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        self.state.lock().sealed.retain(|p| p != &path);
+        Ok(())
+    }
+
+    /// Lets another process take the directory (after the final flush).
+    pub fn release(&self) {
+        let _ = self.sync();
+        if let Some(lock) = self.lock.lock().take() {
+            let _ = lock.unlock();
+        }
+    }
+
+    fn seal_locked(&self, st: &mut State) -> Result<(), JournalError> {
+        let active = self.dir.join(ACTIVE);
+        if let Some(file) = st.active.take() {
+            file.sync_data().map_err(io(&active))?;
+        }
+        st.dirty = false;
+        if !active.exists() {
+            return Ok(());
+        }
+        let sealed = self.dir.join(format!("segment-{:020}.jsonl", st.next_seq));
+        std::fs::rename(&active, &sealed).map_err(io(&active))?;
+        st.next_seq += 1;
+        st.sealed.push_back(sealed);
+        Ok(())
+    }
+}
+
+impl Segment {
+    /// Reads up to `max` rows from where the last batch ended.
+    pub fn read_batch(&mut self, max: usize) -> Result<SegmentBatch, JournalError> {
+        let mut batch = SegmentBatch::default();
+        while batch.rows.len() < max {
+            self.line.clear();
+            let n = self.reader.read_line(&mut self.line).map_err(io(&self.path))?;
+            if n == 0 {
+                batch.done = true;
+                break;
+            }
+            let text = self.line.trim_end();
+            if text.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<AuditEvent>(text) {
+                Ok(row) => batch.rows.push(row),
+                Err(e) => {
+                    tracing::warn!(file = %self.path.display(), error = %e, "skipping an unreadable audit journal line");
+                    batch.invalid += 1;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Where the next batch starts (for resuming after a failed write).
+    pub fn position(&mut self) -> Result<u64, JournalError> {
+        self.reader.stream_position().map_err(io(&self.path))
+    }
+
+    /// Goes back to `pos` (the start of a batch whose write failed).
+    pub fn rewind(&mut self, pos: u64) -> Result<(), JournalError> {
+        self.reader.seek(SeekFrom::Start(pos)).map(|_| ()).map_err(io(&self.path))
+    }
+}
+
+fn count_lines(path: &Path) -> Result<u64, JournalError> {
+    let file = File::open(path).map_err(io(path))?;
+    let mut n = 0;
+    for line in BufReader::new(file).split(b'\n') {
+        if !line.map_err(io(path))?.is_empty() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::audit::{Action, event::next_time};
+
+    fn row(n: u64) -> AuditEvent {
+        AuditEvent {
+            event_id: uuid::Uuid::now_v7(),
+            time: next_time(None),
+            instance_id: Arc::from("i"),
+            connection_id: n,
+            user_id: None,
+            transport: "websocket".into(),
+            channel: None,
+            vendor_id: None,
+            action: Action::Connect,
+            client_addr: None,
+            reason: None,
+        }
+    }
+
+    struct TempDir(PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn temp() -> TempDir {
+        TempDir(std::env::temp_dir().join(format!("venta-journal-{}", uuid::Uuid::new_v4().simple())))
+    }
+
+    #[test]
+    fn rows_survive_a_reopen_and_replay_in_order_then_vanish() {
+        let dir = temp();
+        let j = Journal::open(&dir.0).unwrap();
+        let rows: Vec<_> = (0..5).map(row).collect();
+        j.append(&rows[..2]).unwrap();
+        j.sync().unwrap();
+        // The first segment is sealed; appends go on in a new active file.
+        let mut seg = j.next_segment().unwrap().unwrap();
+        j.append(&rows[2..]).unwrap();
+        let b = seg.read_batch(10).unwrap();
+        assert_eq!((b.rows, b.done), (rows[..2].to_vec(), true));
+        j.confirm(2);
+        j.finish_segment(seg).unwrap();
+        assert_eq!(j.pending_rows(), 3);
+        j.release();
+        drop(j);
+        // A new process finds the unsealed rows and replays them.
+        let j = Journal::open(&dir.0).unwrap();
+        assert_eq!(j.pending_rows(), 3);
+        let mut seg = j.next_segment().unwrap().unwrap();
+        let pos = seg.position().unwrap();
+        let first = seg.read_batch(2).unwrap();
+        assert_eq!(first.rows, rows[2..4].to_vec());
+        seg.rewind(pos).unwrap();
+        let again = seg.read_batch(10).unwrap();
+        assert_eq!(again.rows, rows[2..].to_vec());
+        j.finish_segment(seg).unwrap();
+        assert!(!j.has_pending());
+        assert!(j.next_segment().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_torn_line_is_skipped_and_a_second_owner_refused() {
+        let dir = temp();
+        let j = Journal::open(&dir.0).unwrap();
+        assert!(matches!(Journal::open(&dir.0), Err(JournalError::Locked(_))));
+        j.append(&[row(1)]).unwrap();
+        let mut f = OpenOptions::new().append(true).open(dir.0.join(ACTIVE)).unwrap();
+        f.write_all(b"{\"eventId\":\"trunc").unwrap();
+        let mut seg = j.next_segment().unwrap().unwrap();
+        let b = seg.read_batch(10).unwrap();
+        assert_eq!((b.rows.len(), b.invalid, b.done), (1, 1, true));
+    }
+}
