@@ -140,6 +140,17 @@ pub struct Config {
     #[arg(long = "max-queue-messages", env = "WS_MAX_QUEUE_MESSAGES", value_name = "WS_MAX_QUEUE_MESSAGES", default_value = "1024", value_parser = positive)]
     pub max_queue_messages: usize,
 
+    /// Kernel send buffer per client socket, bytes (0 = the OS's autotuning,
+    /// up to net.ipv4.tcp_wmem's max, several MiB). Small, so a client that
+    /// stops reading is noticed and conflated early.
+    #[arg(
+        long = "send-buffer",
+        env = "WS_SEND_BUFFER_BYTES",
+        value_name = "WS_SEND_BUFFER_BYTES",
+        default_value = "65536"
+    )]
+    pub send_buffer_bytes: usize,
+
     /// TCP accept queue length, for reconnect storms after a restart (the
     /// kernel caps it at net.core.somaxconn).
     #[arg(
@@ -324,6 +335,7 @@ impl Config {
             max_queue_bytes: 1 << 20,
             max_queue_messages: 1024,
             accept_backlog: 4096,
+            send_buffer_bytes: 65_536,
             connect_rate_limit: 0,
             max_connections_per_user: 10,
             jwt_secret: None,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -176,6 +177,8 @@ impl Gateway {
             tracing::info!("shutdown: not ready, closing clients with 1001");
             token.cancel();
         };
+        let send_buffer = shared.config.send_buffer_bytes;
+        let listener = listener.tap_io(move |tcp| tune(tcp, send_buffer));
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(signal)
             .await?;
@@ -222,6 +225,22 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+/// Per-connection socket options. No Nagle: the writer already batches, and
+/// a small update must not wait for an ACK. A bounded send buffer: a client
+/// that stops reading blocks the writer after `send_buffer` bytes, so its
+/// queue starts conflating then instead of after megabytes of stale
+/// positions sitting in the kernel (autotuning grows it to `tcp_wmem` max).
+fn tune(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY");
+    }
+    if send_buffer > 0
+        && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+    {
+        tracing::debug!(error = %e, "SO_SNDBUF");
+    }
 }
 
 /// Every HTTP route of the gateway.

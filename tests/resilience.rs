@@ -92,6 +92,10 @@ async fn a_stalled_client_gets_the_newest_positions_and_costs_bounded_memory() {
         got += 1;
     }
     assert!(got < N, "the stalled client got the whole backlog ({got}), nothing was conflated");
+    // With WS_SEND_BUFFER_BYTES bounding the kernel's share, the backlog the
+    // client wades through is about the queue limit, not the ~23,000 stale
+    // positions that an autotuned 4 MiB send buffer held.
+    assert!(got < 10_000, "{got} stale positions before the newest ones");
     slow.send_json(json!({"type": "ping", "id": "after"})).await;
     assert_eq!(slow.recv().await["id"], "after", "nothing stale after the newest positions");
     gw.shutdown().await;
