@@ -48,6 +48,18 @@ fn subject_prefix(s: &str) -> Result<String, String> {
     if ok { Ok(s.to_owned()) } else { Err("must be dot-separated tokens of [A-Za-z0-9_-]".into()) }
 }
 
+/// Browsers accept a certificate pinned by hash only if it is valid for at
+/// most 14 days; stay strictly under.
+pub const MAX_WT_CERT_VALIDITY_SECS: u64 = 14 * 86_400 - 1;
+
+fn cert_validity(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(10..=MAX_WT_CERT_VALIDITY_SECS).contains(&v) {
+        return Err(format!("must be between 10 and {MAX_WT_CERT_VALIDITY_SECS} seconds (under 14 days)"));
+    }
+    Ok(v)
+}
+
 fn nonzero_u32(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if v == 0 {
@@ -71,6 +83,26 @@ pub struct Config {
     /// TCP port for gRPC ingest (`venta.gateway.v1.UpdateIngest`).
     #[arg(long = "grpc-port", env = "GRPC_PORT", value_name = "GRPC_PORT", default_value_t = 5007)]
     pub grpc_port: u16,
+
+    /// UDP port for WebTransport (HTTP/3); default: the same number as the
+    /// HTTP port. 0 picks a free port.
+    #[arg(long = "wt-port", env = "WT_PORT", value_name = "WT_PORT")]
+    pub wt_port: Option<u16>,
+
+    /// WebTransport certificate chain (PEM). With `WT_KEY`; without both, a
+    /// self-signed certificate is made and its hash served at /wt/cert-hash.
+    #[arg(long = "wt-cert", env = "WT_CERT", value_name = "WT_CERT", requires = "wt_key")]
+    pub wt_cert: Option<PathBuf>,
+
+    /// WebTransport private key (PEM), with `WT_CERT`.
+    #[arg(long = "wt-key", env = "WT_KEY", value_name = "WT_KEY", requires = "wt_cert")]
+    pub wt_key: Option<PathBuf>,
+
+    /// Seconds the self-signed WebTransport certificate is valid (under 14
+    /// days, the browsers' limit for hash pinning); it is renewed while
+    /// running, the next hash published ahead at /wt/cert-hash.
+    #[arg(long = "wt-cert-validity", env = "WT_CERT_VALIDITY", value_name = "WT_CERT_VALIDITY", default_value = "1123200", value_parser = cert_validity)]
+    pub wt_cert_validity_secs: u64,
 
     /// Address to bind; `::` is dual-stack (IPv4 and IPv6).
     #[arg(long = "bind-addr", env = "BIND_ADDR", value_name = "BIND_ADDR", default_value = "::")]
@@ -264,6 +296,11 @@ impl Config {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
 
+    /// Validity of the self-signed WebTransport certificate.
+    pub fn wt_cert_validity(&self) -> Duration {
+        Duration::from_secs(self.wt_cert_validity_secs)
+    }
+
     /// The shutdown grace period.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
@@ -274,6 +311,10 @@ impl Config {
         Self {
             port: 5006,
             grpc_port: 5007,
+            wt_port: None,
+            wt_cert: None,
+            wt_key: None,
+            wt_cert_validity_secs: 13 * 86_400,
             bind_addr: IpAddr::from([0u16; 8]),
             heartbeat_interval_ms: 30_000,
             max_connections: 1000,
@@ -336,5 +377,16 @@ mod tests {
         let err = Cli::try_parse_from(["x", "--heartbeat-interval", "500"]).err().map(|e| e.to_string());
         let msg = err.unwrap_or_default();
         assert!(msg.contains("WS_HEARTBEAT_INTERVAL") && msg.contains("500"), "{msg}");
+        let err = Cli::try_parse_from(["x", "--wt-cert-validity", "1209600"]).err().map(|e| e.to_string());
+        let msg = err.unwrap_or_default();
+        assert!(msg.contains("WT_CERT_VALIDITY") && msg.contains("14 days"), "{msg}");
+    }
+
+    #[test]
+    fn wt_cert_and_key_come_together() {
+        assert!(Cli::try_parse_from(["x", "--wt-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--wt-key", "k.pem"]).is_err());
+        let both = Cli::try_parse_from(["x", "--wt-cert", "c.pem", "--wt-key", "k.pem"]).map(|c| c.config);
+        assert!(both.is_ok_and(|c| c.wt_cert.is_some() && c.wt_key.is_some()));
     }
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::bus::DependencyStatus;
+use crate::session::Transport;
 use crate::state::Shared;
 
 fn check(status: &DependencyStatus) -> Value {
@@ -75,21 +76,43 @@ pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// `GET /ws/status`: connections, subscriptions and traffic of this instance.
 pub async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let m = &shared.metrics;
-    let gauge = |t: &str, e: &str| m.connections.with_label_values(&[t, e]).get().max(0);
-    let ws_loc = gauge("websocket", "location");
-    let ws_ven = gauge("websocket", "vendor");
+    let gauge = |t: Transport, e: &str| m.connections.with_label_values(&[t.as_str(), e]).get().max(0);
+    let (mut by_transport, mut location, mut vendor) = (serde_json::Map::new(), 0, 0);
+    for t in Transport::ALL {
+        let (l, v) = (gauge(t, "location"), gauge(t, "vendor"));
+        by_transport.insert(t.as_str().into(), json!(l + v));
+        location += l;
+        vendor += v;
+    }
     let (msg_in, msg_out) = m.totals();
     Json(json!({
         "instanceId": shared.instance_id,
         "uptimeSeconds": shared.uptime_secs(),
         "connections": {
-            "total": ws_loc + ws_ven,
-            "byTransport": {"websocket": ws_loc + ws_ven, "webtransport": 0},
-            "byEndpoint": {"location": ws_loc, "vendor": ws_ven},
+            "total": location + vendor,
+            "byTransport": by_transport,
+            "byEndpoint": {"location": location, "vendor": vendor},
         },
         "subscriptions": shared.hub.subscription_count(),
         "topics": shared.hub.topic_count(),
         "messages": {"in": msg_in, "out": msg_out},
     }))
     .into_response()
+}
+
+/// `GET /wt/cert-hash`: the SHA-256 of the WebTransport certificate, for
+/// browsers' `serverCertificateHashes` (and `next` during a rotation). Any
+/// origin may read it: a certificate hash is public, and the page that
+/// needs it is usually served from another origin than the gateway.
+pub async fn cert_hash(State(shared): State<Arc<Shared>>) -> Response {
+    let cors = [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"), (header::CACHE_CONTROL, "no-store")];
+    match shared.wt_certs.to_json() {
+        Some(body) => (StatusCode::OK, cors, Json(body)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            cors,
+            Json(json!({"error": {"code": "unavailable", "message": "WebTransport is not serving"}})),
+        )
+            .into_response(),
+    }
 }

@@ -7,7 +7,8 @@
 //!   [`hub::Outbox`]es, conflation. Pure, no I/O.
 //! - [`session`]: one client's state machine (limits, heartbeat, dispatch),
 //!   driven by every transport.
-//! - [`transport`]: sockets in, frames out (`ws`: axum WebSocket).
+//! - [`transport`]: sockets in, frames out (`ws`: axum WebSocket, JSON;
+//!   `wt`: WebTransport over HTTP/3, MessagePack frames and datagrams).
 //! - [`bus`]: how updates travel between publishers and instances
 //!   (`local`: in-process).
 //! - [`ingest`]: publish entry points (`http`, `grpc`).

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub messages_out: IntCounterVec,
     /// Errors sent to clients, by code.
     pub errors: IntCounterVec,
+    /// WebTransport location updates for datagram subscriptions: `sent` as
+    /// a datagram, or `stream_fallback` when too large for one.
+    pub datagrams: IntCounterVec,
     /// Time from an update entering the gateway to its write to a client.
     pub publish_to_write: Histogram,
     /// Updates accepted from publishers, by channel and source.
@@ -101,6 +104,13 @@ impl Metrics {
             &["transport", "type"],
         )?;
         let errors = IntCounterVec::new(Opts::new("venta_errors_total", "Errors sent to clients by code"), &["code"])?;
+        let datagrams = IntCounterVec::new(
+            Opts::new(
+                "venta_webtransport_datagrams_total",
+                "Location updates for datagram subscriptions: sent as datagrams, or on the stream when too large",
+            ),
+            &["outcome"],
+        )?;
         let publish_to_write = Histogram::with_opts(
             HistogramOpts::new(
                 "venta_publish_to_write_seconds",
@@ -178,6 +188,7 @@ impl Metrics {
         reg(Box::new(messages_in.clone()))?;
         reg(Box::new(messages_out.clone()))?;
         reg(Box::new(errors.clone()))?;
+        reg(Box::new(datagrams.clone()))?;
         reg(Box::new(publish_to_write.clone()))?;
         reg(Box::new(updates_published.clone()))?;
         reg(Box::new(updates_invalid.clone()))?;
@@ -189,6 +200,9 @@ impl Metrics {
         for code in ErrorCode::ALL {
             errors.with_label_values(&[code.as_str()]);
         }
+        for outcome in ["sent", "stream_fallback"] {
+            datagrams.with_label_values(&[outcome]);
+        }
         Ok(Self {
             registry,
             connections,
@@ -197,6 +211,7 @@ impl Metrics {
             messages_in,
             messages_out,
             errors,
+            datagrams,
             publish_to_write,
             updates_published,
             updates_invalid,

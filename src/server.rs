@@ -24,6 +24,7 @@ use crate::ratelimit::RateLimiter;
 use crate::ratelimit::memory::MemoryLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::state::Shared;
+use crate::transport::wt;
 use crate::{audit, http, ingest, transport};
 
 /// Startup failures.
@@ -53,6 +54,9 @@ pub enum StartError {
     /// or an unparsable DATABASE_URL).
     #[error("audit: {0}")]
     Audit(#[from] AuditError),
+    /// WebTransport could not start (certificate or UDP port).
+    #[error(transparent)]
+    WebTransport(#[from] wt::WtError),
 }
 
 /// Serving failures.
@@ -71,6 +75,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     listener: TcpListener,
     grpc_listener: TcpListener,
+    wt: wt::Listener,
 }
 
 impl Gateway {
@@ -118,7 +123,14 @@ impl Gateway {
         let audit =
             Arc::new(Audit::start(AuditOptions::from_config(&config), &instance_id, Arc::clone(&metrics)).await?);
         let shared = Arc::new(Shared::new(config, hub, bus, metrics, auth, limiter, audit));
-        Ok(Self { shared, listener, grpc_listener })
+        let http_port = listener.local_addr().map(|a| a.port()).unwrap_or(shared.config.port);
+        let wt = wt::Listener::bind(&shared.config, http_port, &shared.wt_certs).await?;
+        Ok(Self { shared, listener, grpc_listener, wt })
+    }
+
+    /// The bound WebTransport (UDP) address.
+    pub fn wt_addr(&self) -> SocketAddr {
+        self.wt.local_addr()
     }
 
     /// The bound gRPC address.
@@ -141,7 +153,8 @@ impl Gateway {
     /// flush the audit trail (journaling what cannot be written), drain the
     /// bus. Returns whether every client finished in time.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<bool, RunError> {
-        let Self { shared, listener, grpc_listener } = self;
+        let Self { shared, listener, grpc_listener, wt } = self;
+        let wt_accept = wt.spawn(Arc::clone(&shared));
         let app = router(Arc::clone(&shared));
         let grpc_routes = ingest::grpc::routes(Arc::clone(&shared)).await?;
         if let Ok(addr) = grpc_listener.local_addr() {
@@ -171,11 +184,24 @@ impl Gateway {
             Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
             Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
         }
-        // axum stops at the upgrade: WebSocket sessions are tracked apart.
+        // The WebTransport accept loop ends on the token; wait for it before
+        // the endpoint may be closed (accepting on a closed one panics).
+        let wt_endpoint = match wt_accept.await {
+            Ok(endpoint) => Some(endpoint),
+            Err(e) => {
+                tracing::error!(error = %e, "WebTransport accept loop failed");
+                None
+            }
+        };
+        // axum stops at the upgrade: WebSocket and WebTransport sessions are
+        // tracked apart, and close themselves with 1001.
         let stopping = std::time::Instant::now();
         shared.tracker.close();
         let timeout = shared.config.shutdown_timeout();
         let clean = tokio::time::timeout(timeout, shared.tracker.wait()).await.is_ok();
+        if let Some(endpoint) = wt_endpoint {
+            wt::close(&endpoint, Duration::from_secs(2)).await;
+        }
         // Sessions have recorded their disconnects: the audit flush gets the
         // rest of the grace period (at least a second).
         shared.audit.close(timeout.saturating_sub(stopping.elapsed())).await;
@@ -213,6 +239,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health/ready", get(http::ready))
         .route("/metrics", get(http::metrics))
         .route("/api/v1/audit", get(audit::api::list))
+        .route("/wt/cert-hash", get(http::cert_hash))
         .merge(publish)
         .with_state(shared)
 }

@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use crate::audit::{Action, AuditEvent};
+use parking_lot::RwLock;
+
 use crate::hub::{ConnId, Frame, Outbox, OutboxLimits, Push};
-use crate::protocol::{Close, Codec, Command, ErrorCode, Rejection, Request, ServerMessage, Topic, UserId, encode};
+use crate::protocol::{
+    Channel, Close, Codec, Command, Delivery, ErrorCode, Rejection, Request, ServerMessage, Topic, UserId, encode,
+};
 use crate::ratelimit::Decision;
 use crate::state::Shared;
 
@@ -42,19 +46,55 @@ impl Endpoint {
 pub enum Transport {
     /// WebSocket, JSON text frames.
     WebSocket,
+    /// WebTransport, length-prefixed MessagePack frames on one stream, plus
+    /// datagrams for location subscriptions that ask for them.
+    WebTransport,
 }
 
 impl Transport {
+    /// Every transport, for metrics and status.
+    pub const ALL: [Transport; 2] = [Self::WebSocket, Self::WebTransport];
+
     /// Metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WebSocket => "websocket",
+            Self::WebTransport => "webtransport",
         }
     }
 
     fn codec(self) -> Codec {
         match self {
             Self::WebSocket => Codec::Json,
+            Self::WebTransport => Codec::MsgPack,
+        }
+    }
+
+    fn has_datagrams(self) -> bool {
+        matches!(self, Self::WebTransport)
+    }
+}
+
+/// The location topics a connection wants as datagrams
+/// (`"delivery": "datagram"`). The session writes it, the transport's writer
+/// reads it per update: the hub stays transport-agnostic and the choice can
+/// change with a later subscribe.
+#[derive(Debug, Default)]
+pub struct DatagramTopics(RwLock<HashSet<Topic>>);
+
+impl DatagramTopics {
+    /// Whether updates of `topic` should go as datagrams.
+    pub fn contains(&self, topic: &Topic) -> bool {
+        let set = self.0.read();
+        !set.is_empty() && set.contains(topic)
+    }
+
+    fn set(&self, topic: &Topic, datagram: bool) {
+        let mut set = self.0.write();
+        if datagram {
+            set.insert(topic.clone());
+        } else {
+            set.remove(topic);
         }
     }
 }
@@ -66,7 +106,18 @@ pub enum Inbound<'a> {
     Text(&'a [u8]),
     /// A binary WebSocket frame: not part of the JSON protocol.
     Binary,
-    /// Transport-level liveness (a WebSocket Ping or Pong frame).
+    /// One WebTransport frame's payload (MessagePack).
+    MsgPack(&'a [u8]),
+    /// A WebTransport frame header announcing more than
+    /// `WS_MAX_MESSAGE_BYTES`: the stream is out of step.
+    Oversized {
+        /// The announced length.
+        len: u64,
+    },
+    /// The client's WebTransport stream ended inside a frame.
+    Truncated,
+    /// Transport-level liveness (a WebSocket Ping or Pong frame, a
+    /// WebTransport datagram).
     Heartbeat,
 }
 
@@ -82,6 +133,7 @@ pub struct Session {
     endpoint: Endpoint,
     remote: SocketAddr,
     outbox: Arc<Outbox>,
+    datagram_topics: Arc<DatagramTopics>,
     subscriptions: HashSet<Topic>,
     /// The token's `sub` when auth is on: every `userId` must equal it.
     user: Option<UserId>,
@@ -131,6 +183,7 @@ impl Session {
             endpoint,
             remote,
             outbox,
+            datagram_topics: Arc::default(),
             subscriptions: HashSet::new(),
             denied_in_a_row: 0,
             last_seen: now,
@@ -152,6 +205,12 @@ impl Session {
         &self.outbox
     }
 
+    /// Location topics to deliver as datagrams (always empty on transports
+    /// without datagrams).
+    pub fn datagram_topics(&self) -> &Arc<DatagramTopics> {
+        &self.datagram_topics
+    }
+
     /// Topics this session is subscribed to.
     pub fn subscriptions(&self) -> usize {
         self.subscriptions.len()
@@ -166,19 +225,36 @@ impl Session {
                 self.count_in("binary");
                 self.reject(&Rejection::new(ErrorCode::InvalidJson, "binary frames are not supported; send JSON text"))
             }
-            Inbound::Text(bytes) => match crate::protocol::decode_json(bytes) {
-                Ok(req) => {
-                    self.count_in(req.command.type_name());
-                    self.on_request(req).await
+            Inbound::Text(bytes) => self.on_decoded(crate::protocol::decode_json(bytes)).await,
+            Inbound::MsgPack(bytes) => self.on_decoded(crate::protocol::decode_msgpack(bytes)).await,
+            Inbound::Oversized { len } => {
+                self.count_in("invalid");
+                let max = self.shared.config.max_message_bytes;
+                let msg = format!("frame of {len} bytes exceeds WS_MAX_MESSAGE_BYTES ({max}); closing");
+                self.reject(&Rejection::new(ErrorCode::MessageTooLarge, msg));
+                Some(Close::new(Close::TOO_BIG, "message too large (WS_MAX_MESSAGE_BYTES)"))
+            }
+            Inbound::Truncated => {
+                self.count_in("invalid");
+                self.reject(&Rejection::new(ErrorCode::InvalidFrame, "stream ended inside a frame; closing"));
+                Some(Close::new(Close::INVALID_PAYLOAD, "stream ended inside a frame"))
+            }
+        }
+    }
+
+    async fn on_decoded(&mut self, decoded: Result<Request, Rejection>) -> Option<Close> {
+        match decoded {
+            Ok(req) => {
+                self.count_in(req.command.type_name());
+                self.on_request(req).await
+            }
+            Err(rej) => {
+                self.count_in(rej.request_type.as_deref().unwrap_or("invalid"));
+                if let Some(close) = self.spend_budget(rej.request_type.as_deref(), rej.id.as_deref()).await {
+                    return close;
                 }
-                Err(rej) => {
-                    self.count_in(rej.request_type.as_deref().unwrap_or("invalid"));
-                    if let Some(close) = self.spend_budget(rej.request_type.as_deref(), rej.id.as_deref()).await {
-                        return close;
-                    }
-                    self.reject(&rej)
-                }
-            },
+                self.reject(&rej)
+            }
         }
     }
 
@@ -229,7 +305,7 @@ impl Session {
         match &req.command {
             Command::Pong => None,
             Command::Ping => self.send(&ServerMessage::Pong { id }),
-            Command::Subscribe { channel, vendor, user, delivery: _ } => {
+            Command::Subscribe { channel, vendor, user, delivery } => {
                 if let Some(sub) = &self.user
                     && sub != user
                 {
@@ -242,6 +318,12 @@ impl Session {
                 }
                 let topic = Topic::new(*channel, vendor.clone());
                 self.audit_user = Some(user.clone());
+                // Datagrams are for location updates (latest position wins);
+                // a vendor subscription ignores the field. Set before the hub
+                // routes anything, and again on a repeated subscribe, so the
+                // latest request decides.
+                let datagram =
+                    self.transport.has_datagrams() && *channel == Channel::Location && *delivery == Delivery::Datagram;
                 if !self.subscriptions.contains(&topic) {
                     if self.subscriptions.len() >= self.shared.config.max_subscriptions {
                         let msg =
@@ -253,11 +335,13 @@ impl Session {
                             id: req.id.clone(),
                         });
                     }
+                    self.datagram_topics.set(&topic, datagram);
                     // Hub first, then the bus: an update that arrives while
                     // the bus interest settles is already routed to us.
                     self.outbox.arm_snapshot(&topic);
                     self.shared.hub.subscribe(&topic, self.id, &self.outbox);
                     if let Err(e) = self.shared.bus.watch(&topic).await {
+                        self.datagram_topics.set(&topic, false);
                         self.shared.hub.unsubscribe(&topic, self.id);
                         self.shared.bus.unwatch(&topic);
                         self.outbox.push_snapshot(&topic, None);
@@ -287,10 +371,12 @@ impl Session {
                     self.outbox.push_snapshot(&topic, frame);
                     return close;
                 }
+                self.datagram_topics.set(&topic, datagram);
                 self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id })
             }
             Command::Unsubscribe { channel, vendor } => {
                 let topic = Topic::new(*channel, vendor.clone());
+                self.datagram_topics.set(&topic, false);
                 if self.subscriptions.remove(&topic) {
                     self.shared.hub.unsubscribe(&topic, self.id);
                     self.shared.bus.unwatch(&topic);

@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::protocol::UserId;
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::memory::MemoryLimiter;
+use crate::transport::wt::cert::CertStore;
 
 /// Shared state of one gateway instance.
 pub struct Shared {
@@ -45,6 +46,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Client connection tasks, awaited on shutdown.
     pub tracker: TaskTracker,
+    /// The WebTransport certificate hashes served at `/wt/cert-hash`.
+    pub wt_certs: Arc<CertStore>,
     started: Instant,
     ready: AtomicBool,
     next_conn: AtomicU64,
@@ -77,6 +80,7 @@ impl Shared {
             per_user: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            wt_certs: Arc::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),

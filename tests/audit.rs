@@ -561,3 +561,35 @@ async fn with_auth_on_every_row_carries_the_tokens_user() {
     assert_eq!(seen, [("connect", "carol"), ("subscribe", "carol"), ("unsubscribe", "carol"), ("disconnect", "carol")]);
     assert!(gw.shutdown().await);
 }
+
+#[tokio::test]
+async fn webtransport_sessions_are_audited_with_their_transport() {
+    let mut config = test_config();
+    config.admin_token = Some(TOKEN.into());
+    let gw = TestGateway::start_with(config).await;
+    let mut c = common::wt::WtClient::connect(&gw, "/wt/location").await;
+    c.subscribe("location", "v1").await;
+    // Finishing the stream is the client's goodbye: the server closes 1000.
+    c.send.finish().await.unwrap();
+    assert_eq!(c.closed().await.0, Some(1000));
+    let mut rows = Vec::new();
+    wait_until("4 rows", async || {
+        rows = api_rows(&gw, "").await;
+        rows.len() == 4
+    })
+    .await;
+    let seen: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["action"].as_str().unwrap(), r["transport"].as_str().unwrap())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("connect", "webtransport"),
+            ("subscribe", "webtransport"),
+            ("unsubscribe", "webtransport"),
+            ("disconnect", "webtransport")
+        ]
+    );
+    assert_eq!(rows[3]["reason"], "1000 client finished its stream");
+    assert_eq!(rows[1]["userId"], "u1");
+    assert!(gw.shutdown().await);
+}

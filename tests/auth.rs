@@ -294,3 +294,23 @@ async fn redis_outage_falls_back_to_the_local_limiter_and_returns() {
     assert_eq!(health().await["status"], "ok");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn webtransport_sessions_need_a_token_too() {
+    use common::wt::{WtClient, cert_hash, connect};
+    let gw = TestGateway::start_with(auth_config()).await;
+    let hash = cert_hash(&gw.http("")).await;
+    let hash = hash["value"].as_str().unwrap().to_owned();
+    let refused = connect(&gw.wt_url("/wt/location"), &[&hash]).await;
+    assert!(refused.is_err(), "a session without a token was accepted");
+    let expired = hs_token(json!({"sub": "u1", "exp": now() - 120}));
+    assert!(connect(&gw.wt_url(&format!("/wt/location?token={expired}")), &[&hash]).await.is_err());
+    let token = hs_token(json!({"sub": "u1", "exp": now() + 60}));
+    let mut c = WtClient::connect_url(&gw.wt_url(&format!("/wt/location?token={token}")), &[&hash]).await;
+    c.subscribe("location", "v1").await;
+    c.send_json(json!({"type": "subscribe_location", "data": {"vendorId": "v2", "userId": "mallory"}, "id": "m"}))
+        .await;
+    let e = c.recv().await;
+    assert_eq!((e["data"]["code"].as_str(), e["id"].as_str()), (Some("forbidden"), Some("m")));
+    gw.shutdown().await;
+}

@@ -215,3 +215,49 @@ async fn cli_publish_works_over_grpc_http_and_nats() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("location.lat"));
 }
+
+/// Node has no WebTransport: `VentaWebTransportClient` falls back to the
+/// matching WebSocket endpoint (/wt/location → /ws/location, same port) and
+/// works as the WebSocket client does.
+#[tokio::test]
+async fn js_webtransport_client_falls_back_to_websocket_in_node() {
+    let node_ok = Command::new("node").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(node_ok, "node (20+) is required for the JS client test: apt-get install nodejs");
+    let gw = GatewayProcess::spawn(free_port(), &[]).await;
+    let url = format!("https://127.0.0.1:{}/wt/location", gw.port);
+    let mut child = Command::new("node")
+        .arg("--experimental-websocket")
+        .arg(common::root().join("clients/js/test/driver.mjs"))
+        .args([url.as_str(), "fallback1", "u1", "200", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    std::thread::spawn(move || {
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut next = async || -> Value {
+        tokio::time::timeout(Duration::from_secs(15), rx.recv()).await.expect("driver silent").expect("driver ended")
+    };
+    assert_eq!(next().await, json!({"event": "open", "transport": "websocket"}));
+    assert_eq!(next().await, json!({"event": "subscribed", "data": {"channel": "location", "vendorId": "fallback1"}}));
+    publish(
+        &gw.http("/api/v1/publish/location"),
+        &json!({"vendorId": "fallback1", "location": {"lat": 3.5, "long": -4.5}}),
+    )
+    .await;
+    let got = next().await;
+    assert_eq!(
+        (got["event"].as_str(), &got["data"]["location"]),
+        (Some("location"), &json!({"lat": 3.5, "long": -4.5}))
+    );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}

@@ -74,10 +74,12 @@ impl Hub {
         let mut fanout = Fanout::default();
         let topics = self.topics.read();
         let Some(subs) = topics.get(&topic) else { return fanout };
-        let mut json = None;
+        // Encoded lazily: a codec nobody on this topic speaks costs nothing.
+        let (mut json, mut msgpack) = (None, None);
         for outbox in subs.values() {
             let bytes = match outbox.codec() {
                 Codec::Json => json.get_or_insert_with(|| encode(&msg, Codec::Json)).clone(),
+                Codec::MsgPack => msgpack.get_or_insert_with(|| encode(&msg, Codec::MsgPack)).clone(),
             };
             let frame =
                 Frame { bytes, ty: msg.type_name(), topic: Some(topic.clone()), published_at: Some(published_at) };
@@ -138,7 +140,36 @@ mod tests {
     }
 
     fn outbox() -> Arc<Outbox> {
-        Arc::new(Outbox::new(Codec::Json, OutboxLimits { max_messages: 8, max_bytes: 1 << 20 }))
+        outbox_for(Codec::Json)
+    }
+
+    fn outbox_for(codec: Codec) -> Arc<Outbox> {
+        Arc::new(Outbox::new(codec, OutboxLimits { max_messages: 8, max_bytes: 1 << 20 }))
+    }
+
+    #[test]
+    fn each_codec_is_encoded_once_and_only_when_subscribed() {
+        let hub = Hub::new();
+        let t = Topic::new(Channel::Location, vendor("v1"));
+        let (j1, j2, m1, m2) =
+            (outbox_for(Codec::Json), outbox_for(Codec::Json), outbox_for(Codec::MsgPack), outbox_for(Codec::MsgPack));
+        hub.subscribe(&t, 1, &j1);
+        hub.subscribe(&t, 2, &m1);
+        hub.subscribe(&t, 3, &j2);
+        hub.subscribe(&t, 4, &m2);
+        assert_eq!(hub.publish(&update("v1"), Instant::now()).queued, 4);
+        let take = |o: &Arc<Outbox>| {
+            let mut v = Vec::new();
+            o.take(&mut v);
+            v.pop().map(|f| f.bytes).unwrap_or_default()
+        };
+        let (bj1, bj2, bm1, bm2) = (take(&j1), take(&j2), take(&m1), take(&m2));
+        assert_eq!(bj1.as_ptr(), bj2.as_ptr(), "JSON encoded once");
+        assert_eq!(bm1.as_ptr(), bm2.as_ptr(), "MessagePack encoded once");
+        assert_eq!(bj1.first(), Some(&b'{'));
+        assert!(matches!(bm1.first(), Some(0x80..=0x8f)), "MessagePack map");
+        let as_json: serde_json::Value = rmp_serde::from_slice(&bm1).unwrap_or_default();
+        assert_eq!(as_json, serde_json::from_slice::<serde_json::Value>(&bj1).unwrap_or_default());
     }
 
     #[test]

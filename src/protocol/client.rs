@@ -1,5 +1,6 @@
 //! Client → server messages: the envelope rules of DESIGN §1.10.
 
+use serde::Deserialize as _;
 use serde_json::{Map, Value};
 
 use super::{Channel, ErrorCode, UserId, VendorId};
@@ -91,6 +92,31 @@ impl Rejection {
 pub fn decode_json(bytes: &[u8]) -> Result<Request, Rejection> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| Rejection::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
+    decode_value(value)
+}
+
+/// Nesting allowed in a MessagePack frame. Client messages are two levels
+/// deep; the bound keeps a hostile 4 KiB frame of nested arrays from
+/// recursing thousands of levels on a runtime thread's stack.
+const MSGPACK_MAX_DEPTH: usize = 32;
+
+/// Decodes one WebTransport frame payload: a single MessagePack map with the
+/// same keys as the JSON message. Anything that is not exactly one map
+/// (undecodable bytes, trailing bytes, another type, non-string keys, binary
+/// strings) is `invalid_frame`; the envelope rules then apply as for JSON.
+pub fn decode_msgpack(bytes: &[u8]) -> Result<Request, Rejection> {
+    let invalid = |message: String| Rejection::new(ErrorCode::InvalidFrame, message);
+    let mut rest = bytes;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    de.set_max_depth(MSGPACK_MAX_DEPTH);
+    let value = Value::deserialize(&mut de).map_err(|e| invalid(format!("undecodable MessagePack: {e}")))?;
+    drop(de);
+    if !rest.is_empty() {
+        return Err(invalid(format!("{} trailing bytes after the MessagePack value", rest.len())));
+    }
+    if !value.is_object() {
+        return Err(invalid("a frame must hold one MessagePack map".into()));
+    }
     decode_value(value)
 }
 
@@ -210,6 +236,55 @@ mod tests {
         );
         assert_eq!(code(r#"{"type":"subscribe_location","data":{"vendorId":"v1"}}"#), ErrorCode::InvalidField);
         assert_eq!(code(r#"{"type":"subscribe_vendor"}"#), ErrorCode::InvalidField);
+    }
+
+    fn mp(v: &Value) -> Vec<u8> {
+        rmp_serde::to_vec_named(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn mp_code(bytes: &[u8]) -> ErrorCode {
+        decode_msgpack(bytes).map(|_| ()).err().map(|r| r.code).unwrap_or(ErrorCode::Internal)
+    }
+
+    #[test]
+    fn msgpack_follows_the_json_envelope_rules() {
+        let sub = serde_json::json!({"type": "subscribe_location", "id": "1",
+            "data": {"vendorId": "v1", "userId": "u1", "delivery": "datagram"}});
+        let r = decode_msgpack(&mp(&sub));
+        let Ok(Request { id, command: Command::Subscribe { delivery, .. } }) = r else { panic!("{r:?}") };
+        assert_eq!((id.as_deref(), delivery), (Some("1"), Delivery::Datagram));
+        assert_eq!(mp_code(&mp(&serde_json::json!({"type": "dance"}))), ErrorCode::UnknownType);
+        assert_eq!(mp_code(&mp(&serde_json::json!({"type": 5}))), ErrorCode::InvalidField);
+        let bad_vendor = serde_json::json!({"type": "subscribe_vendor", "data": {"vendorId": "a.b", "userId": "u"}});
+        assert_eq!(mp_code(&mp(&bad_vendor)), ErrorCode::InvalidField);
+    }
+
+    #[test]
+    fn msgpack_frame_errors_are_invalid_frame() {
+        let ping = mp(&serde_json::json!({"type": "ping"}));
+        let mut trailing = ping.clone();
+        trailing.push(0xc0);
+        let mut int_key = vec![0x81, 0x01]; // {1: "ping"}
+        int_key.extend(mp(&serde_json::json!("ping")));
+        let binary = [0x81, 0xa4, b't', b'y', b'p', b'e', 0xc4, 0x01, b'x']; // {"type": bin}
+        let deep: Vec<u8> = std::iter::repeat_n(0x91u8, 4000).chain([0x80]).collect();
+        let array_bomb: Vec<u8> = std::iter::repeat_n([0xdd, 0xff, 0xff, 0xff, 0xff], 800).flatten().collect();
+        for (what, bytes) in [
+            ("empty", &[][..]),
+            ("garbage", &[0xc1][..]),
+            ("cut short", &ping[..ping.len() - 1]),
+            ("trailing byte", &trailing[..]),
+            ("array", &mp(&serde_json::json!(["ping"]))[..]),
+            ("string", &mp(&serde_json::json!("ping"))[..]),
+            ("nil", &[0xc0][..]),
+            ("integer key", &int_key[..]),
+            ("binary value", &binary[..]),
+            ("deep nesting", &deep[..]),
+            ("huge claimed array", &array_bomb[..]),
+        ] {
+            assert_eq!(mp_code(bytes), ErrorCode::InvalidFrame, "{what}");
+        }
+        assert_eq!(decode_msgpack(&ping).map(|r| r.command), Ok(Command::Ping));
     }
 
     #[test]

@@ -31,4 +31,9 @@ impl Close {
     pub const fn new(code: u16, reason: &'static str) -> Self {
         Self { code, reason: Cow::Borrowed(reason) }
     }
+
+    /// `<code> <reason>`, as the audit trail records a close the server sent.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.code, self.reason)
+    }
 }

@@ -1,17 +1,19 @@
 //! The wire contract, with no I/O: message types, validation and codecs.
 //!
 //! Everything a client, a publisher or NATS can send is decoded and validated
-//! here, so every entry point (WebSocket, HTTP, later gRPC and NATS) applies
+//! here (JSON for WebSocket; MessagePack in length-prefixed [`frame`]s for
+//! WebTransport), so every entry point (WebSocket, HTTP, later gRPC and NATS) applies
 //! the same rules and answers with the same stable error codes.
 
 mod client;
 mod close;
 mod error;
+pub mod frame;
 mod ids;
 mod server;
 mod update;
 
-pub use client::{Command, Delivery, Rejection, Request, decode_json, decode_value};
+pub use client::{Command, Delivery, Rejection, Request, decode_json, decode_msgpack, decode_value};
 pub use close::Close;
 pub use error::ErrorCode;
 pub use ids::{Channel, IdError, Topic, UserId, VendorId};

@@ -10,6 +10,8 @@ use super::{Channel, ErrorCode, Update, VendorId};
 pub enum Codec {
     /// JSON text (WebSocket).
     Json,
+    /// MessagePack maps with the JSON keys (WebTransport).
+    MsgPack,
 }
 
 /// Everything the gateway sends to a client.
@@ -115,6 +117,8 @@ fn to_bytes<D: Serialize>(codec: Codec, ty: &'static str, data: Option<D>, id: O
     match codec {
         // Serializing these types cannot fail: string keys, finite floats.
         Codec::Json => Bytes::from(serde_json::to_vec(&env).unwrap_or_default()),
+        // Named: maps with the JSON keys, which browser decoders expect.
+        Codec::MsgPack => Bytes::from(rmp_serde::to_vec_named(&env).unwrap_or_default()),
     }
 }
 
@@ -169,5 +173,48 @@ mod tests {
             &br#"{"type":"subscribed","data":{"channel":"vendor","vendorId":"v1"},"id":"x"}"#[..]
         );
         assert_eq!(encode(&ServerMessage::Ping, Codec::Json), &br#"{"type":"ping"}"#[..]);
+    }
+
+    /// Every message decodes from MessagePack to exactly its JSON form.
+    #[test]
+    fn msgpack_is_the_json_message_as_a_map() {
+        let vendor = VendorId::parse("v1").unwrap_or_else(|_| unreachable!());
+        let mut fields = serde_json::Map::new();
+        fields.insert("name".into(), "Tacos".into());
+        fields.insert("n".into(), serde_json::json!([1, -2, 3.5, null, {"k": true}]));
+        let loc = Update::Location(LocationUpdate {
+            vendor_id: vendor.clone(),
+            location: Location { lat: 1.5, long: -2.0 },
+            timestamp: "2026-01-01T00:00:00Z".into(),
+        });
+        let ven = Update::Vendor(crate::protocol::VendorUpdate {
+            vendor_id: vendor.clone(),
+            vendor: fields,
+            timestamp: "2026-01-01T00:00:00Z".into(),
+        });
+        let msgs = [
+            ServerMessage::Update(&loc),
+            ServerMessage::Update(&ven),
+            ServerMessage::Snapshot(&loc),
+            ServerMessage::Snapshot(&ven),
+            ServerMessage::Subscribed { channel: Channel::Location, vendor: &vendor, id: Some("a") },
+            ServerMessage::Unsubscribed { channel: Channel::Vendor, vendor: &vendor, id: None },
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                message: "slow",
+                request_type: Some("ping"),
+                retry_after_ms: Some(5),
+                id: Some("x"),
+            },
+            ServerMessage::Ping,
+            ServerMessage::Pong { id: Some("p") },
+        ];
+        for msg in &msgs {
+            let json: serde_json::Value = serde_json::from_slice(&encode(msg, Codec::Json)).unwrap_or_default();
+            let bytes = encode(msg, Codec::MsgPack);
+            assert!(matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)), "{msg:?} is not a map");
+            let back: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap_or_default();
+            assert_eq!(back, json, "{msg:?}");
+        }
     }
 }

@@ -2,3 +2,4 @@
 //! decision is the [`crate::session::Session`]'s.
 
 pub mod ws;
+pub mod wt;

@@ -149,12 +149,12 @@ async fn serve(
     let reader = read_loop(stream, &mut session, &shared);
     let reason = tokio::select! {
         sent = &mut writer => match sent {
-            Some(close) => close_reason(&close),
+            Some(close) => close.describe(),
             None => "connection lost".to_owned(),
         },
         end = reader => match end {
             ReadEnd::Close(close) => {
-                let reason = close_reason(&close);
+                let reason = close.describe();
                 outbox.close(close);
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
                 reason
@@ -174,11 +174,6 @@ enum ReadEnd {
     ClientClosed,
     /// The socket failed.
     Lost,
-}
-
-/// The audit trail's disconnect reason for a close the server sent.
-fn close_reason(close: &Close) -> String {
-    format!("{} {}", close.code, close.reason)
 }
 
 /// Reads client frames until the client leaves or the session decides to

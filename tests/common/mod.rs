@@ -5,6 +5,7 @@
 
 pub mod nats;
 pub mod pg;
+pub mod wt;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,7 @@ pub fn assert_schema(rel: &str, value: &Value) {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    pub wt_addr: SocketAddr,
     pub shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<bool, venta_gateway::server::RunError>>>,
@@ -81,6 +83,8 @@ pub fn test_config() -> Config {
     c.bind_addr = "127.0.0.1".parse().unwrap();
     c.port = 0;
     c.grpc_port = 0;
+    // Ephemeral: the HTTP port's number may be some client's UDP port.
+    c.wt_port = Some(0);
     c.shutdown_timeout_secs = 5;
     c
 }
@@ -95,12 +99,13 @@ impl TestGateway {
         let gw = Gateway::bind(config).await.expect("bind");
         let addr = gw.local_addr().expect("addr");
         let grpc_addr = gw.grpc_addr().expect("grpc addr");
+        let wt_addr = gw.wt_addr();
         let shared = Arc::clone(gw.shared());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        Self { addr, grpc_addr, shared, stop: Some(tx), task: Some(task), _audit_dir: audit_dir }
+        Self { addr, grpc_addr, wt_addr, shared, stop: Some(tx), task: Some(task), _audit_dir: audit_dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -109,6 +114,11 @@ impl TestGateway {
 
     pub fn http(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A WebTransport session URL.
+    pub fn wt_url(&self, path: &str) -> String {
+        format!("https://{}{}", self.wt_addr, path)
     }
 
     /// Triggers graceful shutdown; returns whether it finished in time.
@@ -236,6 +246,11 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A UDP port that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A gateway binary run as a child process.
 pub struct GatewayProcess {
     pub child: Child,
@@ -248,6 +263,7 @@ impl GatewayProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_venta-gateway"));
         cmd.env("WEBSOCKET_GATEWAY_PORT", port.to_string())
             .env("GRPC_PORT", free_port().to_string())
+            .env("WT_PORT", "0")
             .env("BIND_ADDR", "127.0.0.1")
             .env("LOG_LEVEL", "warn")
             .stdout(Stdio::null())

@@ -1,4 +1,5 @@
-// Types for venta-client.js: the gateway's WebSocket JSON protocol and the client class.
+// Types for venta-client.js: the gateway's client protocol (WebSocket JSON,
+// WebTransport MessagePack with the same messages) and the client classes.
 
 // ------------------------------------------------------------------ messages
 
@@ -121,17 +122,26 @@ export interface ReconnectInfo {
   delayMs: number;
 }
 
-export class VentaWebSocketClient {
+export type Delivery = 'stream' | 'datagram';
+
+export interface LocationSubscriptionOptions {
+  /** `datagram`: over WebTransport, location updates come as datagrams (latest wins); ignored over WebSocket. */
+  delivery?: Delivery;
+}
+
+/** What both clients share; use `VentaWebSocketClient` or `VentaWebTransportClient`. */
+export class VentaClient {
   #private;
 
-  /** Opens the connection at once. Throws if no WebSocket implementation is available. */
-  constructor(url: string, options?: VentaClientOptions);
+  protected constructor(url: string, options: VentaClientOptions, transport: never);
 
-  /** True while the socket is open. */
+  /** True while the connection is open. */
   readonly connected: boolean;
+  /** The transport of the current (or last) connection. */
+  readonly transport: 'websocket' | 'webtransport' | null;
 
   /** Subscribes to location updates; queued until open and re-sent after every reconnect. */
-  subscribeToLocation(vendorId: string, userId: string): void;
+  subscribeToLocation(vendorId: string, userId: string, options?: LocationSubscriptionOptions): void;
   /** Subscribes to vendor profile updates; queued until open and re-sent after every reconnect. */
   subscribeToVendor(vendorId: string, userId: string): void;
   /** Forgets the subscription; tells the server only when connected. */
@@ -158,6 +168,37 @@ export class VentaWebSocketClient {
   onReconnecting(info: ReconnectInfo): void;
   onGiveUp(): void;
   onUnknownMessage(message: { type?: unknown; [field: string]: unknown }): void;
+}
+
+export class VentaWebSocketClient extends VentaClient {
+  /** Opens the connection at once. Throws if no WebSocket implementation is available. */
+  constructor(url: string, options?: VentaClientOptions);
+}
+
+export interface CertificateHash {
+  algorithm: string;
+  value: BufferSource;
+}
+
+export interface VentaWebTransportClientOptions extends VentaClientOptions {
+  /** Fetched before each attempt (e.g. `http://localhost:5006/wt/cert-hash`); both `value` and `next` are trusted. */
+  certificateHashUrl?: string;
+  /** Fixed hashes instead of `certificateHashUrl`. */
+  serverCertificateHashes?: CertificateHash[];
+  /** Fallback endpoint. Default: same host, port and query, `/ws/…` (`ws:` on an http page or in Node, `wss:` otherwise). */
+  webSocketUrl?: string;
+  /** Failed WebTransport attempts, before any succeeded, after which the client uses WebSocket for good. Default 2. */
+  webTransportAttempts?: number;
+  /** WebTransport implementation; defaults to `globalThis.WebTransport`. */
+  WebTransport?: new (url: string, options?: unknown) => unknown;
+}
+
+export class VentaWebTransportClient extends VentaClient {
+  /**
+   * Opens the session at once (`https://host:WT_PORT/wt/location`). Falls back to WebSocket when
+   * WebTransport is missing or keeps failing; throws if neither is available.
+   */
+  constructor(url: string, options?: VentaWebTransportClientOptions);
 }
 
 export default VentaWebSocketClient;

@@ -1,11 +1,23 @@
-// Venta gateway WebSocket client.
+// Venta gateway clients: WebSocket (JSON) and WebTransport (MessagePack).
 //
-// A drop-in successor of the `VentaWebSocketClient` documented by the seed
-// (NestJS) gateway: same constructor, same `subscribeToLocation`, same
-// overridable `onLocationUpdate` / `onVendorUpdate`, answers the server's
-// `ping` with `{"type":"pong"}` and reconnects a bounded number of times.
-// Plain ES module, no dependencies: it uses the global `WebSocket` (any
-// browser, Node >= 22, or Node 20 run with `--experimental-websocket`).
+// `VentaWebSocketClient` is a drop-in successor of the client documented by
+// the seed (NestJS) gateway: same constructor, same `subscribeToLocation`,
+// same overridable `onLocationUpdate` / `onVendorUpdate`, answers the
+// server's `ping` with `{"type":"pong"}` and reconnects a bounded number of
+// times. It uses the global `WebSocket` (any browser, Node >= 22, or Node 20
+// run with `--experimental-websocket`).
+//
+// `VentaWebTransportClient` has the same API over WebTransport (HTTP/3):
+// MessagePack frames on one bidirectional stream, location updates as
+// datagrams on request, the gateway's dev certificate pinned by the hash it
+// publishes. Where WebTransport is unavailable (no API, or UDP blocked) it
+// falls back to the WebSocket endpoint.
+//
+// Plain ES modules; MessagePack comes from a vendored copy of
+// @msgpack/msgpack (see ../vendor/msgpack/VENDORED.md), so a browser loads
+// this file as it is, without a bundler.
+
+import { decode, encode } from '../vendor/msgpack/index.mjs';
 
 // WebSocket.readyState OPEN, fixed by the standard; not read from the
 // implementation, so an injected one without the static constants works too.
@@ -15,6 +27,11 @@ const OPEN = 1;
 // kept; any other code (invalid_field, forbidden, too_many_subscriptions, ...)
 // would fail the same way on every reconnect, so it is forgotten.
 const TRANSIENT_ERRORS = new Set(['rate_limited', 'unavailable', 'internal']);
+
+// Largest WebTransport frame the client accepts from the gateway. Server
+// frames are small (a vendor update is at most 64 KiB of JSON); anything
+// bigger means the stream is out of step.
+const MAX_SERVER_FRAME = 1 << 20;
 
 const noop = () => {};
 
@@ -26,19 +43,241 @@ function makeLogger(logger) {
   return { log: pick('log'), warn: pick('warn'), error: pick('error') };
 }
 
+// ---------------------------------------------------------------- transports
+//
+// A connection attempt is an object {kind, open, send(message), close(code,
+// reason)} driving three callbacks: onOpen(), onMessage(message) with a
+// decoded message object, and onEnd(event) exactly once, with
+// {code, reason, wasClean}. The client above knows nothing else of them.
+
+/** One WebSocket connection: JSON text frames. */
+function openWebSocket(WebSocketImpl, url, protocols, log, on) {
+  const socket = protocols === undefined ? new WebSocketImpl(url) : new WebSocketImpl(url, protocols);
+  let opened = false;
+  let ended = false;
+  const end = (event) => {
+    if (ended) return;
+    ended = true;
+    on.onEnd(event);
+  };
+  socket.onopen = () => {
+    opened = true;
+    on.onOpen();
+  };
+  socket.onmessage = (event) => {
+    if (typeof event.data !== 'string') {
+      log.warn('Ignoring a binary WebSocket frame');
+      return;
+    }
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      log.warn('Ignoring a frame that is not JSON:', event.data);
+      return;
+    }
+    if (message && typeof message === 'object') on.onMessage(message);
+  };
+  socket.onclose = end;
+  socket.onerror = (error) => {
+    log.error('WebSocket error:', error);
+    // Browsers follow a failed attempt's `error` with `close`, but the
+    // WebSocket in Node 20 (undici before nodejs/undici#3546 was fixed)
+    // fires only `error` and stays CONNECTING for ever; without this the
+    // client would silently stop reconnecting there.
+    if (!opened) end({ code: 1006, reason: '', wasClean: false });
+  };
+  return {
+    kind: 'websocket',
+    get open() {
+      return socket.readyState === OPEN;
+    },
+    send(message) {
+      socket.send(JSON.stringify(message));
+    },
+    close(code, reason) {
+      // A socket still connecting can be closed too; it then reports close.
+      if (socket.readyState <= OPEN) socket.close(code, reason);
+    },
+  };
+}
+
+/** `[{algorithm, value: Uint8Array}]` for `serverCertificateHashes`. */
+async function certificateHashes(options) {
+  if (options.serverCertificateHashes) return options.serverCertificateHashes;
+  if (!options.certificateHashUrl) return [];
+  const fetchImpl = options.fetch ?? globalThis.fetch;
+  const res = await fetchImpl(options.certificateHashUrl, { cache: 'no-store' });
+  if (!res.ok) throw new Error(`${options.certificateHashUrl}: HTTP ${res.status}`);
+  const body = await res.json();
+  // During a rotation the gateway publishes the coming certificate as
+  // `next`: trusting both keeps this connection working across the switch.
+  return [body, body.next]
+    .filter((h) => h && typeof h.value === 'string' && /^[0-9a-f]{64}$/i.test(h.value))
+    .map((h) => ({
+      algorithm: h.algorithm,
+      value: Uint8Array.from(h.value.match(/../g), (byte) => parseInt(byte, 16)),
+    }));
+}
+
+/** A frame: 4-byte big-endian length, then one MessagePack value. */
+function frameOf(message) {
+  const payload = encode(message);
+  const out = new Uint8Array(4 + payload.length);
+  new DataView(out.buffer).setUint32(0, payload.length);
+  out.set(payload, 4);
+  return out;
+}
+
+function decodeMessage(bytes, log) {
+  let message;
+  try {
+    message = decode(bytes);
+  } catch (err) {
+    log.warn('Ignoring undecodable MessagePack from the gateway:', err);
+    return null;
+  }
+  return message && typeof message === 'object' && !Array.isArray(message) ? message : null;
+}
+
+/** Reads length-prefixed MessagePack frames until the stream ends. */
+async function readFrames(readable, log, onMessage) {
+  const reader = readable.getReader();
+  let buf = new Uint8Array(0);
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    const joined = new Uint8Array(buf.length + value.length);
+    joined.set(buf);
+    joined.set(value, buf.length);
+    buf = joined;
+    while (buf.length >= 4) {
+      const len = new DataView(buf.buffer, buf.byteOffset, 4).getUint32(0);
+      if (len > MAX_SERVER_FRAME) throw new Error(`frame of ${len} bytes from the gateway`);
+      if (buf.length < 4 + len) break;
+      const message = decodeMessage(buf.subarray(4, 4 + len), log);
+      buf = buf.subarray(4 + len);
+      if (message) onMessage(message);
+    }
+  }
+}
+
+/** Reads datagrams (one MessagePack value each) until the session ends. */
+async function readDatagrams(readable, log, onMessage) {
+  const reader = readable.getReader();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    const message = decodeMessage(value, log);
+    if (message) onMessage(message);
+  }
+}
+
+/** One WebTransport session: MessagePack frames on one bidirectional stream. */
+function openWebTransport(WebTransportImpl, url, options, log, on) {
+  let wt = null;
+  let writer = null;
+  let opened = false;
+  let ended = false;
+  let closeRequest = null;
+  const end = (event) => {
+    if (ended) return;
+    ended = true;
+    if (wt && !closeRequest) {
+      try {
+        wt.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    on.onEnd(event);
+  };
+  const failed = (err) => {
+    if (!ended) log.error('WebTransport error:', err);
+    end({ code: 1006, reason: String(err?.message ?? err), wasClean: false });
+  };
+  (async () => {
+    const hashes = await certificateHashes(options);
+    if (closeRequest) {
+      end({ ...closeRequest, wasClean: true });
+      return;
+    }
+    wt = hashes.length
+      ? new WebTransportImpl(url, { serverCertificateHashes: hashes })
+      : new WebTransportImpl(url);
+    // A gateway that vanishes without finishing the stream ends up here as a
+    // rejection (1006).
+    wt.closed.then(
+      (info) => end({ code: info?.closeCode ?? 1000, reason: info?.reason ?? '', wasClean: true }),
+      failed,
+    );
+    await wt.ready;
+    const stream = await wt.createBidirectionalStream();
+    writer = stream.writable.getWriter();
+    // The gateway learns of the stream from its first bytes: announce it
+    // with a `pong`, which is free (not rate-limited) and never answered.
+    writer.write(frameOf({ type: 'pong' })).catch(noop);
+    if (closeRequest) {
+      wt.close({ closeCode: closeRequest.code, reason: closeRequest.reason });
+      return;
+    }
+    opened = true;
+    on.onOpen();
+    readDatagrams(wt.datagrams.readable, log, on.onMessage).catch(noop);
+    await readFrames(stream.readable, log, on.onMessage);
+    // The gateway finished its stream: it is closing the session. Its close
+    // code (1001, 1013, 4000, ...) does not reach browsers (it closes QUIC,
+    // not the WebTransport session), so report 1005, "no status received".
+    end({ code: 1005, reason: 'the gateway ended the session', wasClean: true });
+  })().catch(failed);
+  return {
+    kind: 'webtransport',
+    get open() {
+      return opened && !ended;
+    },
+    send(message) {
+      if (writer && !ended) writer.write(frameOf(message)).catch(noop);
+    },
+    close(code, reason) {
+      closeRequest = { code, reason };
+      if (wt && opened) {
+        try {
+          wt.close({ closeCode: code, reason });
+        } catch {
+          // Already closed.
+        }
+      }
+    },
+  };
+}
+
+/** The WebSocket endpoint matching a WebTransport URL: same host, port and query; /wt/x → /ws/x. */
+function webSocketUrlFor(webTransportUrl) {
+  const u = new URL(webTransportUrl);
+  u.protocol = globalThis.location?.protocol === 'https:' ? 'wss:' : 'ws:';
+  u.pathname = u.pathname.replace(/^\/wt\//, '/ws/');
+  return u.toString();
+}
+
+// -------------------------------------------------------------------- client
+
 /**
- * Client for the venta-gateway WebSocket endpoints (`/ws/location`, `/ws/vendor`).
+ * What the two clients share: subscriptions, queueing, reconnects, hooks.
+ * Use {@link VentaWebSocketClient} or {@link VentaWebTransportClient}.
  *
  * Subclass it or assign the `on*` hooks on an instance to receive events:
  * the connection is opened in the constructor but no event can fire before
  * the current task ends, so hooks assigned right after `new` see everything.
  */
-export class VentaWebSocketClient {
-  /** @type {WebSocket | null} */
-  #socket = null;
-  #url;
-  #WebSocket;
-  #protocols;
+export class VentaClient {
+  /** The current connection attempt, or null between attempts. */
+  #conn = null;
+  /** @type {(on: object, log: object) => object} opens a connection of the active transport */
+  #open;
+  /** Names the transport of a connection, for logs. */
+  #name;
+  /** Told how each attempt ended (the WebTransport client's fallback). */
+  #attemptEnded;
   #log;
   /** Attempts made since the last successful open (the seed's counter). */
   #reconnectAttempts = 0;
@@ -51,40 +290,26 @@ export class VentaWebSocketClient {
   #retryTimers = new Set();
   /** Set by close(): from then on nothing reconnects. */
   #closed = false;
-  /** Frames sent while not connected, flushed on the next open. */
+  /** Messages sent while not connected, flushed on the next open. */
   #queue = [];
   /**
    * Subscriptions the caller wants, keyed `channel:vendorId`. They are the
    * source of truth: every (re)connect sends all of them, because a new
    * connection starts with none on the server side.
-   * @type {Map<string, {channel: 'location'|'vendor', vendorId: string, userId: string}>}
+   * @type {Map<string, {channel: 'location'|'vendor', vendorId: string, userId: string, delivery?: string}>}
    */
   #subscriptions = new Map();
   #pingCounter = 0;
 
   /**
-   * Opens the connection at once (as the seed did).
-   *
-   * @param {string} url e.g. `ws://localhost:5006/ws/location` (add `?token=JWT` when the gateway requires auth)
-   * @param {object} [options]
-   * @param {number} [options.maxReconnectAttempts=5] reconnect attempts after a drop before giving up; reset by every successful open
-   * @param {number} [options.reconnectBaseDelayMs=1000] delay before the first attempt; doubles on each further attempt
-   * @param {number} [options.reconnectMaxDelayMs=30000] cap on any single delay
-   * @param {number} [options.maxQueuedMessages=100] messages kept while disconnected; the oldest are dropped beyond this
-   * @param {{log?: Function, warn?: Function, error?: Function} | null | false} [options.logger=console] where to log; `null` or `false` silences the client
-   * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (defaults to the global one; e.g. the `ws` package on older Node)
-   * @param {string | string[]} [options.protocols] WebSocket sub-protocols
+   * @param {string} url
+   * @param {object} options see the subclasses
+   * @param {{name: Function, open: Function, attemptEnded?: Function}} transport
    */
-  constructor(url, options = {}) {
-    this.#url = url;
-    this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof this.#WebSocket !== 'function') {
-      throw new TypeError(
-        'VentaWebSocketClient: no WebSocket implementation. In Node 20 run with ' +
-          '--experimental-websocket, or pass options.WebSocket.',
-      );
-    }
-    this.#protocols = options.protocols;
+  constructor(url, options, transport) {
+    this.#name = transport.name;
+    this.#open = transport.open;
+    this.#attemptEnded = transport.attemptEnded ?? noop;
     this.#maxReconnectAttempts = options.maxReconnectAttempts ?? 5;
     this.#baseDelayMs = options.reconnectBaseDelayMs ?? 1000;
     this.#maxDelayMs = options.reconnectMaxDelayMs ?? 30000;
@@ -95,9 +320,14 @@ export class VentaWebSocketClient {
 
   // ---------------------------------------------------------------- public API
 
-  /** True while the socket is open. */
+  /** True while the connection is open. */
   get connected() {
-    return this.#socket !== null && this.#socket.readyState === OPEN;
+    return this.#conn !== null && this.#conn.open;
+  }
+
+  /** `'websocket'` or `'webtransport'`: the transport of the current (or last) connection. */
+  get transport() {
+    return this.#conn?.kind ?? null;
   }
 
   /**
@@ -106,9 +336,12 @@ export class VentaWebSocketClient {
    * re-sent automatically after every reconnect.
    * @param {string} vendorId
    * @param {string} userId must equal the token's `sub` when auth is on
+   * @param {{delivery?: 'stream'|'datagram'}} [options] `datagram`: over
+   *   WebTransport, updates come as unreliable datagrams (latest position
+   *   wins, no head-of-line blocking); ignored over WebSocket
    */
-  subscribeToLocation(vendorId, userId) {
-    this.#subscribe('location', vendorId, userId);
+  subscribeToLocation(vendorId, userId, options = {}) {
+    this.#subscribe('location', vendorId, userId, options.delivery);
   }
 
   /**
@@ -152,7 +385,7 @@ export class VentaWebSocketClient {
 
   /**
    * Closes the connection for good: no reconnect follows and queued messages
-   * are dropped. `onClose` still fires if the socket was open.
+   * are dropped. `onClose` still fires if the connection was open.
    * @param {number} [code=1000]
    * @param {string} [reason]
    */
@@ -163,8 +396,7 @@ export class VentaWebSocketClient {
     for (const timer of this.#retryTimers) clearTimeout(timer);
     this.#retryTimers.clear();
     this.#queue = [];
-    // A socket still connecting can be closed too; it then reports close.
-    if (this.#socket && this.#socket.readyState <= OPEN) this.#socket.close(code, reason);
+    if (this.#conn) this.#conn.close(code, reason);
   }
 
   // ------------------------------------------------------ overridable hooks
@@ -221,66 +453,42 @@ export class VentaWebSocketClient {
   // --------------------------------------------------------------- internals
 
   #connect() {
-    let socket;
+    let opened = false;
+    let conn = null;
+    const on = {
+      onOpen: () => {
+        opened = true;
+        this.#log.log(`Connected to ${this.#name(conn)}`);
+        this.#reconnectAttempts = 0;
+        // A new connection starts with no subscriptions on the server: send them
+        // all, before queued messages, so updates flow again as soon as possible.
+        for (const sub of this.#subscriptions.values()) this.#sendSubscribe(sub);
+        const queued = this.#queue;
+        this.#queue = [];
+        for (const message of queued) conn.send(message);
+        this.#emit('onOpen');
+      },
+      onMessage: (message) => {
+        if (this.#conn === conn) this.#handleMessage(message, conn);
+      },
+      // Runs once per connection, whatever reported the end.
+      onEnd: (event) => {
+        if (this.#conn !== conn) return;
+        this.#conn = null;
+        this.#log.log(`${this.#name(conn)} connection closed`);
+        this.#attemptEnded(conn, opened);
+        if (opened) this.#emit('onClose', event);
+        this.#handleReconnect();
+      },
+    };
     try {
-      socket = this.#protocols === undefined
-        ? new this.#WebSocket(this.#url)
-        : new this.#WebSocket(this.#url, this.#protocols);
+      conn = this.#open(on, this.#log);
     } catch (err) {
       // A malformed URL throws synchronously; retrying cannot fix it.
-      this.#log.error('WebSocket error:', err);
+      this.#log.error(`${this.#name(null)} error:`, err);
       throw err;
     }
-    this.#socket = socket;
-    let opened = false;
-
-    socket.onopen = () => {
-      opened = true;
-      this.#log.log('Connected to WebSocket');
-      this.#reconnectAttempts = 0;
-      // A new connection starts with no subscriptions on the server: send them
-      // all, before queued messages, so updates flow again as soon as possible.
-      for (const sub of this.#subscriptions.values()) this.#sendSubscribe(sub);
-      const queued = this.#queue;
-      this.#queue = [];
-      for (const frame of queued) socket.send(frame);
-      this.#emit('onOpen');
-    };
-
-    socket.onmessage = (event) => {
-      if (typeof event.data !== 'string') {
-        this.#log.warn('Ignoring a binary WebSocket frame');
-        return;
-      }
-      let message;
-      try {
-        message = JSON.parse(event.data);
-      } catch {
-        this.#log.warn('Ignoring a frame that is not JSON:', event.data);
-        return;
-      }
-      if (message && typeof message === 'object') this.#handleMessage(message, socket);
-    };
-
-    // Runs once per socket, whichever of `close` / `error` reports the end.
-    const ended = (event) => {
-      if (this.#socket !== socket) return;
-      this.#socket = null;
-      this.#log.log('WebSocket connection closed');
-      if (opened) this.#emit('onClose', event);
-      this.#handleReconnect();
-    };
-
-    socket.onclose = ended;
-
-    socket.onerror = (error) => {
-      this.#log.error('WebSocket error:', error);
-      // Browsers follow a failed attempt's `error` with `close`, but the
-      // WebSocket in Node 20 (undici before nodejs/undici#3546 was fixed)
-      // fires only `error` and stays CONNECTING for ever; without this the
-      // client would silently stop reconnecting there.
-      if (!opened) ended({ code: 1006, reason: '', wasClean: false });
-    };
+    this.#conn = conn;
   }
 
   #handleReconnect() {
@@ -310,7 +518,7 @@ export class VentaWebSocketClient {
     return Math.round(d / 2 + Math.random() * (d / 2));
   }
 
-  #handleMessage(message, socket) {
+  #handleMessage(message, conn) {
     const data = message.data ?? {};
     switch (message.type) {
       case 'location_updated':
@@ -321,7 +529,7 @@ export class VentaWebSocketClient {
         break;
       case 'ping':
         // Answer exactly as the seed did; the gateway closes silent clients (4000).
-        if (socket.readyState === OPEN) socket.send(JSON.stringify({ type: 'pong' }));
+        if (conn.open) conn.send({ type: 'pong' });
         this.#emit('onPing', message);
         break;
       case 'pong':
@@ -366,8 +574,8 @@ export class VentaWebSocketClient {
     }
   }
 
-  #subscribe(channel, vendorId, userId) {
-    const sub = { channel, vendorId, userId };
+  #subscribe(channel, vendorId, userId, delivery) {
+    const sub = { channel, vendorId, userId, delivery };
     this.#subscriptions.set(`${channel}:${vendorId}`, sub);
     // When not connected, the open handler sends every remembered subscription.
     if (this.connected) this.#sendSubscribe(sub);
@@ -378,31 +586,29 @@ export class VentaWebSocketClient {
     // A new connection starts with no subscriptions, so there is nothing to
     // undo on the server unless we are connected now.
     if (this.connected) {
-      this.#socket.send(JSON.stringify({
+      this.#conn.send({
         type: `unsubscribe_${channel}`,
         data: { vendorId },
         id: `unsub:${channel}:${vendorId}`,
-      }));
+      });
     }
   }
 
-  #sendSubscribe({ channel, vendorId, userId }) {
-    this.#socket.send(JSON.stringify({
-      type: `subscribe_${channel}`,
-      data: { vendorId, userId },
-      id: `sub:${channel}:${vendorId}`,
-    }));
+  #sendSubscribe({ channel, vendorId, userId, delivery }) {
+    const data = { vendorId, userId };
+    // Only WebTransport has datagrams; the WebSocket message stays the seed's.
+    if (delivery !== undefined && this.#conn.kind === 'webtransport') data.delivery = delivery;
+    this.#conn.send({ type: `subscribe_${channel}`, data, id: `sub:${channel}:${vendorId}` });
   }
 
   /** Sends now if open, else queues for the next open (bounded, oldest dropped). */
   #send(message) {
-    const frame = JSON.stringify(message);
     if (this.connected) {
-      this.#socket.send(frame);
+      this.#conn.send(message);
       return;
     }
     if (this.#closed) return;
-    this.#queue.push(frame);
+    this.#queue.push(message);
     if (this.#queue.length > this.#maxQueue) this.#queue.shift();
   }
 
@@ -410,8 +616,98 @@ export class VentaWebSocketClient {
     try {
       this[hook](...args);
     } catch (err) {
-      this.#log.error(`VentaWebSocketClient: ${hook} threw:`, err);
+      this.#log.error(`${this.constructor.name}: ${hook} threw:`, err);
     }
+  }
+}
+
+/**
+ * Client for the venta-gateway WebSocket endpoints (`/ws/location`, `/ws/vendor`).
+ */
+export class VentaWebSocketClient extends VentaClient {
+  /**
+   * Opens the connection at once (as the seed did).
+   *
+   * @param {string} url e.g. `ws://localhost:5006/ws/location` (add `?token=JWT` when the gateway requires auth)
+   * @param {object} [options]
+   * @param {number} [options.maxReconnectAttempts=5] reconnect attempts after a drop before giving up; reset by every successful open
+   * @param {number} [options.reconnectBaseDelayMs=1000] delay before the first attempt; doubles on each further attempt
+   * @param {number} [options.reconnectMaxDelayMs=30000] cap on any single delay
+   * @param {number} [options.maxQueuedMessages=100] messages kept while disconnected; the oldest are dropped beyond this
+   * @param {{log?: Function, warn?: Function, error?: Function} | null | false} [options.logger=console] where to log; `null` or `false` silences the client
+   * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (defaults to the global one; e.g. the `ws` package on older Node)
+   * @param {string | string[]} [options.protocols] WebSocket sub-protocols
+   */
+  constructor(url, options = {}) {
+    const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof WebSocketImpl !== 'function') {
+      throw new TypeError(
+        'VentaWebSocketClient: no WebSocket implementation. In Node 20 run with ' +
+          '--experimental-websocket, or pass options.WebSocket.',
+      );
+    }
+    super(url, options, {
+      name: () => 'WebSocket',
+      open: (on, log) => openWebSocket(WebSocketImpl, url, options.protocols, log, on),
+    });
+  }
+}
+
+/**
+ * Client for the venta-gateway WebTransport endpoints
+ * (`https://host:WT_PORT/wt/location`, `/wt/vendor`), with the same API as
+ * {@link VentaWebSocketClient}; falls back to WebSocket where WebTransport
+ * is unavailable.
+ */
+export class VentaWebTransportClient extends VentaClient {
+  /**
+   * Opens the session at once.
+   *
+   * @param {string} url e.g. `https://localhost:5006/wt/location` (add `?token=JWT` when the gateway requires auth)
+   * @param {object} [options] every option of {@link VentaWebSocketClient}, plus:
+   * @param {string} [options.certificateHashUrl] where to fetch the gateway's certificate hash before each
+   *   attempt, e.g. `http://localhost:5006/wt/cert-hash` (for its self-signed dev certificate; leave unset
+   *   with a CA-signed certificate)
+   * @param {{algorithm: string, value: BufferSource}[]} [options.serverCertificateHashes] fixed hashes instead
+   * @param {string} [options.webSocketUrl] fallback endpoint; default: the same host, port and query
+   *   with `/ws/…` (ws: on an http page or in Node, wss: otherwise)
+   * @param {number} [options.webTransportAttempts=2] failed WebTransport attempts, before any succeeded,
+   *   after which the client falls back to WebSocket for good (UDP blocked, proxies)
+   * @param {typeof WebTransport} [options.WebTransport] implementation (defaults to the global one)
+   */
+  constructor(url, options = {}) {
+    const WebTransportImpl = options.WebTransport ?? globalThis.WebTransport;
+    const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
+    const hasWt = typeof WebTransportImpl === 'function';
+    const hasWs = typeof WebSocketImpl === 'function';
+    if (!hasWt && !hasWs) {
+      throw new TypeError('VentaWebTransportClient: neither WebTransport nor WebSocket is available.');
+    }
+    const fallbackUrl = options.webSocketUrl ?? webSocketUrlFor(url);
+    const maxWtFailures = options.webTransportAttempts ?? 2;
+    const state = { useWebTransport: hasWt, wtOpened: false, wtFailures: 0 };
+    const log = makeLogger(options.logger);
+    if (!hasWt) log.warn(`WebTransport is not available here; using WebSocket ${fallbackUrl}`);
+    super(url, options, {
+      name: (conn) => ((conn?.kind ?? (state.useWebTransport ? 'webtransport' : 'websocket')) === 'webtransport'
+        ? 'WebTransport'
+        : 'WebSocket'),
+      open: (on, connLog) => (state.useWebTransport
+        ? openWebTransport(WebTransportImpl, url, options, connLog, on)
+        : openWebSocket(WebSocketImpl, fallbackUrl, options.protocols, connLog, on)),
+      attemptEnded: (conn, opened) => {
+        if (conn.kind !== 'webtransport') return;
+        if (opened) {
+          state.wtOpened = true;
+          return;
+        }
+        state.wtFailures++;
+        if (!state.wtOpened && hasWs && state.wtFailures >= maxWtFailures) {
+          state.useWebTransport = false;
+          log.warn(`WebTransport failed ${state.wtFailures} times; falling back to WebSocket ${fallbackUrl}`);
+        }
+      },
+    });
   }
 }
 

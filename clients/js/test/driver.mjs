@@ -1,10 +1,14 @@
 // Scripted driver for the gateway's integration test: runs the real JS client
 // and reports what it sees as JSON lines on stdout.
 //
-//   node --experimental-websocket clients/js/test/driver.mjs <wsUrl> <vendorId> <userId> [reconnectBaseMs] [maxReconnectAttempts]
+//   node --experimental-websocket clients/js/test/driver.mjs <url> <vendorId> <userId> [reconnectBaseMs] [maxReconnectAttempts]
+//
+// <url> is ws:// or wss:// for VentaWebSocketClient, https:// (a /wt/ session
+// URL) for VentaWebTransportClient, which in Node (no WebTransport) falls
+// back to the matching WebSocket endpoint.
 //
 // stdout, one JSON object per line:
-//   {"event":"open"}                     a connection opened (first or after a reconnect)
+//   {"event":"open","transport":T}       a connection opened (first or after a reconnect); T websocket|webtransport
 //   {"event":"close","code":N}           a connection that had opened closed
 //   {"event":"subscribed","data":{...}}  ack; after a reconnect it comes from the automatic resubscribe
 //   {"event":"unsubscribed","data":{...}}
@@ -20,7 +24,7 @@
 // closes the client (a last {"event":"close","code":1000} if it was open) and
 // exits 0. Bad arguments: usage on stderr, exit 2. Diagnostics go to stderr.
 
-import { VentaWebSocketClient } from '../src/venta-client.js';
+import { VentaWebSocketClient, VentaWebTransportClient } from '../src/venta-client.js';
 
 const RUN_FOR_MS = 60_000;
 
@@ -28,7 +32,7 @@ const [url, vendorId, userId, baseArg, maxArg] = process.argv.slice(2);
 const isCount = (arg) => arg === undefined || (Number.isInteger(Number(arg)) && Number(arg) >= 0);
 if (!url || !vendorId || !userId || !isCount(baseArg) || !isCount(maxArg)) {
   process.stderr.write(
-    'usage: node --experimental-websocket driver.mjs <wsUrl> <vendorId> <userId> [reconnectBaseMs] [maxReconnectAttempts]\n',
+    'usage: node --experimental-websocket driver.mjs <url> <vendorId> <userId> [reconnectBaseMs] [maxReconnectAttempts]\n',
   );
   process.exit(2);
 }
@@ -41,8 +45,9 @@ const options = { logger: null };
 if (baseArg !== undefined) options.reconnectBaseDelayMs = Number(baseArg);
 if (maxArg !== undefined) options.maxReconnectAttempts = Number(maxArg);
 
-const client = new VentaWebSocketClient(url, options);
-client.onOpen = () => emit({ event: 'open' });
+const Client = url.startsWith('https:') ? VentaWebTransportClient : VentaWebSocketClient;
+const client = new Client(url, options);
+client.onOpen = () => emit({ event: 'open', transport: client.transport });
 client.onClose = (ev) => emit({ event: 'close', code: ev.code });
 client.onSubscribed = (data) => emit({ event: 'subscribed', data });
 client.onUnsubscribed = (data) => emit({ event: 'unsubscribed', data });

@@ -1,0 +1,260 @@
+//! WebTransport transport (wtransport, HTTP/3 over QUIC on UDP `WT_PORT`):
+//! sessions on `/wt/location` and `/wt/vendor`, MessagePack frames on one
+//! client-opened bidirectional stream, datagrams for location subscriptions
+//! that ask for them. Every rule is the [`Session`](crate::session::Session)'s,
+//! as for WebSocket.
+//!
+//! Shutdown order (wtransport's `accept()` panics once the endpoint is
+//! closed): leave the accept loop, let sessions close themselves with 1001,
+//! then [`close`] the endpoint and wait until it is idle.
+
+pub mod cert;
+mod conn;
+
+use std::future::IntoFuture as _;
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wtransport::config::{Ipv6DualStackConfig, QuicTransportConfig};
+use wtransport::endpoint::IncomingSession;
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::{Endpoint, Identity, ServerConfig, VarInt};
+
+use self::cert::{CertError, CertInfo, CertSource, CertStore};
+use crate::auth;
+use crate::config::Config;
+use crate::protocol::Close;
+use crate::ratelimit::Decision;
+use crate::session::Endpoint as Path;
+use crate::state::Shared;
+
+/// Time a client gets for the QUIC + TLS handshake and the session request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC keep-alive: keeps NAT bindings and both idle timers fresh between
+/// application heartbeats.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Per-stream receive window. Client frames are at most
+/// `WS_MAX_MESSAGE_BYTES` (4 KiB by default).
+const STREAM_WINDOW: u32 = 64 * 1024;
+/// Receive window for the whole connection, every stream together: what a
+/// client can make the gateway buffer, however many streams it opens.
+const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// Unacknowledged bytes the gateway buffers per connection. Small, so a slow
+/// reader pushes back into its outbox, where conflation and the
+/// slow-consumer close apply, instead of into QUIC's buffers.
+const SEND_WINDOW: u64 = 256 * 1024;
+
+/// WebTransport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WtError {
+    /// The certificate could not be loaded or made.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// The UDP port could not be bound.
+    #[error("cannot bind UDP {addr} for WebTransport: {source}")]
+    Bind {
+        /// The address tried.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A bound WebTransport endpoint, not yet accepting.
+pub struct Listener {
+    endpoint: Arc<Endpoint<Server>>,
+    addr: SocketAddr,
+    source: CertSource,
+}
+
+impl Listener {
+    /// Loads or makes the certificate, publishes its hash in `certs` and
+    /// binds UDP `WT_PORT` (default: `http_port`, the HTTP listener's port).
+    pub async fn bind(config: &Config, http_port: u16, certs: &CertStore) -> Result<Self, WtError> {
+        let source = CertSource::from_config(config);
+        let identity = cert::load(&source).await?;
+        let info = CertInfo::of(&identity)?;
+        let addr = SocketAddr::new(config.bind_addr, config.wt_port.unwrap_or(http_port));
+        let endpoint =
+            Endpoint::server(server_config(addr, identity)).map_err(|source| WtError::Bind { addr, source })?;
+        let addr = endpoint.local_addr().map_err(|source| WtError::Bind { addr, source })?;
+        certs.set_current(info);
+        Ok(Self { endpoint: Arc::new(endpoint), addr, source })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts sessions until shutdown and keeps the certificate fresh.
+    /// Returns the endpoint for [`close`] once the accept loop has ended.
+    pub fn spawn(self, shared: Arc<Shared>) -> tokio::task::JoinHandle<Arc<Endpoint<Server>>> {
+        let Self { endpoint, addr, source } = self;
+        let reloader = Arc::clone(&endpoint);
+        let reload = move |identity: Identity| {
+            reloader.reload_config(server_config(addr, identity), false).map_err(|e| e.to_string())
+        };
+        tokio::spawn(cert::keep_fresh(source, Arc::clone(&shared.wt_certs), reload, shared.shutdown.clone()));
+        tracing::info!(%addr, "WebTransport listening (UDP, /wt/location, /wt/vendor)");
+        tokio::spawn(async move {
+            accept_loop(&endpoint, &shared).await;
+            endpoint
+        })
+    }
+}
+
+/// Closes every remaining session with 1001 and waits (bounded) until the
+/// peers were told. Call only after the accept loop has ended.
+pub async fn close(endpoint: &Endpoint<Server>, wait: Duration) {
+    endpoint.close(VarInt::from_u32(u32::from(Close::GOING_AWAY)), b"server shutting down");
+    if tokio::time::timeout(wait, endpoint.wait_idle()).await.is_err() {
+        tracing::warn!("WebTransport endpoint not idle after {wait:?}");
+    }
+}
+
+fn transport_config() -> QuicTransportConfig {
+    let mut t = QuicTransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE))
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(SEND_WINDOW)
+        // The CONNECT stream and the session's stream, with room to spare;
+        // HTTP/3 needs three unidirectional streams of its own.
+        .max_concurrent_bidi_streams(8u32.into())
+        .max_concurrent_uni_streams(8u32.into())
+        // Client datagrams only prove liveness; outgoing ones are latest
+        // positions, so a short queue loses nothing worth keeping.
+        .datagram_receive_buffer_size(Some(16 * 1024))
+        .datagram_send_buffer_size(64 * 1024);
+    t
+}
+
+/// The server configuration; `::` binds dual-stack (Chromium tries ::1
+/// first for `localhost`).
+fn server_config(addr: SocketAddr, identity: Identity) -> ServerConfig {
+    let builder = ServerConfig::builder();
+    let builder = match addr.ip() {
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            builder.with_bind_address_v6(SocketAddrV6::new(ip, addr.port(), 0, 0), Ipv6DualStackConfig::Allow)
+        }
+        _ => builder.with_bind_address(addr),
+    };
+    builder.with_custom_transport(identity, transport_config()).build()
+}
+
+async fn accept_loop(endpoint: &Endpoint<Server>, shared: &Arc<Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return,
+            incoming = endpoint.accept() => incoming,
+        };
+        shared.tracker.spawn(handshake(incoming, Arc::clone(shared)));
+    }
+}
+
+fn route(path: &str) -> Option<Path> {
+    match path.split_once('?').map_or(path, |(p, _)| p) {
+        "/wt/location" => Some(Path::Location),
+        "/wt/vendor" => Some(Path::Vendor),
+        _ => None,
+    }
+}
+
+/// Runs a handshake step, bounded by [`HANDSHAKE_TIMEOUT`] and abandoned at
+/// shutdown (so a stalled client cannot hold the drain up).
+async fn step<F: std::future::Future>(shared: &Shared, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = shared.shutdown.cancelled() => None,
+        out = tokio::time::timeout(HANDSHAKE_TIMEOUT, fut) => out.ok(),
+    }
+}
+
+/// One incoming session: handshake, route, admission, then the session.
+async fn handshake(incoming: IncomingSession, shared: Arc<Shared>) {
+    let request = match step(&shared, incoming.into_future()).await {
+        Some(Ok(request)) => request,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "WebTransport handshake failed");
+            return;
+        }
+        None => {
+            tracing::debug!("WebTransport handshake timed out or shutdown began");
+            return;
+        }
+    };
+    let remote = request.remote_address();
+    // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d.
+    let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+    let Some(path) = route(request.path()) else {
+        tracing::debug!(%remote, path = request.path(), "WebTransport session for an unknown path");
+        request.not_found().await;
+        return;
+    };
+    if shared.shutdown.is_cancelled() {
+        request.too_many_requests().await;
+        return;
+    }
+    if let Some(limiter) = &shared.connect_limiter
+        && let Decision::Deny { .. } = limiter.check_now(&remote.ip().to_string())
+    {
+        shared.metrics.connections_rejected.with_label_values(&["connect_rate"]).inc();
+        request.too_many_requests().await;
+        return;
+    }
+    // Browsers cannot set headers on WebTransport: the token rides in the
+    // URL (`?token=`); other clients may send `authorization` too. HTTP/3
+    // CONNECT has no 401 in wtransport's API, so a refusal is 403.
+    let query = request.path().split_once('?').map(|(_, q)| q.to_owned());
+    let authorization = request.headers().get("authorization").cloned();
+    let token = auth::token_from(query.as_deref(), authorization.as_deref());
+    let user = match shared.auth.authenticate(token.as_deref()) {
+        Ok(user) => user,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "WebTransport session refused");
+            shared.metrics.connections_rejected.with_label_values(&["unauthorized"]).inc();
+            request.forbidden().await;
+            return;
+        }
+    };
+    let admission = shared.try_admit();
+    let user_admission = user.as_ref().map(|u| shared.try_admit_user(u));
+    let conn = match step(&shared, request.accept()).await {
+        Some(Ok(conn)) => conn,
+        Some(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "WebTransport session accept failed");
+            return;
+        }
+        None => return,
+    };
+    let Some(admission) = admission else {
+        // As on WebSocket: the client learns why (1013) and may retry.
+        shared.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
+        let close = Close::new(Close::TRY_AGAIN_LATER, "server at WS_MAX_CONNECTIONS; try again later");
+        conn::close_now(&conn, &close);
+        return;
+    };
+    if let Some(None) = user_admission {
+        shared.metrics.connections_rejected.with_label_values(&["max_connections_per_user"]).inc();
+        conn::close_now(&conn, &Close::new(Close::POLICY, "too many connections for this user"));
+        return;
+    }
+    conn::serve(conn, shared, path, remote, user, (admission, user_admission.flatten())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_the_two_session_paths_only() {
+        assert_eq!(route("/wt/location"), Some(Path::Location));
+        assert_eq!(route("/wt/vendor?token=abc"), Some(Path::Vendor));
+        assert_eq!(route("/wt/vendor/"), None);
+        assert_eq!(route("/ws/location"), None);
+        assert_eq!(route("/"), None);
+    }
+}

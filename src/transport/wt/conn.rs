@@ -1,0 +1,240 @@
+//! One WebTransport session: the client's stream in, the outbox out.
+//! Same shape as the WebSocket edge: a reader feeding the session, a writer
+//! draining the outbox; no rules here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wtransport::error::SendDatagramError;
+use wtransport::{Connection, RecvStream, SendStream, VarInt};
+
+use crate::hub::{Frame, Outbox};
+use crate::protocol::frame::{FrameError, FrameReader, write_frame};
+use crate::protocol::{Close, UserId};
+use crate::session::{DatagramTopics, Endpoint, Inbound, Session, Transport};
+use crate::state::{Admission, Shared, UserAdmission};
+
+/// How long a closing session may take to flush its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Bytes read from the stream at a time. Lives in every session's future,
+/// so kept small; a frame larger than this simply takes several reads.
+const READ_CHUNK: usize = 1024;
+/// A write buffer grown past this by a burst is released afterwards, so an
+/// idle session holds no large allocation.
+const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+
+/// Closes the session at once with a code and reason (QUIC application
+/// close). Unsent stream data is lost: use only when nothing is queued.
+pub(super) fn close_now(conn: &Connection, close: &Close) {
+    conn.close(VarInt::from_u32(u32::from(close.code)), close.reason.as_bytes());
+}
+
+/// Serves an accepted session until it ends.
+pub(super) async fn serve(
+    conn: Connection,
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    remote: SocketAddr,
+    user: Option<UserId>,
+    _admission: (Admission, Option<UserAdmission>),
+) {
+    let mut session = Session::open(Arc::clone(&shared), Transport::WebTransport, endpoint, remote, user);
+    // The protocol starts when the client opens its stream; a client that
+    // never does is as silent as one that stops answering pings.
+    let wait = 2 * shared.config.heartbeat_interval();
+    let stream = tokio::select! {
+        s = tokio::time::timeout(wait, conn.accept_bi()) => s,
+        () = shared.shutdown.cancelled() => {
+            let close = Close::new(Close::GOING_AWAY, "server shutting down");
+            close_now(&conn, &close);
+            session.finish(&close.describe());
+            return;
+        }
+    };
+    let (send, recv) = match stream {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(conn = session.id(), error = %e, "WebTransport session ended before its stream");
+            session.finish("connection lost");
+            return;
+        }
+        Err(_) => {
+            let close = Close::new(Close::HEARTBEAT_TIMEOUT, "heartbeat timeout: no stream opened");
+            close_now(&conn, &close);
+            session.finish(&close.describe());
+            return;
+        }
+    };
+    let outbox = Arc::clone(session.outbox());
+    let datagrams = Arc::clone(session.datagram_topics());
+    let writer = write_loop(send, &conn, &outbox, &datagrams, &shared);
+    tokio::pin!(writer);
+    let reader = read_loop(recv, &conn, &mut session, &shared);
+    // The audit trail's reason: the close the server sent, or the client's
+    // side ending (a closed connection or a failed read).
+    let reason = tokio::select! {
+        sent = &mut writer => sent.map_or_else(|| "connection lost".to_owned(), |c| c.describe()),
+        close = reader => match close {
+            Some(close) => {
+                outbox.close(close.clone());
+                if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+                    close_now(&conn, &close);
+                }
+                close.describe()
+            }
+            None => "client closed".to_owned(),
+        }
+    };
+    session.finish(&reason);
+}
+
+/// Reads client frames until the client leaves (`None`) or the session
+/// decides to close it.
+async fn read_loop(mut recv: RecvStream, conn: &Connection, session: &mut Session, shared: &Shared) -> Option<Close> {
+    let mut frames = FrameReader::new(shared.config.max_message_bytes);
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        let deadline = tokio::time::Instant::from_std(session.next_deadline());
+        let read = tokio::select! {
+            read = recv.read(&mut chunk) => read,
+            datagram = conn.receive_datagram() => {
+                // Client datagrams carry no requests; they only show life.
+                if datagram.is_err() {
+                    return None;
+                }
+                if let Some(close) = session.on_inbound(Inbound::Heartbeat).await {
+                    return Some(close);
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                match session.on_timer(Instant::now()) {
+                    Some(close) => return Some(close),
+                    None => continue,
+                }
+            }
+            () = shared.shutdown.cancelled() => {
+                return Some(Close::new(Close::GOING_AWAY, "server shutting down"));
+            }
+        };
+        match read {
+            Ok(Some(n)) => {
+                frames.push(chunk.get(..n).unwrap_or_default());
+                loop {
+                    let inbound = match frames.next_frame() {
+                        Ok(Some(payload)) => session.on_inbound(Inbound::MsgPack(&payload)).await,
+                        Ok(None) => break,
+                        Err(FrameError::TooLarge { len, .. }) => session.on_inbound(Inbound::Oversized { len }).await,
+                        Err(FrameError::Truncated { .. }) => session.on_inbound(Inbound::Truncated).await,
+                    };
+                    if inbound.is_some() {
+                        return inbound;
+                    }
+                }
+            }
+            // The client finished its side: at a frame boundary that is a
+            // goodbye, inside a frame the stream was cut.
+            Ok(None) => {
+                return match frames.finish() {
+                    Ok(()) => Some(Close::new(Close::NORMAL, "client finished its stream")),
+                    Err(_) => session.on_inbound(Inbound::Truncated).await,
+                };
+            }
+            Err(e) => {
+                tracing::debug!(conn = session.id(), error = %e, "WebTransport read ended");
+                return None;
+            }
+        }
+    }
+}
+
+/// Drains the outbox: live location updates of datagram topics go as
+/// datagrams (falling back to the stream when too large); everything else is
+/// framed into one buffer and written with one call per wake-up. Returns
+/// the close it sent, `None` if the connection failed first.
+async fn write_loop(
+    mut send: SendStream,
+    conn: &Connection,
+    outbox: &Outbox,
+    datagrams: &DatagramTopics,
+    shared: &Shared,
+) -> Option<Close> {
+    let metrics = &shared.metrics;
+    let transport = Transport::WebTransport.as_str();
+    let mut batch: Vec<Frame> = Vec::with_capacity(16);
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        outbox.ready().await;
+        let close = outbox.take(&mut batch);
+        for frame in &batch {
+            if wants_datagram(frame, datagrams) {
+                // Sized by quinn's own check (`TooLarge`) rather than
+                // `max_datagram_size()`, whose subtraction can underflow
+                // when a peer advertises a tiny datagram limit.
+                match conn.send_datagram(&frame.bytes) {
+                    Ok(()) => {
+                        metrics.datagrams.with_label_values(&["sent"]).inc();
+                        continue;
+                    }
+                    Err(SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer) => {
+                        metrics.datagrams.with_label_values(&["stream_fallback"]).inc();
+                    }
+                    Err(SendDatagramError::NotConnected) => return None,
+                }
+            }
+            // Only payloads over 4 GiB fail to frame; the gateway makes none.
+            let _ = write_frame(&frame.bytes, &mut buf);
+        }
+        if !buf.is_empty() {
+            if send.write_all(&buf).await.is_err() {
+                return None;
+            }
+            buf.clear();
+            if buf.capacity() > KEEP_WRITE_BUFFER {
+                buf = Vec::new();
+            }
+        }
+        if !batch.is_empty() {
+            count_written(&batch, shared, transport);
+            batch.clear();
+        }
+        if let Some(close) = close {
+            // QUIC drops unsent stream data when the connection closes: end
+            // the stream, wait until the client acknowledged all of it (or
+            // the grace ran out), then close with the code and reason.
+            let _ = send.finish().await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, send.stopped()).await;
+            close_now(conn, &close);
+            return Some(close);
+        }
+    }
+}
+
+/// Live location updates (not snapshots: those follow the ack reliably) of
+/// a topic subscribed with `"delivery": "datagram"`.
+fn wants_datagram(frame: &Frame, datagrams: &DatagramTopics) -> bool {
+    frame.published_at.is_some() && frame.topic.as_ref().is_some_and(|t| datagrams.contains(t))
+}
+
+fn count_written(batch: &[Frame], shared: &Shared, transport: &'static str) {
+    let metrics = &shared.metrics;
+    let now = Instant::now();
+    let mut run: Option<(&'static str, u64)> = None;
+    for frame in batch {
+        if let Some(at) = frame.published_at {
+            metrics.publish_to_write.observe(now.saturating_duration_since(at).as_secs_f64());
+        }
+        run = match run {
+            Some((ty, n)) if ty == frame.ty => Some((ty, n + 1)),
+            Some((ty, n)) => {
+                metrics.messages_out(transport, ty, n);
+                Some((frame.ty, 1))
+            }
+            None => Some((frame.ty, 1)),
+        };
+    }
+    if let Some((ty, n)) = run {
+        metrics.messages_out(transport, ty, n);
+    }
+}

@@ -1,0 +1,353 @@
+//! WebTransport in a real browser: headless Chromium (Debian's `chromium`)
+//! loads a page served by this test over plain http on loopback, runs the
+//! project's JS client (`VentaWebTransportClient`, vendored MessagePack, no
+//! bundler), pins the certificate hash from /wt/cert-hash, subscribes, and
+//! shows published updates. The test reads the result from `--dump-dom`
+//! (a `/wait` stylesheet holds the load event until the page reported) and
+//! checks every message the page received against `schemas/server/any.json`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestGateway, assert_schema, test_config};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+
+/// Chromium from Debian, never a downloaded browser.
+fn chromium() -> PathBuf {
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "chromium is not installed: apt-get update && apt-get install -y chromium (Debian's package; .ci/run does this)"
+    );
+}
+
+/// What the page tells the test.
+#[derive(Debug)]
+enum PageEvent {
+    Subscribed,
+    Updated,
+    Report(Value),
+}
+
+/// The page, the JS client's files, and the /subscribed, /report and /wait
+/// endpoints of the dump-dom trick.
+struct PageServer {
+    addr: std::net::SocketAddr,
+    events: mpsc::UnboundedReceiver<PageEvent>,
+}
+
+impl PageServer {
+    async fn start(page: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, events) = mpsc::unbounded_channel();
+        let reported = Arc::new(Notify::new());
+        let page = Arc::new(page);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                tokio::spawn(serve(stream, Arc::clone(&page), tx.clone(), Arc::clone(&reported)));
+            }
+        });
+        Self { addr, events }
+    }
+
+    async fn next(&mut self) -> PageEvent {
+        tokio::time::timeout(Duration::from_secs(30), self.events.recv())
+            .await
+            .expect("the page went silent")
+            .expect("page server gone")
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex =
+            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn serve(mut stream: TcpStream, page: Arc<String>, tx: mpsc::UnboundedSender<PageEvent>, reported: Arc<Notify>) {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+        if req.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&req).into_owned();
+    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    // Shown when a test fails: what the browser asked for.
+    if path == "/log" {
+        eprintln!("page: {}", percent_decode(query.strip_prefix("m=").unwrap_or(query)));
+    } else {
+        eprintln!("page server: GET {}", &target[..target.len().min(200)]);
+    }
+    let (status, ctype, body): (&str, &str, Vec<u8>) = match path {
+        "/" => ("200 OK", "text/html; charset=utf-8", page.as_bytes().to_vec()),
+        "/log" => ("204 No Content", "text/plain", Vec::new()),
+        "/subscribed" => {
+            let _ = tx.send(PageEvent::Subscribed);
+            ("204 No Content", "text/plain", Vec::new())
+        }
+        "/updated" => {
+            let _ = tx.send(PageEvent::Updated);
+            ("204 No Content", "text/plain", Vec::new())
+        }
+        "/report" => {
+            let r = query.strip_prefix("r=").map(percent_decode).unwrap_or_default();
+            let v = serde_json::from_str(&r)
+                .unwrap_or_else(|e| json!({"ok": false, "error": format!("bad report {r}: {e}")}));
+            let _ = tx.send(PageEvent::Report(v));
+            reported.notify_waiters();
+            reported.notify_one();
+            ("204 No Content", "text/plain", Vec::new())
+        }
+        "/wait" => {
+            // Holds the page's load event (and so --dump-dom) until it reported.
+            let _ = tokio::time::timeout(Duration::from_secs(20), reported.notified()).await;
+            ("200 OK", "text/css", Vec::new())
+        }
+        p if p.starts_with("/client/") => {
+            let rel = &p["/client/".len()..];
+            let safe = !rel.contains("..")
+                && rel.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_'))
+                && (rel.ends_with(".js") || rel.ends_with(".mjs"));
+            match safe.then(|| std::fs::read(common::root().join("clients/js").join(rel))) {
+                Some(Ok(bytes)) => ("200 OK", "text/javascript; charset=utf-8", bytes),
+                _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
+            }
+        }
+        _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The page: subscribes to a vendor's location (as datagrams) and data,
+/// tells the test once both are acknowledged, reports what arrived (with
+/// `await_close`: once the session has closed after that).
+fn page(wt_url: &str, hash_url: &str, vendor: &str, await_close: bool) -> String {
+    let cfg = json!({"wtUrl": wt_url, "hashUrl": hash_url, "vendor": vendor, "awaitClose": await_close});
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>PENDING</title></head>
+<body>
+<pre id="out">PENDING</pre>
+<script>
+// Uncaught errors reach the test output (shown when it fails).
+window.addEventListener('error', (e) => fetch('/log?m=' + encodeURIComponent('uncaught ' + e.message + ' at ' + e.filename + ':' + e.lineno)));
+</script>
+<script>
+// A classic script with a dynamic import: a module script would wait for the
+// /wait stylesheet below (deferred scripts run after script-blocking styles).
+(async () => {{
+const {{ VentaWebTransportClient }} = await import('/client/src/venta-client.js');
+const cfg = {cfg};
+const out = document.getElementById('out');
+const seen = [];
+let done = false;
+let client = null;
+const finish = (result) => {{
+  if (done) return;
+  done = true;
+  const text = JSON.stringify(result);
+  out.textContent = text;
+  document.title = result.ok ? 'PASS' : 'FAIL';
+  fetch('/report?r=' + encodeURIComponent(text));
+}};
+window.addEventListener('error', (e) => finish({{ ok: false, error: String(e.message) }}));
+window.addEventListener('unhandledrejection', (e) => finish({{ ok: false, error: String(e.reason) }}));
+setTimeout(() => finish({{ ok: false, error: 'timeout', seen, transport: client && client.transport }}), 20000);
+const got = {{}};
+const check = () => {{
+  if (!got.location || !got.vendor) return;
+  const result = {{ ok: true, transport: client.transport, location: got.location, vendor: got.vendor, seen }};
+  if (!cfg.awaitClose) return finish(result);
+  client.onClose = (ev) => finish({{ ...result, close: {{ code: ev.code, reason: ev.reason }} }});
+  fetch('/updated');
+}};
+// The client's log lines go to the test's output (shown when it fails).
+const say = (level) => (...args) => fetch('/log?m=' + encodeURIComponent(level + ' ' + args.map(String).join(' ')));
+const logger = {{ log: say('log'), warn: say('warn'), error: say('error') }};
+// No WebSocket fallback here: this page is about WebTransport.
+client = new VentaWebTransportClient(cfg.wtUrl, {{ certificateHashUrl: cfg.hashUrl, logger, webTransportAttempts: 1000, maxReconnectAttempts: 0 }});
+let acks = 0;
+client.onSubscribed = (data, m) => {{ seen.push(m); if (++acks === 2) fetch('/subscribed'); }};
+client.onLocationUpdate = (data, m) => {{ seen.push(m); got.location = m; check(); }};
+client.onVendorUpdate = (data, m) => {{ seen.push(m); got.vendor = m; check(); }};
+client.onError = (data, m) => {{ seen.push(m); finish({{ ok: false, error: 'gateway error', seen }}); }};
+client.onGiveUp = () => finish({{ ok: false, error: 'could not connect', seen }});
+client.subscribeToLocation(cfg.vendor, 'u1', {{ delivery: 'datagram' }});
+client.subscribeToVendor(cfg.vendor, 'u1');
+}})().catch((e) => fetch('/report?r=' + encodeURIComponent(JSON.stringify({{ ok: false, error: String(e) }}))));
+</script>
+<link rel="stylesheet" href="/wait">
+</body></html>
+"#
+    )
+}
+
+fn html_unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&lt;", "<").replace("&gt;", ">").replace("&#39;", "'").replace("&amp;", "&")
+}
+
+async fn metric(http_base: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{http_base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+}
+
+/// Runs Chromium on the page while publishing once the page subscribed;
+/// returns the page's report as read from the dumped DOM. `http_base` is
+/// the gateway's HTTP side as the page and the publisher reach it.
+/// With `stop`, that gateway is shut down once the page got its updates.
+async fn run_page(http_base: &str, wt_url: &str, vendor: &str, mut stop: Option<TestGateway>) -> Value {
+    let hash_url = format!("{http_base}/wt/cert-hash");
+    let mut server = PageServer::start(page(wt_url, &hash_url, vendor, stop.is_some())).await;
+    let profile = std::env::temp_dir().join(format!("venta-chromium-{}", uuid::Uuid::new_v4().simple()));
+    let child = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-gpu",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{}/", server.addr))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromium");
+    let browser = tokio::spawn(tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()));
+
+    let mut report = None;
+    let mut published = false;
+    while report.is_none() {
+        match server.next().await {
+            PageEvent::Subscribed if !published => {
+                published = true;
+                let location = json!({"vendorId": vendor, "location": {"lat": 48.8584, "long": 2.2945}});
+                common::publish(&format!("{http_base}/api/v1/publish/location"), &location).await;
+                let data = json!({"vendorId": vendor, "vendor": {"name": "Crêpes", "tags": ["sweet", "savoury"], "open": true}});
+                common::publish(&format!("{http_base}/api/v1/publish/vendor"), &data).await;
+            }
+            PageEvent::Subscribed => {}
+            PageEvent::Updated => {
+                if let Some(gw) = stop.take() {
+                    assert!(gw.shutdown().await, "shutdown finished in time");
+                }
+            }
+            PageEvent::Report(v) => report = Some(v),
+        }
+    }
+    let output = browser.await.unwrap().expect("chromium did not finish within 60 s").expect("chromium output");
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let start = dom.find(r#"<pre id="out">"#).unwrap_or_else(|| panic!("no result element in the DOM:\n{dom}"));
+    let rest = &dom[start + r#"<pre id="out">"#.len()..];
+    let text = html_unescape(&rest[..rest.find("</pre>").expect("</pre>")]);
+    let from_dom: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("DOM result is not JSON ({e}): {text}"));
+    assert_eq!(Some(&from_dom), report.as_ref(), "the dumped DOM shows what the page reported");
+    from_dom
+}
+
+fn check_report(r: &Value, vendor: &str) {
+    assert_eq!(r["ok"], true, "page failed: {r}");
+    assert_eq!(r["transport"], "webtransport", "{r}");
+    let location = &r["location"];
+    assert_eq!(location["type"], "location_updated");
+    assert_eq!(location["data"]["vendorId"], vendor);
+    assert_eq!(location["data"]["location"], json!({"lat": 48.8584, "long": 2.2945}));
+    let v = &r["vendor"];
+    assert_eq!(v["data"]["vendor"], json!({"name": "Crêpes", "tags": ["sweet", "savoury"], "open": true}));
+    let seen = r["seen"].as_array().expect("seen");
+    assert!(seen.len() >= 4, "{r}");
+    for m in seen {
+        assert_schema("server/any.json", m);
+    }
+}
+
+#[tokio::test]
+async fn chromium_receives_updates_over_webtransport() {
+    let gw = TestGateway::start().await;
+    let vendor = "browser1";
+    let base = gw.http("");
+    let report = run_page(&base, &gw.wt_url("/wt/location"), vendor, None).await;
+    check_report(&report, vendor);
+    // The location update went as a datagram, the rest on the stream.
+    assert_eq!(metric(&base, r#"venta_webtransport_datagrams_total{outcome="sent"}"#).await, 1.0);
+    assert!(metric(&base, r#"venta_messages_out_total{transport="webtransport",type="vendor_updated"}"#).await >= 1.0);
+    gw.shutdown().await;
+}
+
+/// The default bind address `::` is dual-stack: Chromium resolves
+/// `localhost` to ::1 first and must reach the gateway there.
+#[tokio::test]
+async fn chromium_reaches_a_dual_stack_gateway_at_localhost() {
+    std::net::UdpSocket::bind("[::1]:0")
+        .expect("this test needs IPv6 loopback (::1), as the default BIND_ADDR :: does");
+    let mut config = test_config();
+    config.bind_addr = "::".parse().unwrap();
+    let gw = TestGateway::start_with(config).await;
+    let wt_url = format!("https://localhost:{}/wt/vendor", gw.wt_addr.port());
+    let report = run_page(&format!("http://localhost:{}", gw.addr.port()), &wt_url, "browser2", None).await;
+    check_report(&report, "browser2");
+    gw.shutdown().await;
+}
+
+/// Graceful shutdown reaches the browser as the end of the session.
+#[tokio::test]
+async fn chromium_sees_the_session_end_on_gateway_shutdown() {
+    let gw = TestGateway::start().await;
+    let (base, wt_url) = (gw.http(""), gw.wt_url("/wt/location"));
+    let report = run_page(&base, &wt_url, "browser3", Some(gw)).await;
+    check_report(&report, "browser3");
+    // The gateway finishes the stream, then closes with 1001; the code itself
+    // does not reach a browser (wtransport closes QUIC, it sends no
+    // CLOSE_WEBTRANSPORT_SESSION), so the client reports 1005 ("no status"),
+    // or 1006 if the connection close overtook the end of the stream.
+    let code = report["close"]["code"].as_u64();
+    assert!(matches!(code, Some(1005 | 1006)), "{report}");
+}
