@@ -1,6 +1,7 @@
 //! The `venta-gateway` binary: configuration, logging, signals. Everything
 //! else lives in the library.
 
+mod bench;
 mod publish_cli;
 
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Publish an update by hand (gRPC by default, or HTTP, or NATS).
     Publish(publish_cli::PublishArgs),
+    /// Load-test a gateway: many WebSocket clients, updates at stepped
+    /// rates, latency and losses (WebSocket only so far).
+    Bench(Box<bench::BenchArgs>),
     /// Print an HS256 token signed with JWT_SECRET, for development.
     Gentoken {
         /// The user (`sub`).
@@ -102,6 +106,10 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(&cli.config) {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
+    }
+    if let Some(Command::Bench(args)) = cli.command {
+        // Its own runtime: single-threaded by default (`--threads`).
+        return bench::main(*args);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
