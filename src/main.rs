@@ -27,8 +27,7 @@ struct Cli {
 enum Command {
     /// Publish an update by hand (gRPC by default, or HTTP, or NATS).
     Publish(publish_cli::PublishArgs),
-    /// Load-test a gateway: many WebSocket clients, updates at stepped
-    /// rates, latency and losses (WebSocket only so far).
+    // Help text lives on `BenchArgs` (a doc comment here would replace it).
     Bench(Box<bench::BenchArgs>),
     /// Print an HS256 token signed with JWT_SECRET, for development.
     Gentoken {

@@ -73,8 +73,12 @@ pub fn main(args: BenchArgs) -> ExitCode {
 async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let nofile = sys::ensure_nofile(plan.conns)?;
     eprintln!(
-        "[bench] {} connections over {} vendors, rates {:?} × {} s, publishing via {:?}; RLIMIT_NOFILE {nofile}",
-        plan.conns, plan.vendors, plan.rates, plan.duration, args.via
+        "[bench] {} connections over {} vendors, rates {:?}/s × {} s, publishing via {}; RLIMIT_NOFILE {nofile}",
+        plan.conns,
+        plan.vendors,
+        plan.rates,
+        plan.duration,
+        format!("{:?}", args.via).to_lowercase()
     );
     if let Some(w) = sys::ephemeral_port_warning(plan.conns, args.src_ips.len()) {
         eprintln!("[bench] warning: {w}");

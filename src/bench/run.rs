@@ -103,6 +103,8 @@ pub async fn drive<C: Connector>(r: Run<'_>, connector: Arc<C>) -> Value {
     while i < plan.rates.len() {
         let rate = plan.rates[i];
         phase += 1;
+        st.begin_phase(phase);
+        r.publisher.begin_step();
         progress.phase(format!("step {}/{} at {rate} updates/s (attempt {})", i + 1, plan.rates.len(), attempt + 1));
         let step = run_step(&r, rate, &mut seq, phase, attempt + 1).await;
         eprintln!("{}", step_summary(&step));
@@ -164,12 +166,11 @@ pub async fn drive<C: Connector>(r: Run<'_>, connector: Arc<C>) -> Value {
     })
 }
 
-/// One publishing step: paced publishing for `--duration`, then a drain
-/// for late deliveries; returns the step's JSON.
+/// One publishing step (counters already reset for `phase`): paced
+/// publishing for `--duration`, then a drain for late deliveries; returns
+/// the step's JSON.
 async fn run_step(r: &Run<'_>, rate: f64, seq: &mut [u64], phase: u32, attempt: u32) -> Value {
     let (args, plan, st) = (r.args, r.plan, &r.stats);
-    st.begin_phase(phase);
-    r.publisher.begin_step();
     let dropped0 = st.dropped.load(Relaxed);
     let (srv0, me0) = (sys::cpu_ticks(args.pid), sys::self_ticks());
     let duration = Duration::from_secs_f64(plan.duration);
