@@ -46,13 +46,14 @@ pub enum Scenario {
 vendors (client i subscribes to location of <vendor-prefix><i % vendors> and waits for the `subscribed` ack), \
 publishes location updates at each of --rates for --duration seconds (over HTTP, gRPC or NATS, --via) with the \
 send time as `timestamp`, and reports per step: deliveries/s, latency p50/p90/p99/p99.9/max, expected vs \
-received, losses, duplicates, and the server's RSS with --pid. A step fails on p99 > --stop-p99-ms or a loss; a \
-failed step is retried --step-retries times, then the run stops. Progress goes to stderr every second; one JSON \
+received, losses, duplicates, and the server's RSS with --pid. A step fails on p99 > --stop-p99-ms, a loss, a \
+duplicate, a dropped client or a refused publish; a failed step is retried --step-retries times, then the run \
+stops. Progress goes to stderr every second; one JSON \
 line goes to stdout at the end.\n\nClient transport: WebSocket (JSON) only for now; WebTransport (MessagePack) \
 is not supported yet. Plain ws:// only (no TLS).\n\nThe gateway must admit the load: raise WS_MAX_CONNECTIONS \
 (default 1000) for more connections, and WS_MAX_CONNECTIONS_PER_USER when every client uses one --token.\n\n\
 Exit status: 0 when the run completed and printed its result (`ok` in the JSON says whether every connection \
-and every step passed; s2 ends on purpose with a failed step), 1 when it could not run."
+and every step passed; s2 ends on purpose with a failed step), 1 when it could not run, 2 for invalid options."
 )]
 pub struct BenchArgs {
     /// Preset (s1, s2, s3); the flags below override its values.

@@ -143,7 +143,7 @@ pub async fn drive<C: Connector>(r: Run<'_>, connector: Arc<C>) -> Value {
     json!({
         "label": args.label,
         "scenario": args.scenario.map(|s| format!("{s:?}").to_lowercase()),
-        "transport": "websocket", "url": args.url, "via": format!("{:?}", args.via).to_lowercase(),
+        "transport": format!("{:?}", args.transport).to_lowercase(), "url": args.url, "via": format!("{:?}", args.via).to_lowercase(),
         "conns": plan.conns, "vendors": plan.vendors,
         "connected": connected, "connect_failed": failed, "connect_errors": connect_errors,
         "connect_s": round3(connect_s),
