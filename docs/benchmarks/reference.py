@@ -7,7 +7,7 @@ the gateway on this machine, as in docs/BENCHMARKS.md.
     python3 docs/benchmarks/reference.py report /tmp/bench.jsonl > table.md
 
 For every repetition, scenario and tool (interleaved in that order, so runs that are
-compared are minutes apart) it starts a fresh gateway pinned to CPU 0, waits until it
+compared are minutes apart; the tools' order alternates between repetitions) it starts a fresh gateway pinned to CPU 0, waits until it
 is ready, runs the load generator pinned to CPU 1 (where nats-server also runs) with
 --pid, records its JSON line plus per-CPU busy time and the load average, and stops
 the gateway with SIGTERM. Runs as root get `nice -n -10` for gateway, bench and NATS,
@@ -156,7 +156,9 @@ def run(a):
         time.sleep(1.0)
         for rep in range(1, a.reps + 1):
             for sc in a.scenarios.split(","):
-                for tool in tools:
+                # Alternate which tool goes first, so a trend in the
+                # machine's load does not always favour the same one.
+                for tool in (tools if rep % 2 else tools[::-1]):
                     run_one(a, tool, sc, rep, f"nats://127.0.0.1:{nats_port}", nice, a.out)
                     time.sleep(a.pause_s)
     finally:
@@ -202,6 +204,8 @@ def report(a):
         ("S3 deliveries/s", "s3", lambda r: first_step(r).get("deliveries_per_s"), "{:.0f}"),
         ("S3 lost", "s3", lambda r: first_step(r).get("lost"), "{:.0f}"),
         ("S3 gateway CPU, % of a core", "s3", lambda r: first_step(r).get("server_cpu_pct"), "{:.0f}"),
+        ("S3 gateway waiting for its CPU, % of the step", "s3",
+         lambda r: (first_step(r).get("sched_wait_pct") or {}).get("server"), "{:.0f}"),
         ("S3 load generator CPU, %", "s3",
          lambda r: first_step(r).get("bench_cpu_pct", first_step(r).get("loadgen_cpu_pct")), "{:.0f}"),
     ]

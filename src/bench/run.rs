@@ -33,6 +33,8 @@ pub async fn drive<C: Connector>(r: Run<'_>, connector: Arc<C>) -> Value {
     let load_start = sys::loadavg();
     let t_run = Instant::now();
     let rss_idle = sys::rss_kib(pid);
+    let me = std::process::id();
+    let (srv_wait0, me_wait0) = (pid.and_then(sys::sched_wait_ns), sys::sched_wait_ns(me));
 
     // Connect.
     progress.phase(format!("connect at {}/s, {} in flight", plan.connect_rate, plan.connect_concurrency));
@@ -162,6 +164,10 @@ pub async fn drive<C: Connector>(r: Run<'_>, connector: Arc<C>) -> Value {
         "errors": st.errors(),
         "publish_errors": r.publisher.stats().errors_by_message(),
         "run_s": round3(t_run.elapsed().as_secs_f64()),
+        "sched_wait_pct": {
+            "server": sys::wait_pct(srv_wait0, pid.and_then(sys::sched_wait_ns), t_run.elapsed().as_secs_f64()),
+            "bench": sys::wait_pct(me_wait0, sys::sched_wait_ns(me), t_run.elapsed().as_secs_f64()),
+        },
         "loadavg": {"start": load_start, "end": sys::loadavg()},
     })
 }
@@ -173,6 +179,8 @@ async fn run_step(r: &Run<'_>, rate: f64, seq: &mut [u64], phase: u32, attempt: 
     let (args, plan, st) = (r.args, r.plan, &r.stats);
     let dropped0 = st.dropped.load(Relaxed);
     let (srv0, me0) = (sys::cpu_ticks(args.pid), sys::self_ticks());
+    let me = std::process::id();
+    let (srv_wait0, me_wait0) = (args.pid.and_then(sys::sched_wait_ns), sys::sched_wait_ns(me));
     let duration = Duration::from_secs_f64(plan.duration);
     let t0 = Instant::now();
     let sent = r.publisher.paced(rate, duration, seq, phase).await;
@@ -181,6 +189,7 @@ async fn run_step(r: &Run<'_>, rate: f64, seq: &mut [u64], phase: u32, attempt: 
     let window_s = t0.elapsed().as_secs_f64();
     st.end_window();
     let (srv1, me1) = (sys::cpu_ticks(args.pid), sys::self_ticks());
+    let (srv_wait1, me_wait1) = (args.pid.and_then(sys::sched_wait_ns), sys::sched_wait_ns(me));
 
     let pubs = r.publisher.stats();
     let expected = pubs.expected.load(Relaxed);
@@ -223,6 +232,10 @@ async fn run_step(r: &Run<'_>, rate: f64, seq: &mut [u64], phase: u32, attempt: 
         "stale": c.stale, "wrong_vendor": c.wrong_vendor, "snapshots": c.snapshots, "unparsed": c.unparsed,
         "server_cpu_pct": sys::cpu_pct(srv0, srv1, window_s),
         "bench_cpu_pct": sys::cpu_pct(me0, me1, window_s),
+        // Time runnable but kept off a CPU: high values mean other load on
+        // the machine distorted this step.
+        "sched_wait_pct": {"server": sys::wait_pct(srv_wait0, srv_wait1, window_s),
+                           "bench": sys::wait_pct(me_wait0, me_wait1, window_s)},
         "drain_ms": drain_ms, "conns_dropped": dropped,
         "rss_kib": sys::rss_kib(args.pid),
         "ok": verdict.ok(), "fail_reason": verdict.reason(),

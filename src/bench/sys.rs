@@ -101,6 +101,30 @@ pub fn self_ticks() -> Option<u64> {
     ticks_of("/proc/self/stat")
 }
 
+/// Nanoseconds the threads of `pid` and its descendants spent runnable but
+/// waiting for a CPU (schedstat `run_delay`): on a shared machine, how much
+/// other load got in the way of what was measured.
+pub fn sched_wait_ns(pid: u32) -> Option<u64> {
+    let mut total = None;
+    for p in proc_tree(pid) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for t in tasks.flatten() {
+            let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else { continue };
+            if let Some(ns) = s.split_whitespace().nth(1).and_then(|x| x.parse::<u64>().ok()) {
+                total = Some(total.unwrap_or(0) + ns);
+            }
+        }
+    }
+    total
+}
+
+/// Share of `secs` (percent, summed over threads) spent waiting for a CPU
+/// between two [`sched_wait_ns`] samples.
+pub fn wait_pct(before: Option<u64>, after: Option<u64>, secs: f64) -> Option<f64> {
+    let (a, b) = (before?, after?);
+    (secs > 0.0).then(|| (b.saturating_sub(a) as f64 / 1e9 / secs * 1000.0).round() / 10.0)
+}
+
 /// Clock ticks per second (USER_HZ, 100 on Linux).
 const TICK_HZ: f64 = 100.0;
 
@@ -127,6 +151,8 @@ mod tests {
         let me = std::process::id();
         assert!(rss_kib(Some(me)).is_some_and(|k| k > 0));
         assert!(cpu_ticks(Some(me)).is_some());
+        assert!(sched_wait_ns(me).is_some());
+        assert_eq!(wait_pct(Some(0), Some(500_000_000), 1.0), Some(50.0));
         assert_eq!(rss_kib(None), None);
         assert!(loadavg().is_some());
         assert_eq!(cpu_pct(Some(100), Some(150), 1.0), Some(50.0));
