@@ -1,6 +1,7 @@
 //! The `venta-gateway` binary: configuration, logging, signals. Everything
 //! else lives in the library.
 
+mod bench;
 mod publish_cli;
 
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Publish an update by hand (gRPC by default, or HTTP, or NATS).
     Publish(publish_cli::PublishArgs),
+    // Help text lives on `BenchArgs` (a doc comment here would replace it).
+    Bench(Box<bench::BenchArgs>),
     /// Print an HS256 token signed with JWT_SECRET, for development.
     Gentoken {
         /// The user (`sub`).
@@ -102,6 +105,10 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(&cli.config) {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
+    }
+    if let Some(Command::Bench(args)) = cli.command {
+        // Its own runtime: single-threaded by default (`--threads`).
+        return bench::main(*args);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -1,0 +1,333 @@
+//! Command-line options of `venta-gateway bench` and the scenario presets.
+//! A preset fills in the options the user did not give; flags always win.
+
+use std::net::IpAddr;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+
+/// Client transport. Only WebSocket exists today; WebTransport (MessagePack)
+/// plugs in as a second [`super::transport::Connector`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientTransport {
+    /// WebSocket, JSON text frames (`ws://…/ws/location`).
+    Websocket,
+}
+
+/// How the bench publishes updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    /// `POST /api/v1/publish/location` on `--http-url` (works with any gateway).
+    Http,
+    /// gRPC `UpdateIngest/PublishLocation` on `--grpc-url`.
+    Grpc,
+    /// Straight onto `<prefix>.location.<vendor>` on `--nats` (the gateway must use that NATS).
+    Nats,
+}
+
+/// Ready-made scenarios (the team's reference benchmarks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Idle memory: 10,000 connections over 1,000 vendors, offered at 5,000/s
+    /// (256 in flight), one readiness publish per vendor, no steps.
+    S1,
+    /// Fan-out: 2,000 subscribers of one vendor, publish rate stepped up
+    /// (5 … 1,000 msg/s, 10 s each) until p99 > 250 ms or a loss.
+    S2,
+    /// Spread: 10,000 clients over 1,000 vendors, 2,000 msg/s for 20 s.
+    S3,
+}
+
+/// `venta-gateway bench`: load-test a deployment.
+#[derive(Debug, Clone, Args)]
+#[command(
+    about = "Load-test a gateway: N WebSocket clients, updates published at stepped rates, latency and losses",
+    long_about = "Load-test a gateway. Opens --conns WebSocket clients at a controlled rate over --vendors \
+vendors (client i subscribes to location of <vendor-prefix><i % vendors> and waits for the `subscribed` ack), \
+publishes location updates at each of --rates for --duration seconds (over HTTP, gRPC or NATS, --via) with the \
+send time as `timestamp`, and reports per step: deliveries/s, latency p50/p90/p99/p99.9/max, expected vs \
+received, losses, duplicates, and the server's RSS with --pid. A step fails on p99 > --stop-p99-ms, a loss, a \
+duplicate, a dropped client or a refused publish; a failed step is retried --step-retries times, then the run \
+stops. Progress goes to stderr every second; one JSON \
+line goes to stdout at the end.\n\nClient transport: WebSocket (JSON) only for now; WebTransport (MessagePack) \
+is not supported yet. Plain ws:// only (no TLS).\n\nThe gateway must admit the load: raise WS_MAX_CONNECTIONS \
+(default 1000) for more connections, and WS_MAX_CONNECTIONS_PER_USER when every client uses one --token.\n\n\
+Exit status: 0 when the run completed and printed its result (`ok` in the JSON says whether every connection \
+and every step passed; s2 ends on purpose with a failed step), 1 when it could not run, 2 for invalid options."
+)]
+pub struct BenchArgs {
+    /// Preset (s1, s2, s3); the flags below override its values.
+    #[arg(long, value_enum)]
+    pub scenario: Option<Scenario>,
+    /// Client transport (only websocket so far).
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: ClientTransport,
+    /// WebSocket endpoint of the gateway.
+    #[arg(long, default_value = "ws://127.0.0.1:5006/ws/location")]
+    pub url: String,
+    /// JWT for every client, sent as `?token=` (when the gateway has auth on).
+    #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// `userId` in subscribes. Default: the token's `sub`, else `u<i>` per client.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Vendor ids are this prefix plus a number.
+    #[arg(long, default_value = "v")]
+    pub vendor_prefix: String,
+
+    /// How updates are published.
+    #[arg(long, value_enum, default_value = "http")]
+    pub via: Via,
+    /// HTTP base URL for `--via http`.
+    #[arg(long, default_value = "http://127.0.0.1:5006")]
+    pub http_url: String,
+    /// gRPC endpoint for `--via grpc`.
+    #[arg(long, default_value = "http://127.0.0.1:5007")]
+    pub grpc_url: String,
+    /// NATS server for `--via nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+    /// NATS subject prefix for `--via nats` (the gateway's NATS_SUBJECT_PREFIX).
+    #[arg(long, default_value = "venta")]
+    pub prefix: String,
+    /// Bearer token for HTTP and gRPC publishing (the gateway's INGEST_TOKEN).
+    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
+    /// HTTP/gRPC requests in flight (vendors are spread over this many
+    /// sequential lanes, so each vendor's updates stay in order).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub publish_concurrency: u16,
+
+    /// Connections [default: 100; s1, s3: 10000; s2: 2000].
+    #[arg(short = 'n', long)]
+    pub conns: Option<usize>,
+    /// Vendors; client i subscribes to vendor i % vendors [default: 10; s1, s3: 1000; s2: 1].
+    #[arg(long)]
+    pub vendors: Option<usize>,
+    /// New connections offered per second [default: 1000; s1: 5000; s2, s3: 2000].
+    #[arg(long)]
+    pub connect_rate: Option<f64>,
+    /// Handshakes (TCP + upgrade + subscribe ack) in flight at most [default: 200; s1, s3: 256].
+    #[arg(long)]
+    pub connect_concurrency: Option<usize>,
+    /// Give up on one connection's handshake after this long (ms).
+    #[arg(long, default_value_t = 15_000)]
+    pub connect_timeout_ms: u64,
+    /// Local source addresses to spread connections over when ephemeral
+    /// ports run short (e.g. 127.0.0.2,127.0.0.3).
+    #[arg(long, value_delimiter = ',')]
+    pub src_ips: Vec<IpAddr>,
+    /// Wait after connecting before sampling RSS (ms) [default: 1000; s1: 3000].
+    #[arg(long)]
+    pub settle_ms: Option<u64>,
+    /// Skip the readiness probe (one update per vendor every 500 ms until
+    /// every client got one).
+    #[arg(long)]
+    pub no_ready_probe: bool,
+    /// Give up on the readiness probe after this long (ms).
+    #[arg(long, default_value_t = 20_000)]
+    pub ready_timeout_ms: u64,
+
+    /// Publish rates in updates/s across all vendors, one step each
+    /// [default: 100; s1: none; s2: 5,10,…,1000; s3: 2000].
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Option<Vec<f64>>,
+    /// Seconds per step [default: 10; s3: 20].
+    #[arg(short = 'T', long)]
+    pub duration: Option<f64>,
+    /// After a step, wait at most this long for late deliveries (ms) [default: 5000; s3: 10000].
+    #[arg(long)]
+    pub drain_ms: Option<u64>,
+    /// A step fails when its p99 latency exceeds this (ms) [default: 250; s3: off].
+    #[arg(long)]
+    pub stop_p99_ms: Option<f64>,
+    /// A loss does not fail a step.
+    #[arg(long)]
+    pub no_stop_on_loss: bool,
+    /// Run a failed step again this many times before stopping (rides out noise).
+    #[arg(long, default_value_t = 1)]
+    pub step_retries: u32,
+    /// Keep the connections open this long after the last step, before the
+    /// final RSS sample (ms) [default: 0; s1: 2000].
+    #[arg(long)]
+    pub hold_ms: Option<u64>,
+
+    /// Server process to sample: VmRSS (and CPU) of it and its descendants.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Runtime threads of the bench itself (1 = a single-threaded runtime,
+    /// cheapest per message; use more to drive a big deployment).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+    /// Free-form label copied into the result.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// Everything a run needs, presets and flags merged.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub conns: usize,
+    pub vendors: usize,
+    pub connect_rate: f64,
+    pub connect_concurrency: usize,
+    pub settle_ms: u64,
+    pub rates: Vec<f64>,
+    pub duration: f64,
+    pub drain_ms: u64,
+    /// `None`: latency never fails a step.
+    pub stop_p99_ms: Option<f64>,
+    pub hold_ms: u64,
+}
+
+/// Step attempts are numbered into the update's `long` (below 180).
+pub const MAX_ATTEMPTS: usize = 179;
+
+impl Plan {
+    /// Merges the preset (if any) with the flags and checks the result.
+    pub fn resolve(a: &BenchArgs) -> anyhow::Result<Self> {
+        let base = match a.scenario {
+            None => Self {
+                conns: 100,
+                vendors: 10,
+                connect_rate: 1000.0,
+                connect_concurrency: 200,
+                settle_ms: 1000,
+                rates: vec![100.0],
+                duration: 10.0,
+                drain_ms: 5000,
+                stop_p99_ms: Some(250.0),
+                hold_ms: 0,
+            },
+            Some(Scenario::S1) => Self {
+                conns: 10_000,
+                vendors: 1000,
+                connect_rate: 5000.0,
+                connect_concurrency: 256,
+                settle_ms: 3000,
+                rates: vec![],
+                duration: 10.0,
+                drain_ms: 5000,
+                stop_p99_ms: Some(250.0),
+                hold_ms: 2000,
+            },
+            Some(Scenario::S2) => Self {
+                conns: 2000,
+                vendors: 1,
+                connect_rate: 2000.0,
+                connect_concurrency: 200,
+                settle_ms: 1000,
+                rates: [5, 10, 15, 20, 25, 35, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000]
+                    .into_iter()
+                    .map(f64::from)
+                    .collect(),
+                duration: 10.0,
+                drain_ms: 5000,
+                stop_p99_ms: Some(250.0),
+                hold_ms: 0,
+            },
+            Some(Scenario::S3) => Self {
+                conns: 10_000,
+                vendors: 1000,
+                connect_rate: 2000.0,
+                connect_concurrency: 256,
+                settle_ms: 1000,
+                rates: vec![2000.0],
+                duration: 20.0,
+                drain_ms: 10_000,
+                stop_p99_ms: None,
+                hold_ms: 0,
+            },
+        };
+        let plan = Self {
+            conns: a.conns.unwrap_or(base.conns),
+            vendors: a.vendors.unwrap_or(base.vendors),
+            connect_rate: a.connect_rate.unwrap_or(base.connect_rate),
+            connect_concurrency: a.connect_concurrency.unwrap_or(base.connect_concurrency),
+            settle_ms: a.settle_ms.unwrap_or(base.settle_ms),
+            rates: a.rates.clone().unwrap_or(base.rates),
+            duration: a.duration.unwrap_or(base.duration),
+            drain_ms: a.drain_ms.unwrap_or(base.drain_ms),
+            stop_p99_ms: a.stop_p99_ms.or(base.stop_p99_ms),
+            hold_ms: a.hold_ms.unwrap_or(base.hold_ms),
+        };
+        plan.check(a)?;
+        Ok(plan)
+    }
+
+    fn check(&self, a: &BenchArgs) -> anyhow::Result<()> {
+        if self.conns == 0 || self.vendors == 0 {
+            bail!("--conns and --vendors must be at least 1");
+        }
+        if !(self.connect_rate.is_finite() && self.connect_rate > 0.0) {
+            bail!("--connect-rate must be a positive number");
+        }
+        if self.connect_concurrency == 0 {
+            bail!("--connect-concurrency must be at least 1");
+        }
+        if self.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+            bail!("--rates must be positive numbers");
+        }
+        if !(self.duration.is_finite() && self.duration > 0.0) {
+            bail!("--duration must be a positive number of seconds");
+        }
+        let attempts = self.rates.len().saturating_mul(a.step_retries as usize + 1);
+        if attempts > MAX_ATTEMPTS {
+            bail!("at most {MAX_ATTEMPTS} step attempts (--rates × (--step-retries + 1)); got {attempts}");
+        }
+        let last = format!("{}{}", a.vendor_prefix, self.vendors - 1);
+        if venta_gateway::protocol::VendorId::parse(&last).is_err() {
+            bail!("--vendor-prefix {:?} does not make valid vendor ids ({last:?})", a.vendor_prefix);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))?;
+        Plan::resolve(&cli.bench)
+    }
+
+    #[test]
+    fn presets_fill_in_and_flags_win() -> anyhow::Result<()> {
+        let p = plan(&["--scenario", "s2"])?;
+        assert_eq!((p.conns, p.vendors, p.rates.len(), p.stop_p99_ms), (2000, 1, 16, Some(250.0)));
+        let p = plan(&["--scenario", "s2", "--conns", "50", "--rates", "1,2"])?;
+        assert_eq!((p.conns, p.vendors, p.rates.clone()), (50, 1, vec![1.0, 2.0]));
+        let p = plan(&["--scenario", "s3"])?;
+        assert_eq!(
+            (p.conns, p.vendors, p.rates.clone(), p.duration, p.stop_p99_ms),
+            (10_000, 1000, vec![2000.0], 20.0, None)
+        );
+        let p = plan(&["--scenario", "s1"])?;
+        assert!(p.rates.is_empty());
+        let p = plan(&["--scenario", "s3", "--stop-p99-ms", "100"])?;
+        assert_eq!(p.stop_p99_ms, Some(100.0));
+        Ok(())
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        for args in [
+            &["--conns", "0"][..],
+            &["--rates", "10,-1"],
+            &["--duration", "0"],
+            &["--connect-rate", "0"],
+            &["--vendor-prefix", "a.b"],
+        ] {
+            assert!(plan(args).is_err(), "{args:?} accepted");
+        }
+    }
+}

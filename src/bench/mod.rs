@@ -1,0 +1,110 @@
+//! `venta-gateway bench`: a load generator for users to test their own
+//! deployment, speaking the client protocol like any client would.
+//!
+//! - [`args`]: flags and the s1/s2/s3 presets.
+//! - [`transport`]: the client-side seam (`Connector`/`Conn`); [`ws`] is
+//!   the WebSocket JSON implementation.
+//! - [`connect`]: opening N clients at a controlled rate.
+//! - [`publisher`]: paced publishing over NATS, HTTP or gRPC.
+//! - [`marker`]: sequence, phase and send time carried in each update.
+//! - [`stats`]: counters and latency histograms fed by the clients.
+//! - [`run`]: the phases and stop conditions; [`report`]: progress and JSON.
+//! - [`sys`]: RLIMIT_NOFILE, ephemeral ports, /proc sampling.
+
+mod args;
+mod connect;
+mod marker;
+mod publisher;
+mod report;
+mod run;
+mod stats;
+mod sys;
+mod transport;
+mod ws;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+pub use args::BenchArgs;
+use args::{ClientTransport, Plan};
+
+/// Runs the subcommand on a runtime of its own (`--threads`).
+pub fn main(args: BenchArgs) -> ExitCode {
+    let plan = match Plan::resolve(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(usize::from(args.threads)).enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(&args, &plan));
+    // Clients, lanes and samplers are still running: do not wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(v) => {
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{v}").and_then(|()| out.flush()).is_err() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    let nofile = sys::ensure_nofile(plan.conns)?;
+    eprintln!(
+        "[bench] {} connections over {} vendors, rates {:?}/s × {} s, publishing via {}; RLIMIT_NOFILE {nofile}",
+        plan.conns,
+        plan.vendors,
+        plan.rates,
+        plan.duration,
+        format!("{:?}", args.via).to_lowercase()
+    );
+    if let Some(w) = sys::ephemeral_port_warning(plan.conns, args.src_ips.len()) {
+        eprintln!("[bench] warning: {w}");
+    }
+    let token_user = match &args.token {
+        Some(t) => Some(token_sub(t)?),
+        None => None,
+    };
+    let fixed_user = args.user.clone().or(token_user);
+    let user = move |i: usize| fixed_user.clone().unwrap_or_else(|| format!("u{i}"));
+    let vendors: Vec<String> = (0..plan.vendors).map(|v| format!("{}{v}", args.vendor_prefix)).collect();
+    let stats = Arc::new(stats::Stats::new(plan.vendors));
+    let publisher = publisher::Publisher::connect(args, vendors, Arc::clone(&stats)).await?;
+    let r = run::Run { args, plan, stats, publisher, user: &user };
+    Ok(match args.transport {
+        ClientTransport::Websocket => {
+            let c = ws::WsConnector::new(&args.url, args.token.as_deref(), &args.vendor_prefix).await?;
+            run::drive(r, Arc::new(c)).await
+        }
+    })
+}
+
+/// The token's `sub`: with auth on, a subscribe's `userId` must equal it.
+/// Read without verification: the gateway is the one that verifies.
+fn token_sub(token: &str) -> anyhow::Result<String> {
+    let claims: serde_json::Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(token).context("--token is not a JWT")?;
+    claims["sub"].as_str().map(str::to_owned).context("--token has no `sub` claim")
+}

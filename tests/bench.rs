@@ -1,0 +1,177 @@
+//! `venta-gateway bench` end to end: the binary against an in-process
+//! gateway, with small numbers, publishing over HTTP, NATS and gRPC. The
+//! assertions are on accounting (every expected delivery arrived once) and
+//! on the shape of the result, never on timing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::nats::{MACHINE_NATS, require_machine_nats, unique_prefix};
+use common::{TestGateway, test_config};
+use serde_json::Value;
+
+/// Runs the bench binary; returns (exit success, last stdout line as JSON, stderr).
+async fn bench(args: &[String]) -> (bool, Value, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
+        .arg("bench")
+        .args(args)
+        .env("LOG_LEVEL", "warn")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("bench timed out").expect("spawn bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("bench printed nothing; stderr:\n{stderr}"));
+    let v: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bench printed non-JSON {line}: {e}\n{stderr}"));
+    (out.status.success(), v, stderr)
+}
+
+fn small(gw: &TestGateway) -> Vec<String> {
+    [
+        "--url",
+        &gw.url("/ws/location"),
+        "--conns",
+        "50",
+        "--vendors",
+        "5",
+        "--rates",
+        "50",
+        "--duration",
+        "2",
+        "--settle-ms",
+        "200",
+        "--pid",
+        &std::process::id().to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Everything connected, every step delivered exactly what was owed, and
+/// the latency percentiles are there and ordered.
+fn assert_clean(v: &Value, stderr: &str) {
+    assert_eq!(v["connected"], 50, "{v}\n{stderr}");
+    assert_eq!(v["ready"], 50, "{v}");
+    assert_eq!(v["ok"], true, "{v}\n{stderr}");
+    let steps = v["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "{v}");
+    let s = &steps[0];
+    // 2 s × 50 updates/s, each to the 10 subscribers of its vendor.
+    assert_eq!(s["published"], 100, "{s}");
+    assert_eq!(s["expected"], 1000, "{s}");
+    assert_eq!(s["received"], s["expected"], "{s}");
+    assert_eq!(
+        (&s["lost"], &s["dup"], &s["wrong_vendor"], &s["unparsed"]),
+        (&0.into(), &0.into(), &0.into(), &0.into())
+    );
+    let lat = &s["lat_ms"];
+    let q: Vec<f64> =
+        ["p50", "p90", "p99", "p999", "max"].iter().map(|k| lat[*k].as_f64().expect("percentile")).collect();
+    assert!(q[0] > 0.0 && q.windows(2).all(|w| w[0] <= w[1]), "{lat}");
+    assert_eq!(lat["count"], 1000);
+    assert!(v["rss_kib"]["ready"].as_u64().is_some_and(|k| k > 0), "{v}");
+    assert!(stderr.contains("[bench"), "no progress on stderr: {stderr}");
+}
+
+#[tokio::test]
+async fn bench_over_http() {
+    let gw = TestGateway::start().await;
+    let mut args = small(&gw);
+    args.extend(["--via".into(), "http".into(), "--http-url".into(), gw.http("")]);
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_clean(&v, &stderr);
+    assert_eq!(v["via"], "http");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bench_over_nats() {
+    require_machine_nats();
+    let prefix = unique_prefix();
+    let mut config = test_config();
+    config.nats_url = Some(MACHINE_NATS.into());
+    config.nats_subject_prefix = prefix.clone();
+    let gw = TestGateway::start_with(config).await;
+    let mut args = small(&gw);
+    args.extend(["--via", "nats", "--nats", MACHINE_NATS, "--prefix", &prefix].map(str::to_owned));
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_clean(&v, &stderr);
+    assert_eq!(v["via"], "nats");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bench_over_grpc_with_client_tokens_and_an_ingest_token() {
+    let secret = "bench-test-secret-0123456789";
+    let mut config = test_config();
+    config.jwt_secret = Some(secret.into());
+    config.max_connections_per_user = 100;
+    config.ingest_token = Some("ingest-secret".into());
+    let gw = TestGateway::start_with(config).await;
+    let token = venta_gateway::auth::dev_token(secret, "bench-user", 600).expect("token");
+    let mut args = small(&gw);
+    args.extend(
+        [
+            "--via",
+            "grpc",
+            "--grpc-url",
+            &format!("http://{}", gw.grpc_addr),
+            "--token",
+            &token,
+            "--ingest-token",
+            "ingest-secret",
+        ]
+        .map(str::to_owned),
+    );
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_clean(&v, &stderr);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_connections_are_counted_and_the_rest_measured() {
+    let mut config = test_config();
+    config.max_connections = 20;
+    let gw = TestGateway::start_with(config).await;
+    let mut args = small(&gw);
+    args.extend(["--via".into(), "http".into(), "--http-url".into(), gw.http(""), "--step-retries".into(), "0".into()]);
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "the run completed, so the exit status is 0: {stderr}");
+    assert_eq!((&v["connected"], &v["connect_failed"], &v["ok"]), (&20.into(), &30.into(), &false.into()), "{v}");
+    let errors = v["connect_errors"].as_object().expect("errors");
+    assert!(errors.keys().any(|k| k.contains("503") || k.contains("1013")), "{v}");
+    // The clients that did connect still get every update they are owed.
+    let s = &v["steps"][0];
+    assert_eq!(s["received"], s["expected"], "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    gw.shutdown().await;
+}
+
+#[test]
+fn help_says_websocket_only_and_lists_the_scenarios() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
+        .args(["bench", "--help"])
+        .output()
+        .expect("run --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["WebSocket (JSON) only", "WebTransport", "--scenario", "s1", "s2", "s3", "--rates", "--via"] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_options_exit_2_with_a_message() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
+        .args(["bench", "--conns", "0"])
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--conns"));
+}
