@@ -106,6 +106,10 @@ pub async fn drive<C: Connector>(r: Run<'_>, connector: Arc<C>) -> Value {
     let mut max_ok: Option<(f64, f64)> = None;
     let mut broke: Option<String> = None;
     let (mut phase, mut attempt, mut i) = (0u32, 0u32, 0usize);
+    if connected == 0 && !plan.rates.is_empty() {
+        broke = Some("no client connected: see connect_errors".into());
+        i = plan.rates.len();
+    }
     while i < plan.rates.len() {
         let rate = plan.rates[i];
         phase += 1;
