@@ -97,7 +97,11 @@ async fn bench_over_nats() {
     config.nats_subject_prefix = prefix.clone();
     let gw = TestGateway::start_with(config).await;
     let mut args = small(&gw);
-    args.extend(["--via", "nats", "--nats", MACHINE_NATS, "--prefix", &prefix].map(str::to_owned));
+    // Two source addresses (both loopback) exercise --src-ips.
+    args.extend(
+        ["--via", "nats", "--nats", MACHINE_NATS, "--prefix", &prefix, "--src-ips", "127.0.0.1,127.0.0.2"]
+            .map(str::to_owned),
+    );
     let (ok, v, stderr) = bench(&args).await;
     assert!(ok, "{stderr}");
     assert_clean(&v, &stderr);
@@ -125,6 +129,9 @@ async fn bench_over_grpc_with_client_tokens_and_an_ingest_token() {
             &token,
             "--ingest-token",
             "ingest-secret",
+            // The multi-threaded runtime (sharded histograms) too.
+            "--threads",
+            "2",
         ]
         .map(str::to_owned),
     );
@@ -164,6 +171,35 @@ fn help_says_websocket_only_and_lists_the_scenarios() {
     for needle in ["WebSocket (JSON) only", "WebTransport", "--scenario", "s1", "s2", "s3", "--rates", "--via"] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
+}
+
+#[tokio::test]
+async fn an_unreachable_gateway_is_reported_not_waited_for() {
+    let port = common::free_port();
+    let gw = TestGateway::start().await;
+    let args: Vec<String> = [
+        "--url",
+        &format!("ws://127.0.0.1:{port}/ws/location"),
+        "--http-url",
+        &gw.http(""),
+        "--conns",
+        "5",
+        "--rates",
+        "10",
+        "--duration",
+        "1",
+        "--settle-ms",
+        "0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_eq!((&v["connected"], &v["connect_failed"], &v["ok"]), (&0.into(), &5.into(), &false.into()), "{v}");
+    assert!(v["connect_errors"].as_object().is_some_and(|e| e.keys().any(|k| k.starts_with("tcp:"))), "{v}");
+    assert_eq!(v["steps"], serde_json::json!([]), "{v}");
+    assert!(v["broke"].as_str().is_some_and(|b| b.contains("no client connected")), "{v}");
+    gw.shutdown().await;
 }
 
 #[test]

@@ -259,17 +259,19 @@ impl Plan {
         if self.conns == 0 || self.vendors == 0 {
             bail!("--conns and --vendors must be at least 1");
         }
-        if !(self.connect_rate.is_finite() && self.connect_rate > 0.0) {
-            bail!("--connect-rate must be a positive number");
+        // Bounded so that every schedule computed from them is a valid Duration.
+        let sane = |x: f64| (0.01..=10_000_000.0).contains(&x);
+        if !sane(self.connect_rate) {
+            bail!("--connect-rate must be between 0.01 and 10,000,000 per second");
         }
         if self.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
         }
-        if self.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
-            bail!("--rates must be positive numbers");
+        if !self.rates.iter().all(|r| sane(*r)) {
+            bail!("--rates must be between 0.01 and 10,000,000 updates per second");
         }
-        if !(self.duration.is_finite() && self.duration > 0.0) {
-            bail!("--duration must be a positive number of seconds");
+        if !(self.duration > 0.0 && self.duration <= 86_400.0) {
+            bail!("--duration must be more than 0 and at most 86400 seconds");
         }
         let attempts = self.rates.len().saturating_mul(a.step_retries as usize + 1);
         if attempts > MAX_ATTEMPTS {
@@ -325,6 +327,9 @@ mod tests {
             &["--rates", "10,-1"],
             &["--duration", "0"],
             &["--connect-rate", "0"],
+            &["--connect-rate", "1e-300"],
+            &["--rates", "NaN"],
+            &["--duration", "1e300"],
             &["--vendor-prefix", "a.b"],
         ] {
             assert!(plan(args).is_err(), "{args:?} accepted");

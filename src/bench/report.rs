@@ -126,6 +126,15 @@ impl Progress {
 /// A person-readable summary of a finished step.
 pub fn step_summary(step: &Value) -> String {
     let lat = &step["lat_ms"];
+    let warning = if step["bench_saturated"] == true {
+        format!(
+            "\n[bench] warning: the bench used {}% CPU in this step: it, not the gateway, set the pace \
+             (run it on more cores with --threads, or on another machine)",
+            step["bench_cpu_pct"]
+        )
+    } else {
+        String::new()
+    };
     format!(
         "[bench] step rate {}/s attempt {}: {} deliveries/s, p50 {} p99 {} p99.9 {} max {} ms, received {}/{} lost {} dup {} → {}",
         step["rate"],
@@ -144,7 +153,7 @@ pub fn step_summary(step: &Value) -> String {
         } else {
             format!("FAILED ({})", step["fail_reason"].as_str().unwrap_or(""))
         },
-    )
+    ) + &warning
 }
 
 #[cfg(test)]

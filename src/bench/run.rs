@@ -15,6 +15,10 @@ use super::stats::{Stats, ms_at, round3};
 use super::sys;
 use super::transport::{Connector, Target};
 
+/// Bench CPU (percent of one thread) from which a step is flagged as
+/// measuring the bench rather than the gateway.
+const BENCH_SATURATED_PCT: f64 = 90.0;
+
 /// Everything the phases share.
 pub struct Run<'a> {
     pub args: &'a BenchArgs,
@@ -102,6 +106,10 @@ pub async fn drive<C: Connector>(r: Run<'_>, connector: Arc<C>) -> Value {
     let mut max_ok: Option<(f64, f64)> = None;
     let mut broke: Option<String> = None;
     let (mut phase, mut attempt, mut i) = (0u32, 0u32, 0usize);
+    if connected == 0 && !plan.rates.is_empty() {
+        broke = Some("no client connected: see connect_errors".into());
+        i = plan.rates.len();
+    }
     while i < plan.rates.len() {
         let rate = plan.rates[i];
         phase += 1;
@@ -212,6 +220,7 @@ async fn run_step(r: &Run<'_>, rate: f64, seq: &mut [u64], phase: u32, attempt: 
     let lost = expected.saturating_sub(c.received);
     let dropped = st.dropped.load(Relaxed).saturating_sub(dropped0);
     let p99 = ms_at(&lat, 0.99);
+    let bench_cpu = sys::cpu_pct(me0, me1, window_s);
 
     let mut verdict = Verdict::default();
     if let Some(limit) = plan.stop_p99_ms {
@@ -231,7 +240,10 @@ async fn run_step(r: &Run<'_>, rate: f64, seq: &mut [u64], phase: u32, attempt: 
         "lat_ms": latency_json(&lat),
         "stale": c.stale, "wrong_vendor": c.wrong_vendor, "snapshots": c.snapshots, "unparsed": c.unparsed,
         "server_cpu_pct": sys::cpu_pct(srv0, srv1, window_s),
-        "bench_cpu_pct": sys::cpu_pct(me0, me1, window_s),
+        "bench_cpu_pct": bench_cpu,
+        // A saturated bench reads late, which lets the gateway batch its
+        // writes: the step then measures the bench, not the gateway.
+        "bench_saturated": bench_cpu.is_some_and(|c| c >= BENCH_SATURATED_PCT * f64::from(args.threads)),
         // Time runnable but kept off a CPU: high values mean other load on
         // the machine distorted this step.
         "sched_wait_pct": {"server": sys::wait_pct(srv_wait0, srv_wait1, window_s),
