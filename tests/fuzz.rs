@@ -1,13 +1,15 @@
 //! Property-based fuzzing (proptest, bounded so CI runs it every time) of
-//! everything a client or publisher can send: the JSON decoder, publish
-//! payloads and the JWT path. Properties: never panic, and every refusal
+//! everything a client or publisher can send: the JSON decoder, the
+//! WebTransport frame reader and MessagePack decoder, publish payloads and
+//! the JWT path. Properties: never panic, and every refusal
 //! carries a documented code. `PROPTEST_CASES` raises the count for a longer
 //! run (e.g. `PROPTEST_CASES=1000000 cargo test --release --test fuzz`).
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use venta_gateway::auth::Authenticator;
-use venta_gateway::protocol::{Channel, Command, ErrorCode, Update, decode_json};
+use venta_gateway::protocol::frame::{FrameReader, write_frame};
+use venta_gateway::protocol::{Channel, Command, ErrorCode, Update, decode_json, decode_msgpack};
 
 fn cases(default: u32) -> ProptestConfig {
     let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
@@ -101,6 +103,43 @@ proptest! {
             }
             let _ = Update::from_publish_json(channel, &bytes, Some("v1"));
         }
+    }
+
+    #[test]
+    fn frame_reader_and_msgpack_never_panic(
+        chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..6),
+        max in 1usize..5000,
+    ) {
+        let mut reader = FrameReader::new(max);
+        for chunk in &chunks {
+            reader.push(chunk);
+            // Drain as the transport does; an error ends the stream for good.
+            while let Ok(Some(payload)) = reader.next_frame() {
+                prop_assert!(payload.len() <= max, "a frame over the limit was accepted");
+                if let Err(rej) = decode_msgpack(&payload) {
+                    prop_assert!(
+                        [ErrorCode::InvalidFrame, ErrorCode::InvalidField, ErrorCode::UnknownType].contains(&rej.code),
+                        "{rej:?}"
+                    );
+                }
+            }
+        }
+        let _ = reader.finish();
+    }
+
+    #[test]
+    fn framed_msgpack_of_json_round_trips(v in json_value()) {
+        // A well-formed frame of any value: the reader returns exactly it.
+        let payload = rmp_serde::to_vec_named(&v).unwrap();
+        let mut buf = Vec::new();
+        write_frame(&payload, &mut buf).unwrap();
+        let mut reader = FrameReader::new(payload.len().max(1));
+        for piece in buf.chunks(7) {
+            reader.push(piece);
+        }
+        let got = reader.next_frame().unwrap();
+        prop_assert_eq!(got.as_deref(), Some(&payload[..]));
+        let _ = decode_msgpack(&payload);
     }
 
     #[test]
