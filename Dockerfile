@@ -7,7 +7,7 @@
 # with it by default): no `# syntax=` line, no heredocs, no RUN --mount.
 #
 # Stages:
-#   base     - Rust toolchain + protoc (tonic-prost-build needs protoc at build time)
+#   base     - Rust toolchain (protoc is vendored by build.rs)
 #   planner  - reduces the build context to a dependency "skeleton": Cargo.toml,
 #              Cargo.lock and a stub for every target root that exists
 #              (src/main.rs, src/lib.rs, src/bin/*, build.rs, benches/*, tests/*,
@@ -24,14 +24,8 @@ ARG RUST_VERSION=1.95
 # ---------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS base
 
-# protobuf-compiler: protoc for prost/tonic code generation from proto/.
-# Debian package versions are not pinned (DL3008): old versions leave the
-# mirrors after security updates, which would break the build; the base image
-# tag pins the Debian release.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
- && rm -rf /var/lib/apt/lists/*
+# No system packages needed: protoc comes from the protoc-bin-vendored crate
+# (build.rs), SQLite is bundled by sqlx.
 
 ENV CARGO_TERM_COLOR=never
 WORKDIR /build
