@@ -8,3 +8,27 @@ pub mod wt;
 pub(crate) fn close_reason(close: &crate::protocol::Close) -> String {
     format!("{} {}", close.code, close.reason)
 }
+
+/// Records a written batch: publish→write latency per update, and messages
+/// out per type, counted in runs so a batch costs one counter update per type.
+pub(crate) fn count_written(batch: &[crate::hub::Frame], shared: &crate::state::Shared, transport: &'static str) {
+    let metrics = &shared.metrics;
+    let now = std::time::Instant::now();
+    let mut run: Option<(&'static str, u64)> = None;
+    for frame in batch {
+        if let Some(at) = frame.published_at {
+            metrics.publish_to_write.observe(now.saturating_duration_since(at).as_secs_f64());
+        }
+        run = match run {
+            Some((ty, n)) if ty == frame.ty => Some((ty, n + 1)),
+            Some((ty, n)) => {
+                metrics.messages_out(transport, ty, n);
+                Some((frame.ty, 1))
+            }
+            None => Some((frame.ty, 1)),
+        };
+    }
+    if let Some((ty, n)) = run {
+        metrics.messages_out(transport, ty, n);
+    }
+}

@@ -228,7 +228,6 @@ fn close_for_error(err: &axum::Error) -> Option<Close> {
 /// the close it sent (e.g. 1013 for a slow consumer), `None` if the socket
 /// failed first.
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox, shared: &Shared) -> Option<Close> {
-    let metrics = &shared.metrics;
     let transport = Transport::WebSocket.as_str();
     let mut batch: Vec<Frame> = Vec::with_capacity(16);
     loop {
@@ -251,24 +250,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox, sh
             if sink.flush().await.is_err() {
                 return None;
             }
-            let now = Instant::now();
-            let mut run: Option<(&'static str, u64)> = None;
-            for frame in &batch {
-                if let Some(at) = frame.published_at {
-                    metrics.publish_to_write.observe(now.saturating_duration_since(at).as_secs_f64());
-                }
-                run = match run {
-                    Some((ty, n)) if ty == frame.ty => Some((ty, n + 1)),
-                    Some((ty, n)) => {
-                        metrics.messages_out(transport, ty, n);
-                        Some((frame.ty, 1))
-                    }
-                    None => Some((frame.ty, 1)),
-                };
-            }
-            if let Some((ty, n)) = run {
-                metrics.messages_out(transport, ty, n);
-            }
+            crate::transport::count_written(&batch, shared, transport);
             batch.clear();
         }
         if let Some(close) = close {

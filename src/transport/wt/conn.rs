@@ -193,7 +193,7 @@ async fn write_loop(
             }
         }
         if !batch.is_empty() {
-            count_written(&batch, shared, transport);
+            crate::transport::count_written(&batch, shared, transport);
             batch.clear();
         }
         if let Some(close) = close {
@@ -212,26 +212,4 @@ async fn write_loop(
 /// a topic subscribed with `"delivery": "datagram"`.
 fn wants_datagram(frame: &Frame, datagrams: &DatagramTopics) -> bool {
     frame.published_at.is_some() && frame.topic.as_ref().is_some_and(|t| datagrams.contains(t))
-}
-
-fn count_written(batch: &[Frame], shared: &Shared, transport: &'static str) {
-    let metrics = &shared.metrics;
-    let now = Instant::now();
-    let mut run: Option<(&'static str, u64)> = None;
-    for frame in batch {
-        if let Some(at) = frame.published_at {
-            metrics.publish_to_write.observe(now.saturating_duration_since(at).as_secs_f64());
-        }
-        run = match run {
-            Some((ty, n)) if ty == frame.ty => Some((ty, n + 1)),
-            Some((ty, n)) => {
-                metrics.messages_out(transport, ty, n);
-                Some((frame.ty, 1))
-            }
-            None => Some((frame.ty, 1)),
-        };
-    }
-    if let Some((ty, n)) = run {
-        metrics.messages_out(transport, ty, n);
-    }
 }
