@@ -288,7 +288,6 @@ impl Session {
             self.audit(Action::Unsubscribe, Some(&topic), Some("disconnect"));
         }
         self.audit(Action::Disconnect, None, Some(reason));
-        self.update_gauges();
         let labels = [self.transport.as_str(), self.endpoint.as_str()];
         self.shared.metrics.connections.with_label_values(&labels).dec();
         tracing::debug!(conn = self.id, remote = %self.remote, "disconnected");
@@ -352,7 +351,6 @@ impl Session {
                         });
                     }
                     self.subscriptions.insert(topic.clone());
-                    self.update_gauges();
                     self.audit(Action::Subscribe, Some(&topic), None);
                     let close = self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id });
                     // The last known value comes right after the ack, unless
@@ -379,7 +377,6 @@ impl Session {
                 if self.subscriptions.remove(&topic) {
                     self.shared.hub.unsubscribe(&topic, self.id);
                     self.shared.bus.unwatch(&topic);
-                    self.update_gauges();
                     self.audit(Action::Unsubscribe, Some(&topic), None);
                 }
                 self.send(&ServerMessage::Unsubscribed { channel: *channel, vendor, id })
@@ -458,11 +455,5 @@ impl Session {
 
     fn count_in(&self, ty: &str) {
         self.shared.metrics.message_in(self.transport.as_str(), ty);
-    }
-
-    fn update_gauges(&self) {
-        let m = &self.shared.metrics;
-        m.subscriptions.set(self.shared.hub.subscription_count() as i64);
-        m.topics.set(self.shared.hub.topic_count() as i64);
     }
 }
