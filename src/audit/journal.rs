@@ -301,33 +301,9 @@ fn count_lines(path: &Path) -> Result<u64, JournalError> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::audit::{Action, event::next_time};
+    use crate::audit::tests::{TempDir, event};
 
-    fn row(n: u64) -> AuditEvent {
-        AuditEvent {
-            event_id: uuid::Uuid::now_v7(),
-            time: next_time(None),
-            instance_id: Arc::from("i"),
-            connection_id: n,
-            user_id: None,
-            transport: "websocket".into(),
-            channel: None,
-            vendor_id: None,
-            action: Action::Connect,
-            client_addr: None,
-            reason: None,
-        }
-    }
-
-    struct TempDir(PathBuf);
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     fn temp() -> TempDir {
         TempDir(std::env::temp_dir().join(format!("venta-journal-{}", uuid::Uuid::new_v4().simple())))
     }
@@ -336,7 +312,7 @@ mod tests {
     fn rows_survive_a_reopen_and_replay_in_order_then_vanish() {
         let dir = temp();
         let j = Journal::open(&dir.0).unwrap();
-        let rows: Vec<_> = (0..5).map(row).collect();
+        let rows: Vec<_> = (0..5).map(event).collect();
         j.append(&rows[..2]).unwrap();
         j.sync().unwrap();
         // The first segment is sealed; appends go on in a new active file.
@@ -369,7 +345,7 @@ mod tests {
         let dir = temp();
         let j = Journal::open(&dir.0).unwrap();
         assert!(matches!(Journal::open(&dir.0), Err(JournalError::Locked(_))));
-        j.append(&[row(1)]).unwrap();
+        j.append(&[event(1)]).unwrap();
         let mut f = OpenOptions::new().append(true).open(dir.0.join(ACTIVE)).unwrap();
         f.write_all(b"{\"eventId\":\"trunc").unwrap();
         let mut seg = j.next_segment().unwrap().unwrap();

@@ -62,7 +62,8 @@ impl AuditSink for GateSink {
     }
 }
 
-fn event(n: u64) -> AuditEvent {
+/// A connect event of connection `n`; shared with the journal's tests.
+pub(super) fn event(n: u64) -> AuditEvent {
     AuditEvent {
         event_id: uuid::Uuid::now_v7(),
         time: next_time(None),
@@ -78,7 +79,8 @@ fn event(n: u64) -> AuditEvent {
     }
 }
 
-struct TempDir(PathBuf);
+/// A directory removed on drop; shared with the journal's tests.
+pub(super) struct TempDir(pub(super) PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
