@@ -13,7 +13,7 @@ use std::time::Instant;
 use indexmap::IndexMap;
 use parking_lot::RwLock;
 
-pub use outbox::{Frame, Outbox, OutboxLimits, Push};
+pub use outbox::{BATCH_KEEP, Batch, Frame, Outbox, OutboxLimits, Push};
 
 use crate::protocol::{Codec, ServerMessage, Topic, Update, encode};
 
@@ -159,9 +159,9 @@ mod tests {
         hub.subscribe(&t, 4, &m2);
         assert_eq!(hub.publish(&update("v1"), Instant::now()).queued, 4);
         let take = |o: &Arc<Outbox>| {
-            let mut v = Vec::new();
+            let mut v = Batch::new();
             o.take(&mut v);
-            v.pop().map(|f| f.bytes).unwrap_or_default()
+            v.pop_back().map(|f| f.bytes).unwrap_or_default()
         };
         let (bj1, bj2, bm1, bm2) = (take(&j1), take(&j2), take(&m1), take(&m2));
         assert_eq!(bj1.as_ptr(), bj2.as_ptr(), "JSON encoded once");
@@ -183,7 +183,7 @@ mod tests {
         assert!(hub.subscribe(&t1, 2, &b));
         assert!(hub.subscribe(&t2, 3, &c));
         assert_eq!(hub.publish(&update("v1"), Instant::now()).queued, 2);
-        let (mut fa, mut fb, mut fc) = (vec![], vec![], vec![]);
+        let (mut fa, mut fb, mut fc) = (Batch::new(), Batch::new(), Batch::new());
         a.take(&mut fa);
         b.take(&mut fb);
         c.take(&mut fc);

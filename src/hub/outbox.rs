@@ -35,6 +35,14 @@ impl Frame {
     }
 }
 
+/// Frames taken from an outbox in one go, in order.
+pub type Batch = VecDeque<Frame>;
+
+/// Frames of buffer a writer keeps between bursts (≈ 5.6 KiB at 88 B a
+/// frame); a larger burst's buffer is given back, so a connection that once
+/// lagged does not keep `max_messages` frames of capacity forever.
+pub const BATCH_KEEP: usize = 64;
+
 /// Bounds of one outbox.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxLimits {
@@ -169,10 +177,17 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `out` and returns the pending close, if
-    /// any, which the writer sends after the frames.
-    pub fn take(&self, out: &mut Vec<Frame>) -> Option<Close> {
+    /// any, which the writer sends after the frames. An empty `out` is
+    /// swapped with the queue (no copy): the writer's drained buffer becomes
+    /// the queue, so a connection holds two buffers, each only as large as
+    /// its bursts (see [`Batch`]'s shrinking in the writers).
+    pub fn take(&self, out: &mut Batch) -> Option<Close> {
         let mut st = self.state.lock();
-        out.extend(st.queue.drain(..));
+        if out.is_empty() {
+            std::mem::swap(&mut st.queue, out);
+        } else {
+            out.extend(st.queue.drain(..));
+        }
         st.strict_bytes = 0;
         st.close.clone()
     }
@@ -217,7 +232,7 @@ mod tests {
         ob.arm_snapshot(&topic("b"));
         ob.push(loc("b", 2));
         assert!(!ob.push_snapshot(&topic("b"), Some(loc("b", 1))), "live update first: snapshot dropped");
-        let mut out = Vec::new();
+        let mut out = Batch::new();
         ob.take(&mut out);
         assert_eq!(out.iter().map(|f| f.bytes[0]).collect::<Vec<_>>(), vec![1, 2]);
     }
@@ -231,7 +246,7 @@ mod tests {
         assert_eq!(ob.push(loc("a", 3)), Push::Conflated);
         // A vendor with nothing queued still gets its one slot.
         assert_eq!(ob.push(loc("c", 1)), Push::Queued);
-        let mut out = Vec::new();
+        let mut out = Batch::new();
         assert_eq!(ob.take(&mut out), None);
         let got: Vec<u8> = out.iter().map(|f| f.bytes[0]).collect();
         assert_eq!(got, vec![3, 1, 1]);
@@ -244,7 +259,7 @@ mod tests {
         assert_eq!(ob.push(Frame::control(Bytes::from_static(b"1234"), "x")), Push::Queued);
         assert_eq!(ob.push(Frame::control(Bytes::from_static(b"12"), "x")), Push::Overflow);
         assert_eq!(ob.push(Frame::control(Bytes::from_static(b"1"), "x")), Push::Closed);
-        let mut out = Vec::new();
+        let mut out = Batch::new();
         assert_eq!(ob.take(&mut out).map(|c| c.code), Some(Close::TRY_AGAIN_LATER));
         assert!(out.is_empty());
     }

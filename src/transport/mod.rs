@@ -11,7 +11,7 @@ pub(crate) fn close_reason(close: &crate::protocol::Close) -> String {
 
 /// Records a written batch: publish→write latency per update, and messages
 /// out per type, counted in runs so a batch costs one counter update per type.
-pub(crate) fn count_written(batch: &[crate::hub::Frame], shared: &crate::state::Shared, transport: &'static str) {
+pub(crate) fn count_written(batch: &crate::hub::Batch, shared: &crate::state::Shared, transport: &'static str) {
     let metrics = &shared.metrics;
     let now = std::time::Instant::now();
     let mut run: Option<(&'static str, u64)> = None;
@@ -31,4 +31,10 @@ pub(crate) fn count_written(batch: &[crate::hub::Frame], shared: &crate::state::
     if let Some((ty, n)) = run {
         metrics.messages_out(transport, ty, n);
     }
+}
+
+/// Empties a written batch, giving back the buffer of an unusual burst.
+pub(crate) fn recycle(batch: &mut crate::hub::Batch) {
+    batch.clear();
+    batch.shrink_to(crate::hub::BATCH_KEEP);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
-use crate::hub::{Frame, Outbox};
+use crate::hub::{Batch, Frame, Outbox};
 use crate::protocol::frame::{FrameError, FrameReader, write_frame};
 use crate::protocol::{Close, UserId};
 use crate::session::{DatagramTopics, Endpoint, Inbound, Session, Transport};
@@ -159,7 +159,7 @@ async fn write_loop(
 ) {
     let metrics = &shared.metrics;
     let transport = Transport::WebTransport.as_str();
-    let mut batch: Vec<Frame> = Vec::with_capacity(16);
+    let mut batch = Batch::new();
     let mut buf: Vec<u8> = Vec::new();
     loop {
         outbox.ready().await;
@@ -194,7 +194,7 @@ async fn write_loop(
         }
         if !batch.is_empty() {
             crate::transport::count_written(&batch, shared, transport);
-            batch.clear();
+            crate::transport::recycle(&mut batch);
         }
         if let Some(close) = close {
             // QUIC drops unsent stream data when the connection closes: end
