@@ -3,7 +3,8 @@
 //!
 //! - [`args`]: flags and the s1/s2/s3 presets.
 //! - [`transport`]: the client-side seam (`Connector`/`Conn`); [`ws`] is
-//!   the WebSocket JSON implementation.
+//!   the WebSocket JSON implementation, [`wt`] the WebTransport MessagePack
+//!   one; [`incoming`] decodes what either receives.
 //! - [`connect`]: opening N clients at a controlled rate.
 //! - [`publisher`]: paced publishing over NATS, HTTP or gRPC.
 //! - [`marker`]: sequence, phase and send time carried in each update.
@@ -13,6 +14,7 @@
 
 mod args;
 mod connect;
+mod incoming;
 mod marker;
 mod publisher;
 mod report;
@@ -21,6 +23,7 @@ mod stats;
 mod sys;
 mod transport;
 mod ws;
+mod wt;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -73,14 +76,17 @@ pub fn main(args: BenchArgs) -> ExitCode {
 async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let nofile = sys::ensure_nofile(plan.conns)?;
     eprintln!(
-        "[bench] {} connections over {} vendors, rates {:?}/s × {} s, publishing via {}; RLIMIT_NOFILE {nofile}",
+        "[bench] {} {} connections over {} vendors, rates {:?}/s × {} s, publishing via {}; RLIMIT_NOFILE {nofile}",
         plan.conns,
+        args.transport.as_str(),
         plan.vendors,
         plan.rates,
         plan.duration,
         format!("{:?}", args.via).to_lowercase()
     );
-    if let Some(w) = sys::ephemeral_port_warning(plan.conns, args.src_ips.len()) {
+    // WebTransport clients share one UDP socket per source address: no ports to run out of.
+    let tcp = args.transport == ClientTransport::Websocket;
+    if let Some(w) = sys::ephemeral_port_warning(plan.conns, args.src_ips.len()).filter(|_| tcp) {
         eprintln!("[bench] warning: {w}");
     }
     let token_user = match &args.token {
@@ -95,9 +101,10 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
     let r = run::Run { args, plan, stats, publisher, user: &user };
     Ok(match args.transport {
         ClientTransport::Websocket => {
-            let c = ws::WsConnector::new(&args.url, args.token.as_deref(), &args.vendor_prefix).await?;
+            let c = ws::WsConnector::new(args.session_url(), args.token.as_deref(), &args.vendor_prefix).await?;
             run::drive(r, Arc::new(c)).await
         }
+        ClientTransport::Webtransport => run::drive(r, Arc::new(wt::WtConnector::new(args).await?)).await,
     })
 }
 
