@@ -211,6 +211,26 @@ async fn bench_over_webtransport_datagrams_with_a_token() {
     gw.shutdown().await;
 }
 
+/// Over WS_MAX_CONNECTIONS the gateway accepts the session and closes it
+/// with 1013: the bench reports that code, and measures the rest.
+#[tokio::test]
+async fn refused_webtransport_sessions_report_the_close_code() {
+    let mut config = test_config();
+    config.max_connections = 20;
+    let gw = TestGateway::start_with(config).await;
+    let mut args = small_wt(&gw);
+    args.extend(["--step-retries", "0"].map(str::to_owned));
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_eq!((&v["connected"], &v["connect_failed"], &v["ok"]), (&20.into(), &30.into(), &false.into()), "{v}");
+    let errors = v["connect_errors"].as_object().expect("errors");
+    assert!(errors.keys().all(|k| k.contains("1013")), "{v}");
+    let s = &v["steps"][0];
+    assert_eq!(s["received"], s["expected"], "{s}");
+    assert_eq!((&s["lost"], &s["dup"]), (&0.into(), &0.into()), "{s}");
+    gw.shutdown().await;
+}
+
 /// A pinned hash that is not the gateway's: every handshake fails, is
 /// counted, and the run ends instead of waiting.
 #[tokio::test]

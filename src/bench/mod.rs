@@ -74,7 +74,11 @@ pub fn main(args: BenchArgs) -> ExitCode {
 }
 
 async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
-    let nofile = sys::ensure_nofile(plan.conns)?;
+    // WebTransport clients share one UDP socket per source address: neither
+    // a descriptor nor an ephemeral port per connection.
+    let tcp = args.transport == ClientTransport::Websocket;
+    let sockets = if tcp { plan.conns } else { args.src_ips.len().max(1) };
+    let nofile = sys::ensure_nofile(sockets)?;
     eprintln!(
         "[bench] {} {} connections over {} vendors, rates {:?}/s × {} s, publishing via {}; RLIMIT_NOFILE {nofile}",
         plan.conns,
@@ -84,8 +88,6 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
         plan.duration,
         format!("{:?}", args.via).to_lowercase()
     );
-    // WebTransport clients share one UDP socket per source address: no ports to run out of.
-    let tcp = args.transport == ClientTransport::Websocket;
     if let Some(w) = sys::ephemeral_port_warning(plan.conns, args.src_ips.len()).filter(|_| tcp) {
         eprintln!("[bench] warning: {w}");
     }
