@@ -98,16 +98,27 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
     let fixed_user = args.user.clone().or(token_user);
     let user = move |i: usize| fixed_user.clone().unwrap_or_else(|| format!("u{i}"));
     let vendors: Vec<String> = (0..plan.vendors).map(|v| format!("{}{v}", args.vendor_prefix)).collect();
+    // The clients' side first: a wrong --url is reported as such, not as
+    // whatever the publisher finds wrong.
+    let clients = match args.transport {
+        ClientTransport::Websocket => {
+            Clients::Ws(ws::WsConnector::new(args.session_url(), args.token.as_deref(), &args.vendor_prefix).await?)
+        }
+        ClientTransport::Webtransport => Clients::Wt(wt::WtConnector::new(args).await?),
+    };
     let stats = Arc::new(stats::Stats::new(plan.vendors));
     let publisher = publisher::Publisher::connect(args, vendors, Arc::clone(&stats)).await?;
     let r = run::Run { args, plan, stats, publisher, user: &user };
-    Ok(match args.transport {
-        ClientTransport::Websocket => {
-            let c = ws::WsConnector::new(args.session_url(), args.token.as_deref(), &args.vendor_prefix).await?;
-            run::drive(r, Arc::new(c)).await
-        }
-        ClientTransport::Webtransport => run::drive(r, Arc::new(wt::WtConnector::new(args).await?)).await,
+    Ok(match clients {
+        Clients::Ws(c) => run::drive(r, Arc::new(c)).await,
+        Clients::Wt(c) => run::drive(r, Arc::new(c)).await,
     })
+}
+
+/// The connector of `--transport` (the run is generic over it).
+enum Clients {
+    Ws(ws::WsConnector),
+    Wt(wt::WtConnector),
 }
 
 /// The token's `sub`: with auth on, a subscribe's `userId` must equal it.

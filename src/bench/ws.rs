@@ -32,6 +32,9 @@ pub struct WsConnector {
 impl WsConnector {
     /// Resolves the URL's host once; `token` is appended as `?token=`.
     pub async fn new(url: &str, token: Option<&str>, vendor_prefix: &str) -> anyhow::Result<Self> {
+        if url.starts_with("https://") {
+            bail!("--url {url:?} is a WebTransport URL: add --transport webtransport");
+        }
         if url.starts_with("wss://") {
             bail!("wss:// is not supported by the bench yet: point --url at a plain ws:// listener");
         }
