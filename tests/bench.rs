@@ -29,9 +29,21 @@ async fn bench(args: &[String]) -> (bool, Value, String) {
 }
 
 fn small(gw: &TestGateway) -> Vec<String> {
+    small_at(&gw.url("/ws/location"))
+}
+
+/// The small run over WebTransport: the session URL on the gateway's UDP
+/// port; the certificate hash is fetched from `--http-url`.
+fn small_wt(gw: &TestGateway) -> Vec<String> {
+    let mut args = small_at(&gw.wt_url("/wt/location"));
+    args.extend(["--transport", "webtransport", "--via", "http", "--http-url", &gw.http("")].map(str::to_owned));
+    args
+}
+
+fn small_at(url: &str) -> Vec<String> {
     [
         "--url",
-        &gw.url("/ws/location"),
+        url,
         "--conns",
         "50",
         "--vendors",
@@ -160,15 +172,108 @@ async fn refused_connections_are_counted_and_the_rest_measured() {
     gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn bench_over_webtransport_streams() {
+    let gw = TestGateway::start().await;
+    let (ok, v, stderr) = bench(&small_wt(&gw)).await;
+    assert!(ok, "{stderr}");
+    assert_clean(&v, &stderr);
+    assert_eq!((&v["transport"], &v["wt_delivery"]), (&"webtransport".into(), &"stream".into()), "{v}");
+    assert!(v["url"].as_str().is_some_and(|u| u.starts_with("https://")), "{v}");
+    let status: Value = reqwest::get(gw.http("/ws/status")).await.expect("status").json().await.expect("json");
+    assert_eq!(status["connections"]["byTransport"]["webtransport"], 50, "{status}");
+    gw.shutdown().await;
+}
+
+/// Datagram delivery, with auth on: the token rides as `?token=` and the
+/// subscribes carry its `sub`; the gateway really sent datagrams.
+#[tokio::test]
+async fn bench_over_webtransport_datagrams_with_a_token() {
+    let secret = "bench-test-secret-0123456789";
+    let mut config = test_config();
+    config.jwt_secret = Some(secret.into());
+    config.max_connections_per_user = 100;
+    let gw = TestGateway::start_with(config).await;
+    let token = venta_gateway::auth::dev_token(secret, "bench-user", 600).expect("token");
+    let mut args = small_wt(&gw);
+    args.extend(["--wt-delivery", "datagram", "--token", &token].map(str::to_owned));
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_clean(&v, &stderr);
+    assert_eq!(v["wt_delivery"], "datagram", "{v}");
+    let metrics = reqwest::get(gw.http("/metrics")).await.expect("metrics").text().await.expect("text");
+    let sent = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("venta_webtransport_datagrams_total{outcome=\"sent\"}"))
+        .and_then(|n| n.trim().parse::<f64>().ok());
+    // At least the step's 1000 deliveries (plus the readiness probe's).
+    assert!(sent.is_some_and(|n| n >= 1000.0), "datagrams sent: {sent:?}");
+    gw.shutdown().await;
+}
+
+/// Over WS_MAX_CONNECTIONS the gateway accepts the session and closes it
+/// with 1013: the bench reports that code, and measures the rest.
+#[tokio::test]
+async fn refused_webtransport_sessions_report_the_close_code() {
+    let mut config = test_config();
+    config.max_connections = 20;
+    let gw = TestGateway::start_with(config).await;
+    let mut args = small_wt(&gw);
+    args.extend(["--step-retries", "0"].map(str::to_owned));
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_eq!((&v["connected"], &v["connect_failed"], &v["ok"]), (&20.into(), &30.into(), &false.into()), "{v}");
+    let errors = v["connect_errors"].as_object().expect("errors");
+    assert!(errors.keys().all(|k| k.contains("1013")), "{v}");
+    let s = &v["steps"][0];
+    assert_eq!(s["received"], s["expected"], "{s}");
+    assert_eq!((&s["lost"], &s["dup"]), (&0.into(), &0.into()), "{s}");
+    gw.shutdown().await;
+}
+
+/// A pinned hash that is not the gateway's: every handshake fails, is
+/// counted, and the run ends instead of waiting.
+#[tokio::test]
+async fn a_wrong_certificate_hash_is_refused_and_counted() {
+    let gw = TestGateway::start().await;
+    let args: Vec<String> = [
+        "--transport",
+        "wt",
+        "--url",
+        &gw.wt_url("/wt/location"),
+        "--wt-cert-hash",
+        &"ab".repeat(32),
+        "--http-url",
+        &gw.http(""),
+        "--conns",
+        "5",
+        "--rates",
+        "10",
+        "--duration",
+        "1",
+        "--settle-ms",
+        "0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_eq!((&v["connected"], &v["connect_failed"], &v["ok"]), (&0.into(), &5.into(), &false.into()), "{v}");
+    assert!(v["connect_errors"].as_object().is_some_and(|e| e.keys().all(|k| k.starts_with("connect:"))), "{v}");
+    gw.shutdown().await;
+}
+
 #[test]
-fn help_says_websocket_only_and_lists_the_scenarios() {
+fn help_names_both_transports_and_lists_the_scenarios() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
         .args(["bench", "--help"])
         .output()
         .expect("run --help");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["WebSocket (JSON) only", "WebTransport", "--scenario", "s1", "s2", "s3", "--rates", "--via"] {
+    for needle in
+        ["webtransport", "--wt-cert-hash", "--wt-delivery", "--scenario", "s1", "s2", "s3", "--rates", "--via"]
+    {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
 }

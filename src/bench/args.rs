@@ -6,12 +6,34 @@ use std::net::IpAddr;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 
-/// Client transport. Only WebSocket exists today; WebTransport (MessagePack)
-/// plugs in as a second [`super::transport::Connector`].
+/// Client transport; each is one [`super::transport::Connector`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClientTransport {
     /// WebSocket, JSON text frames (`ws://…/ws/location`).
+    #[value(alias = "ws")]
     Websocket,
+    /// WebTransport (HTTP/3 over QUIC), MessagePack frames (`https://…/wt/location`).
+    #[value(alias = "wt")]
+    Webtransport,
+}
+
+impl ClientTransport {
+    /// The JSON result's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Websocket => "websocket",
+            Self::Webtransport => "webtransport",
+        }
+    }
+}
+
+/// How a WebTransport client asks for location updates (DESIGN §1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WtDelivery {
+    /// Framed on the session's bidirectional stream (reliable, in order).
+    Stream,
+    /// `"delivery": "datagram"`: one unreliable datagram per live update.
+    Datagram,
 }
 
 /// How the bench publishes updates.
@@ -41,16 +63,19 @@ pub enum Scenario {
 /// `venta-gateway bench`: load-test a deployment.
 #[derive(Debug, Clone, Args)]
 #[command(
-    about = "Load-test a gateway: N WebSocket clients, updates published at stepped rates, latency and losses",
-    long_about = "Load-test a gateway. Opens --conns WebSocket clients at a controlled rate over --vendors \
+    about = "Load-test a gateway: N WebSocket or WebTransport clients, updates published at stepped rates, latency and losses",
+    long_about = "Load-test a gateway. Opens --conns clients at a controlled rate over --vendors \
 vendors (client i subscribes to location of <vendor-prefix><i % vendors> and waits for the `subscribed` ack), \
 publishes location updates at each of --rates for --duration seconds (over HTTP, gRPC or NATS, --via) with the \
 send time as `timestamp`, and reports per step: deliveries/s, latency p50/p90/p99/p99.9/max, expected vs \
 received, losses, duplicates, and the server's RSS with --pid. A step fails on p99 > --stop-p99-ms, a loss, a \
 duplicate, a dropped client or a refused publish; a failed step is retried --step-retries times, then the run \
 stops. Progress goes to stderr every second; one JSON \
-line goes to stdout at the end.\n\nClient transport: WebSocket (JSON) only for now; WebTransport (MessagePack) \
-is not supported yet. Plain ws:// only (no TLS).\n\nThe gateway must admit the load: raise WS_MAX_CONNECTIONS \
+line goes to stdout at the end.\n\nClient transport (--transport): websocket (JSON text frames; plain ws:// only, \
+no TLS) or webtransport (alias wt: MessagePack frames on one bidirectional stream, or datagrams with \
+--wt-delivery datagram; --url https://HOST:WT_PORT/wt/location). WebTransport pins the certificate hash that \
+the gateway serves at GET /wt/cert-hash on --http-url (its dev certificate), or --wt-cert-hash, or validates \
+against the system's roots with --wt-system-roots (a CA-signed WT_CERT).\n\nThe gateway must admit the load: raise WS_MAX_CONNECTIONS \
 (default 1000) for more connections, and WS_MAX_CONNECTIONS_PER_USER when every client uses one --token.\n\n\
 Exit status: 0 when the run completed and printed its result (`ok` in the JSON says whether every connection \
 and every step passed; s2 ends on purpose with a failed step), 1 when it could not run, 2 for invalid options."
@@ -59,12 +84,13 @@ pub struct BenchArgs {
     /// Preset (s1, s2, s3); the flags below override its values.
     #[arg(long, value_enum)]
     pub scenario: Option<Scenario>,
-    /// Client transport (only websocket so far).
+    /// Client transport: websocket (ws) or webtransport (wt).
     #[arg(long, value_enum, default_value = "websocket")]
     pub transport: ClientTransport,
-    /// WebSocket endpoint of the gateway.
-    #[arg(long, default_value = "ws://127.0.0.1:5006/ws/location")]
-    pub url: String,
+    /// Session endpoint of the gateway [default: ws://127.0.0.1:5006/ws/location;
+    /// webtransport: https://127.0.0.1:5006/wt/location].
+    #[arg(long)]
+    pub url: Option<String>,
     /// JWT for every client, sent as `?token=` (when the gateway has auth on).
     #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -74,11 +100,25 @@ pub struct BenchArgs {
     /// Vendor ids are this prefix plus a number.
     #[arg(long, default_value = "v")]
     pub vendor_prefix: String,
+    /// WebTransport: SHA-256 of the certificate to trust (64 hex digits,
+    /// colons allowed; comma-separated during a rotation). Default: fetched
+    /// from `<--http-url>/wt/cert-hash`.
+    #[arg(long, value_delimiter = ',')]
+    pub wt_cert_hash: Vec<String>,
+    /// WebTransport: validate the gateway's certificate against the system's
+    /// root certificates instead of pinning a hash (a CA-signed WT_CERT;
+    /// hash pinning only accepts self-signed P-256 certificates of ≤ 14 days).
+    #[arg(long, conflicts_with = "wt_cert_hash")]
+    pub wt_system_roots: bool,
+    /// WebTransport: live updates on the stream or as datagrams (a lost or
+    /// reordered datagram shows as `lost` or `dup`).
+    #[arg(long, value_enum, default_value = "stream")]
+    pub wt_delivery: WtDelivery,
 
     /// How updates are published.
     #[arg(long, value_enum, default_value = "http")]
     pub via: Via,
-    /// HTTP base URL for `--via http`.
+    /// HTTP base URL for `--via http` (and `/wt/cert-hash` for WebTransport).
     #[arg(long, default_value = "http://127.0.0.1:5006")]
     pub http_url: String,
     /// gRPC endpoint for `--via grpc`.
@@ -107,7 +147,7 @@ pub struct BenchArgs {
     /// New connections offered per second [default: 1000; s1: 5000; s2, s3: 2000].
     #[arg(long)]
     pub connect_rate: Option<f64>,
-    /// Handshakes (TCP + upgrade + subscribe ack) in flight at most [default: 200; s1, s3: 256].
+    /// Handshakes (TCP + upgrade, or QUIC + session, then the subscribe ack) in flight at most [default: 200; s1, s3: 256].
     #[arg(long)]
     pub connect_concurrency: Option<usize>,
     /// Give up on one connection's handshake after this long (ms).
@@ -162,6 +202,17 @@ pub struct BenchArgs {
     /// Free-form label copied into the result.
     #[arg(long, default_value = "")]
     pub label: String,
+}
+
+impl BenchArgs {
+    /// `--url`, or the default endpoint of `--transport`.
+    pub fn session_url(&self) -> &str {
+        match (&self.url, self.transport) {
+            (Some(u), _) => u,
+            (None, ClientTransport::Websocket) => "ws://127.0.0.1:5006/ws/location",
+            (None, ClientTransport::Webtransport) => "https://127.0.0.1:5006/wt/location",
+        }
+    }
 }
 
 /// Everything a run needs, presets and flags merged.
@@ -317,6 +368,24 @@ mod tests {
         assert!(p.rates.is_empty());
         let p = plan(&["--scenario", "s3", "--stop-p99-ms", "100"])?;
         assert_eq!(p.stop_p99_ms, Some(100.0));
+        Ok(())
+    }
+
+    #[test]
+    fn transport_aliases_and_default_urls() -> anyhow::Result<()> {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()));
+        let a = parse(&[])?.bench;
+        assert_eq!((a.transport, a.session_url()), (ClientTransport::Websocket, "ws://127.0.0.1:5006/ws/location"));
+        let a = parse(&["--transport", "wt"])?.bench;
+        assert_eq!(
+            (a.transport, a.session_url(), a.wt_delivery),
+            (ClientTransport::Webtransport, "https://127.0.0.1:5006/wt/location", WtDelivery::Stream)
+        );
+        let a =
+            parse(&["--transport", "webtransport", "--url", "https://h:1/wt/location", "--wt-delivery", "datagram"])?
+                .bench;
+        assert_eq!((a.session_url(), a.wt_delivery), ("https://h:1/wt/location", WtDelivery::Datagram));
+        assert!(parse(&["--wt-cert-hash", "ab", "--wt-system-roots"]).is_err());
         Ok(())
     }
 

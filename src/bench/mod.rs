@@ -3,7 +3,8 @@
 //!
 //! - [`args`]: flags and the s1/s2/s3 presets.
 //! - [`transport`]: the client-side seam (`Connector`/`Conn`); [`ws`] is
-//!   the WebSocket JSON implementation.
+//!   the WebSocket JSON implementation, [`wt`] the WebTransport MessagePack
+//!   one; [`incoming`] decodes what either receives.
 //! - [`connect`]: opening N clients at a controlled rate.
 //! - [`publisher`]: paced publishing over NATS, HTTP or gRPC.
 //! - [`marker`]: sequence, phase and send time carried in each update.
@@ -13,6 +14,7 @@
 
 mod args;
 mod connect;
+mod incoming;
 mod marker;
 mod publisher;
 mod report;
@@ -21,6 +23,7 @@ mod stats;
 mod sys;
 mod transport;
 mod ws;
+mod wt;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -71,16 +74,21 @@ pub fn main(args: BenchArgs) -> ExitCode {
 }
 
 async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
-    let nofile = sys::ensure_nofile(plan.conns)?;
+    // WebTransport clients share one UDP socket per source address: neither
+    // a descriptor nor an ephemeral port per connection.
+    let tcp = args.transport == ClientTransport::Websocket;
+    let sockets = if tcp { plan.conns } else { args.src_ips.len().max(1) };
+    let nofile = sys::ensure_nofile(sockets)?;
     eprintln!(
-        "[bench] {} connections over {} vendors, rates {:?}/s × {} s, publishing via {}; RLIMIT_NOFILE {nofile}",
+        "[bench] {} {} connections over {} vendors, rates {:?}/s × {} s, publishing via {}; RLIMIT_NOFILE {nofile}",
         plan.conns,
+        args.transport.as_str(),
         plan.vendors,
         plan.rates,
         plan.duration,
         format!("{:?}", args.via).to_lowercase()
     );
-    if let Some(w) = sys::ephemeral_port_warning(plan.conns, args.src_ips.len()) {
+    if let Some(w) = sys::ephemeral_port_warning(plan.conns, args.src_ips.len()).filter(|_| tcp) {
         eprintln!("[bench] warning: {w}");
     }
     let token_user = match &args.token {
@@ -90,15 +98,27 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
     let fixed_user = args.user.clone().or(token_user);
     let user = move |i: usize| fixed_user.clone().unwrap_or_else(|| format!("u{i}"));
     let vendors: Vec<String> = (0..plan.vendors).map(|v| format!("{}{v}", args.vendor_prefix)).collect();
+    // The clients' side first: a wrong --url is reported as such, not as
+    // whatever the publisher finds wrong.
+    let clients = match args.transport {
+        ClientTransport::Websocket => {
+            Clients::Ws(ws::WsConnector::new(args.session_url(), args.token.as_deref(), &args.vendor_prefix).await?)
+        }
+        ClientTransport::Webtransport => Clients::Wt(wt::WtConnector::new(args).await?),
+    };
     let stats = Arc::new(stats::Stats::new(plan.vendors));
     let publisher = publisher::Publisher::connect(args, vendors, Arc::clone(&stats)).await?;
     let r = run::Run { args, plan, stats, publisher, user: &user };
-    Ok(match args.transport {
-        ClientTransport::Websocket => {
-            let c = ws::WsConnector::new(&args.url, args.token.as_deref(), &args.vendor_prefix).await?;
-            run::drive(r, Arc::new(c)).await
-        }
+    Ok(match clients {
+        Clients::Ws(c) => run::drive(r, Arc::new(c)).await,
+        Clients::Wt(c) => run::drive(r, Arc::new(c)).await,
     })
+}
+
+/// The connector of `--transport` (the run is generic over it).
+enum Clients {
+    Ws(ws::WsConnector),
+    Wt(wt::WtConnector),
 }
 
 /// The token's `sub`: with auth on, a subscribe's `userId` must equal it.

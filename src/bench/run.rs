@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::args::{BenchArgs, Plan};
+use super::args::{BenchArgs, ClientTransport, Plan};
 use super::connect::{ConnectPlan, connect_all};
 use super::publisher::Publisher;
 use super::report::{Progress, Verdict, latency_json, step_summary};
@@ -153,7 +153,8 @@ pub async fn drive<C: Connector>(r: Run<'_>, connector: Arc<C>) -> Value {
     json!({
         "label": args.label,
         "scenario": args.scenario.map(|s| format!("{s:?}").to_lowercase()),
-        "transport": format!("{:?}", args.transport).to_lowercase(), "url": args.url, "via": format!("{:?}", args.via).to_lowercase(),
+        "transport": args.transport.as_str(), "url": args.session_url(), "via": format!("{:?}", args.via).to_lowercase(),
+        "wt_delivery": (args.transport == ClientTransport::Webtransport).then(|| format!("{:?}", args.wt_delivery).to_lowercase()),
         "conns": plan.conns, "vendors": plan.vendors,
         "connected": connected, "connect_failed": failed, "connect_errors": connect_errors,
         "connect_s": round3(connect_s),

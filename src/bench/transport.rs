@@ -2,8 +2,8 @@
 //! subscribed to one vendor, then yield decoded deliveries. Everything
 //! transport-specific (framing, codec, heartbeats) lives behind these two
 //! traits; the connect phase and the statistics are written once.
-//! WebSocket JSON is [`super::ws`]; WebTransport MessagePack would be a
-//! second `Connector` selected by `--transport`.
+//! WebSocket JSON is [`super::ws`], WebTransport MessagePack
+//! [`super::wt`]; `--transport` picks one.
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -3,12 +3,10 @@
 //! app-level `ping` is answered with `pong` so long runs are not closed with
 //! 4000 (tungstenite answers protocol-level pings itself).
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -16,8 +14,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::marker;
-use super::transport::{Conn, Connector, Delivery, Event, Target};
+use super::incoming::Incoming;
+use super::transport::{Conn, Connector, Event, Target};
 
 /// Per-connection read chunk: updates are ~200 bytes, but a busy fan-out
 /// queues many; 16 KiB keeps syscalls few at 10,000 connections × 16 KiB.
@@ -34,6 +32,9 @@ pub struct WsConnector {
 impl WsConnector {
     /// Resolves the URL's host once; `token` is appended as `?token=`.
     pub async fn new(url: &str, token: Option<&str>, vendor_prefix: &str) -> anyhow::Result<Self> {
+        if url.starts_with("https://") {
+            bail!("--url {url:?} is a WebTransport URL: add --transport webtransport");
+        }
         if url.starts_with("wss://") {
             bail!("wss:// is not supported by the bench yet: point --url at a plain ws:// listener");
         }
@@ -108,14 +109,7 @@ impl WsConn {
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<Incoming<'_>>(t.as_str()) {
                     Ok(m) if m.ty == "subscribed" => return Ok(()),
-                    Ok(m) if m.ty == "error" => {
-                        let d = m.data.unwrap_or_default();
-                        return Err(format!(
-                            "subscribe refused: {} ({})",
-                            d.code.unwrap_or_default(),
-                            d.message.unwrap_or_default()
-                        ));
-                    }
+                    Ok(m) if m.ty == "error" => return Err(m.data.unwrap_or_default().refusal()),
                     Ok(m) if m.ty == "ping" => self.pong().await?,
                     _ => {}
                 },
@@ -130,16 +124,6 @@ impl WsConn {
     async fn pong(&mut self) -> Result<(), String> {
         self.ws.send(Message::text(PONG)).await.map_err(|e| format!("send pong: {e}"))
     }
-
-    fn delivery(&self, d: &Data<'_>) -> Delivery {
-        let vendor_index =
-            d.vendor_id.and_then(|v| v.strip_prefix(self.vendor_prefix.as_str())).and_then(|n| n.parse::<u32>().ok());
-        let marker = match (&d.location, d.timestamp) {
-            (Some(l), Some(ts)) => marker::decode(l.lat, l.long, ts),
-            _ => None,
-        };
-        Delivery { vendor_index, snapshot: d.snapshot, marker }
-    }
 }
 
 impl Conn for WsConn {
@@ -148,7 +132,7 @@ impl Conn for WsConn {
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<Incoming<'_>>(t.as_str()) {
                     Ok(m) if m.ty == "location_updated" => match &m.data {
-                        Some(d) => return Event::Update(self.delivery(d)),
+                        Some(d) => return Event::Update(d.delivery(&self.vendor_prefix)),
                         None => return Event::Unparsed,
                     },
                     Ok(m) if m.ty == "ping" => {
@@ -172,60 +156,5 @@ fn close_reason(f: Option<CloseFrame>) -> String {
     match f {
         Some(f) => format!("{} {}", u16::from(f.code), f.reason),
         None => "no close code".into(),
-    }
-}
-
-/// The parts of a server message the bench looks at.
-#[derive(Deserialize)]
-struct Incoming<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: Cow<'a, str>,
-    #[serde(borrow)]
-    data: Option<Data<'a>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Data<'a> {
-    // Plain `&str`: borrowed, no allocation per update (ids and timestamps
-    // never contain escapes; one that did would count as unparsed).
-    vendor_id: Option<&'a str>,
-    location: Option<Location>,
-    timestamp: Option<&'a str>,
-    #[serde(default)]
-    snapshot: bool,
-    #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    message: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Location {
-    lat: f64,
-    long: f64,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_what_the_gateway_sends() {
-        let frame = r#"{"type":"location_updated","data":{"vendorId":"v42","location":{"lat":0.000123,"long":3},"timestamp":"2026-01-02T03:04:05.123456789Z"}}"#;
-        let m: Incoming<'_> = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(m.ty, "location_updated");
-        let d = m.data.unwrap_or_default();
-        let conn_prefix = "v";
-        assert_eq!(d.vendor_id.and_then(|v| v.strip_prefix(conn_prefix)), Some("42"));
-        let l = d.location.as_ref().map(|l| (l.lat, l.long));
-        let mk = l.and_then(|(lat, long)| marker::decode(lat, long, d.timestamp.unwrap_or("")));
-        assert_eq!(mk.map(|m| (m.seq, m.phase, m.sent_ns)), Some((123, 3, 1_767_323_045_123_456_789)));
-        let snap = r#"{"type":"location_updated","data":{"vendorId":"v1","location":{"lat":1,"long":0},"timestamp":"2026-01-02T03:04:05Z","snapshot":true}}"#;
-        let m: Incoming<'_> = serde_json::from_str(snap).unwrap_or_else(|e| panic!("{e}"));
-        assert!(m.data.is_some_and(|d| d.snapshot));
-        let err = r#"{"type":"error","data":{"code":"forbidden","message":"userId \"x\" differs"},"id":"bench"}"#;
-        let m: Incoming<'_> = serde_json::from_str(err).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(m.data.and_then(|d| d.message).as_deref(), Some("userId \"x\" differs"));
     }
 }
