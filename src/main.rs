@@ -12,6 +12,17 @@ use tracing_subscriber::EnvFilter;
 use venta_gateway::Gateway;
 use venta_gateway::config::{Config, LogFormat};
 
+#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
+compile_error!("features `mimalloc` and `jemalloc` are exclusive: pick one global allocator");
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Real-time gateway: vendor location and vendor data updates to WebSocket
 /// clients. Every option is also an environment variable (shown in [env: ]).
 #[derive(Debug, Parser)]
