@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The side-by-side run of docs/BENCHMARKS.md: our gateway and the team's
+# peers (node-ws, socket.io, rust-min) under the team's neutral loadgen, in
+# one bench.py run (gateway pinned to CPU 0; loadgen and nats-server on CPU 1).
+#
+#   docs/benchmarks/peers.sh [path/to/shared/bench] [bench.py run options...]
+#   e.g. docs/benchmarks/peers.sh ../shared/bench --scenario s2 --reps 1
+#
+# Copies the (read-only) bench folder to a scratch directory, builds loadgen,
+# rust-min and the Node peers there and our release build here, runs
+# `bench.py run --peers` (default: s1,s2,s3 × 3 interleaved repetitions),
+# prints `bench.py report --ref rust-min`, and draws the charts
+# docs/benchmarks/s2-latency.svg and s3-latency.svg. Raw results go to
+# docs/benchmarks/results/peers.jsonl (appended; pass --out to change).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+shared=${1:-$root/../shared/bench}
+[ $# -gt 0 ] && shift
+[ -f "$shared/bench.py" ] || { echo "no bench.py in $shared (give the shared bench folder)" >&2; exit 1; }
+scratch=$(mktemp -d /tmp/venta-peers.XXXXXX)
+cp -r "$shared" "$scratch/bench"
+cd "$scratch/bench"
+echo "==> building loadgen, rust-min and the Node peers in $scratch/bench"
+cargo build --release
+for d in peers/node-ws peers/socketio; do (cd "$d" && npm ci --no-audit --no-fund --loglevel=error); done
+echo "==> building the gateway (release)"
+(cd "$root" && cargo build --release --locked)
+python3 - "$root" >peers-with-gateway.json <<'PY'
+import json, sys
+root = sys.argv[1]
+peers = json.load(open("peers.json"))
+peers.append({"name": "gateway", "proto": "plain", "cmd": f"{root}/docs/benchmarks/gateway-peer.sh",
+              "env": {"GATEWAY_BIN": f"{root}/target/release/venta-gateway"}})
+json.dump(peers, sys.stdout, indent=1)
+PY
+out=$root/docs/benchmarks/results/peers.jsonl
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do [[ ${args[i]} == --out ]] && out=${args[i + 1]}; done
+has_out=0
+for a in "$@"; do [[ $a == --out ]] && has_out=1; done
+[ $has_out = 1 ] || args+=(--out "$out")
+ulimit -n "$(ulimit -Hn)"
+echo "==> bench.py run (progress below; results to $out)"
+python3 bench.py run --peers peers-with-gateway.json "${args[@]}"
+python3 bench.py report --ref rust-min "$out"
+python3 "$root/docs/benchmarks/chart.py" "$out" --scenario s2 -o "$root/docs/benchmarks/s2-latency.svg"
+python3 "$root/docs/benchmarks/chart.py" "$out" --scenario s3 -o "$root/docs/benchmarks/s3-latency.svg"
+echo "charts: docs/benchmarks/s2-latency.svg, docs/benchmarks/s3-latency.svg"
