@@ -65,6 +65,30 @@ async fn a_nats_publish_reaches_a_websocket_client() {
     gw.shutdown().await;
 }
 
+/// The `subscribed` ack promises every later update: a publish from
+/// another NATS connection sent the moment the ack arrives must be
+/// delivered. (A subscribe confirmed by a socket flush only, not a round
+/// trip through the server, lost such updates under load.)
+#[tokio::test]
+async fn an_update_published_right_after_the_ack_is_delivered() {
+    require_machine_nats();
+    let prefix = unique_prefix();
+    let gw = TestGateway::start_with(nats_config(MACHINE_NATS, &prefix)).await;
+    wait_until("gateway ready", async || ready(&gw).await).await;
+    let nats = async_nats::connect(MACHINE_NATS).await.unwrap();
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    for i in 0..50 {
+        let vendor = format!("race{i}");
+        c.subscribe("location", &vendor).await;
+        let payload = json!({"vendorId": vendor, "location": {"lat": 1.0, "long": f64::from(i)}});
+        nats.publish(format!("{prefix}.location.{vendor}"), payload.to_string().into()).await.unwrap();
+        nats.flush().await.unwrap();
+        let u = c.recv().await;
+        assert_eq!((u["type"].as_str(), u["data"]["vendorId"].as_str()), (Some("location_updated"), Some(&*vendor)));
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn three_instances_each_deliver_a_publish_exactly_once() {
     require_machine_nats();

@@ -63,6 +63,9 @@ struct Inner {
     last: Mutex<HashMap<Topic, Update>>,
     invalid_logged_at: AtomicU64,
     started: Instant,
+    /// Subject this connection answers itself on (see [`Inner::round_trip`]);
+    /// `None` if that subscription failed.
+    barrier: Option<String>,
 }
 
 struct Interest {
@@ -98,6 +101,17 @@ impl NatsBus {
             .connect(opts.url.as_str())
             .await
             .map_err(|source| ConnectError { url: opts.url.clone(), source })?;
+        let barrier = format!("{}.barrier", client.new_inbox());
+        let barrier = match client.subscribe(barrier.clone()).await {
+            Ok(sub) => {
+                tokio::spawn(answer_barriers(client.clone(), sub));
+                Some(barrier)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no NATS barrier subscription: subscribes are confirmed by a flush only");
+                None
+            }
+        };
         let inner = Arc::new(Inner {
             client,
             opts,
@@ -109,6 +123,7 @@ impl NatsBus {
             last: Mutex::new(HashMap::new()),
             invalid_logged_at: AtomicU64::new(0),
             started: Instant::now(),
+            barrier,
         });
         if inner.opts.jetstream {
             tokio::spawn(setup_jetstream(Arc::downgrade(&inner)));
@@ -248,17 +263,31 @@ impl Inner {
         let subject = NatsBus::subject(&self.opts.prefix, topic);
         let unavailable = |e: String| BusError::Unavailable(format!("subscribing to {subject}: {e}"));
         let sub = self.client.subscribe(subject.clone()).await.map_err(|e| unavailable(e.to_string()))?;
-        // A flush is a round trip: once it returns, the server has our SUB,
-        // so updates published after the client's ack will reach us.
-        match tokio::time::timeout(ROUND_TRIP, self.client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(unavailable(e.to_string())),
-            Err(_) => return Err(unavailable("timed out".into())),
-        }
+        // Once the server has our SUB, updates published after the client's
+        // ack reach us: the ack waits for that.
+        self.round_trip().await.map_err(unavailable)?;
         let cancel = CancellationToken::new();
         tokio::spawn(read_subscription(Arc::clone(self), topic.clone(), sub, cancel.clone()));
         tracing::debug!(%subject, "NATS interest added");
         Ok(cancel)
+    }
+
+    /// Returns once the server has processed everything this connection sent
+    /// before: NATS handles one connection's operations in order, so a
+    /// request answered by our own barrier subscription comes back only after
+    /// the server took the earlier SUBs. (`Client::flush` only writes the
+    /// socket: an update published from another connection right after it
+    /// could still beat our SUB to the server, and be missed.)
+    async fn round_trip(&self) -> Result<(), String> {
+        let sent = match &self.barrier {
+            Some(subject) => {
+                tokio::time::timeout(ROUND_TRIP, self.client.request(subject.clone(), bytes::Bytes::new()))
+                    .await
+                    .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+            }
+            None => tokio::time::timeout(ROUND_TRIP, self.client.flush()).await.map(|r| r.map_err(|e| e.to_string())),
+        };
+        sent.unwrap_or_else(|_| Err("timed out".into()))
     }
 
     fn release(self: &Arc<Self>, topic: &Topic, generation: u64) {
@@ -272,6 +301,16 @@ impl Inner {
             }
             topics.remove(topic);
             tracing::debug!(%topic, "NATS interest dropped");
+        }
+    }
+}
+
+/// Answers [`Inner::round_trip`] requests (empty replies).
+async fn answer_barriers(client: Client, mut sub: Subscriber) {
+    while let Some(msg) = sub.next().await {
+        if let Some(reply) = msg.reply {
+            // A lost reply makes that subscribe time out and be retried.
+            let _ = client.publish(reply, bytes::Bytes::new()).await;
         }
     }
 }
