@@ -130,6 +130,12 @@ impl Outbox {
                 if !frame.conflatable() {
                     st.strict_bytes += frame.bytes.len();
                 }
+                if st.queue.capacity() == 0 {
+                    // One slot, not VecDeque's minimum of four: the buffer
+                    // passes to the writer and stays with the connection,
+                    // and most wake-ups of a quiet client carry one frame.
+                    st.queue.reserve_exact(1);
+                }
                 st.queue.push_back(frame);
                 Push::Queued
             }
@@ -153,7 +159,12 @@ impl Outbox {
         let live = {
             let mut st = self.state.lock();
             let pos = st.armed.iter().position(|(t, _)| t == topic);
-            pos.is_some_and(|i| st.armed.swap_remove(i).1)
+            let live = pos.is_some_and(|i| st.armed.swap_remove(i).1);
+            if st.armed.is_empty() {
+                // Arming is rare (a subscribe); idle connections hold no slots.
+                st.armed = Vec::new();
+            }
+            live
         };
         match frame {
             Some(frame) if !live => matches!(self.push(frame), Push::Queued | Push::Conflated),

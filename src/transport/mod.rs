@@ -9,16 +9,17 @@ pub(crate) fn close_reason(close: &crate::protocol::Close) -> String {
     format!("{} {}", close.code, close.reason)
 }
 
-/// Records a written batch: publish→write latency per update, and messages
-/// out per type, counted in runs so a batch costs one counter update per type.
+/// Records a written batch: the publish→write latency of its oldest update
+/// (one histogram observation per write, not per update: this function was
+/// 1.9 % of a saturated fan-out's CPU samples), and messages out per type,
+/// counted in runs so a batch costs one counter update per type.
 pub(crate) fn count_written(batch: &crate::hub::Batch, shared: &crate::state::Shared, transport: &'static str) {
     let metrics = &shared.metrics;
-    let now = std::time::Instant::now();
+    if let Some(at) = batch.iter().find_map(|f| f.published_at) {
+        metrics.publish_to_write.observe(std::time::Instant::now().saturating_duration_since(at).as_secs_f64());
+    }
     let mut run: Option<(&'static str, u64)> = None;
     for frame in batch {
-        if let Some(at) = frame.published_at {
-            metrics.publish_to_write.observe(now.saturating_duration_since(at).as_secs_f64());
-        }
         run = match run {
             Some((ty, n)) if ty == frame.ty => Some((ty, n + 1)),
             Some((ty, n)) => {
