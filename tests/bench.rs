@@ -40,6 +40,13 @@ fn small_wt(gw: &TestGateway) -> Vec<String> {
     args
 }
 
+/// A minimal run whose clients are all expected to fail to connect.
+fn doomed(url: &str, gw: &TestGateway) -> Vec<String> {
+    ["--url", url, "--http-url", &gw.http(""), "--conns", "5", "--rates", "10", "--duration", "1", "--settle-ms", "0"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
 fn small_at(url: &str) -> Vec<String> {
     [
         "--url",
@@ -236,26 +243,8 @@ async fn refused_webtransport_sessions_report_the_close_code() {
 #[tokio::test]
 async fn a_wrong_certificate_hash_is_refused_and_counted() {
     let gw = TestGateway::start().await;
-    let args: Vec<String> = [
-        "--transport",
-        "wt",
-        "--url",
-        &gw.wt_url("/wt/location"),
-        "--wt-cert-hash",
-        &"ab".repeat(32),
-        "--http-url",
-        &gw.http(""),
-        "--conns",
-        "5",
-        "--rates",
-        "10",
-        "--duration",
-        "1",
-        "--settle-ms",
-        "0",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut args = doomed(&gw.wt_url("/wt/location"), &gw);
+    args.extend(["--transport", "wt", "--wt-cert-hash", &"ab".repeat(32)].map(str::to_owned));
     let (ok, v, stderr) = bench(&args).await;
     assert!(ok, "{stderr}");
     assert_eq!((&v["connected"], &v["connect_failed"], &v["ok"]), (&0.into(), &5.into(), &false.into()), "{v}");
@@ -282,22 +271,7 @@ fn help_names_both_transports_and_lists_the_scenarios() {
 async fn an_unreachable_gateway_is_reported_not_waited_for() {
     let port = common::free_port();
     let gw = TestGateway::start().await;
-    let args: Vec<String> = [
-        "--url",
-        &format!("ws://127.0.0.1:{port}/ws/location"),
-        "--http-url",
-        &gw.http(""),
-        "--conns",
-        "5",
-        "--rates",
-        "10",
-        "--duration",
-        "1",
-        "--settle-ms",
-        "0",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let args = doomed(&format!("ws://127.0.0.1:{port}/ws/location"), &gw);
     let (ok, v, stderr) = bench(&args).await;
     assert!(ok, "{stderr}");
     assert_eq!((&v["connected"], &v["connect_failed"], &v["ok"]), (&0.into(), &5.into(), &false.into()), "{v}");

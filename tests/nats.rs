@@ -37,13 +37,20 @@ async fn health(gw: &TestGateway) -> (u16, Value) {
     (status, v)
 }
 
-#[tokio::test]
-async fn a_nats_publish_reaches_a_websocket_client() {
+/// A gateway on the machine's NATS under a fresh subject prefix, ready, and
+/// a plain NATS client to publish with.
+async fn ready_on_machine_nats() -> (String, TestGateway, async_nats::Client) {
     require_machine_nats();
     let prefix = unique_prefix();
     let gw = TestGateway::start_with(nats_config(MACHINE_NATS, &prefix)).await;
     wait_until("gateway ready", async || ready(&gw).await).await;
     let nats = async_nats::connect(MACHINE_NATS).await.unwrap();
+    (prefix, gw, nats)
+}
+
+#[tokio::test]
+async fn a_nats_publish_reaches_a_websocket_client() {
+    let (prefix, gw, nats) = ready_on_machine_nats().await;
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
     c.subscribe("location", "v1").await;
     c.subscribe("vendor", "v1").await;
@@ -71,11 +78,7 @@ async fn a_nats_publish_reaches_a_websocket_client() {
 /// trip through the server, lost such updates under load.)
 #[tokio::test]
 async fn an_update_published_right_after_the_ack_is_delivered() {
-    require_machine_nats();
-    let prefix = unique_prefix();
-    let gw = TestGateway::start_with(nats_config(MACHINE_NATS, &prefix)).await;
-    wait_until("gateway ready", async || ready(&gw).await).await;
-    let nats = async_nats::connect(MACHINE_NATS).await.unwrap();
+    let (prefix, gw, nats) = ready_on_machine_nats().await;
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
     for i in 0..50 {
         let vendor = format!("race{i}");
@@ -118,11 +121,7 @@ async fn three_instances_each_deliver_a_publish_exactly_once() {
 
 #[tokio::test]
 async fn invalid_nats_payloads_are_counted_and_dropped() {
-    require_machine_nats();
-    let prefix = unique_prefix();
-    let gw = TestGateway::start_with(nats_config(MACHINE_NATS, &prefix)).await;
-    wait_until("gateway ready", async || ready(&gw).await).await;
-    let nats = async_nats::connect(MACHINE_NATS).await.unwrap();
+    let (prefix, gw, nats) = ready_on_machine_nats().await;
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
     c.subscribe("location", "v1").await;
     c.subscribe("vendor", "v1").await;

@@ -203,8 +203,8 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, sh
             None | Some(Ok(Message::Close(_))) => return ReadEnd::ClientClosed,
             // Boxed: handling a message (decode, rate limit, bus) needs ~600
             // bytes of future, which would otherwise sit in every idle
-            // connection's task; clients send a message every few seconds
-            // at most.
+            // connection's task; clients send few messages (subscribes, a
+            // pong per heartbeat), so one allocation each is cheap.
             Some(Ok(Message::Text(text))) => Box::pin(session.on_inbound(Inbound::Text(text.as_bytes()))).await,
             Some(Ok(Message::Binary(_))) => Box::pin(session.on_inbound(Inbound::Binary)).await,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Box::pin(session.on_inbound(Inbound::Heartbeat)).await,
