@@ -10,8 +10,8 @@
 # rust-min and the Node peers there and our release build here, runs
 # `bench.py run --peers` (default: s1,s2,s3 × 3 interleaved repetitions),
 # prints `bench.py report --ref rust-min`, and draws the charts
-# docs/benchmarks/s2-latency.svg and s3-latency.svg. Raw results go to
-# docs/benchmarks/results/peers.jsonl (appended; pass --out to change).
+# docs/benchmarks/s2-latency.svg and s3-latency.svg. Raw results go to a new
+# docs/benchmarks/results/peers-<UTC time>.jsonl (or --out FILE).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 shared=${1:-$root/../shared/bench}
@@ -33,7 +33,7 @@ peers.append({"name": "gateway", "proto": "plain", "cmd": f"{root}/docs/benchmar
               "env": {"GATEWAY_BIN": f"{root}/target/release/venta-gateway"}})
 json.dump(peers, sys.stdout, indent=1)
 PY
-out=$root/docs/benchmarks/results/peers.jsonl
+out=$root/docs/benchmarks/results/peers-$(date -u +%Y%m%dT%H%M).jsonl
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do [[ ${args[i]} == --out ]] && out=${args[i + 1]}; done
 has_out=0
