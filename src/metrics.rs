@@ -24,11 +24,6 @@ pub struct Metrics {
     pub messages_in: IntCounterVec,
     /// Messages written to clients by transport and type.
     pub messages_out: IntCounterVec,
-    /// `messages_out` of the update types, resolved once, by transport
-    /// (websocket, webtransport) and type (location, vendor): writers count
-    /// every batch, and a label lookup (hash, lock, Arc clone) per batch
-    /// showed in profiles of the fan-out.
-    updates_out: [[IntCounter; 2]; 2],
     /// Errors sent to clients, by code.
     pub errors: IntCounterVec,
     /// WebTransport location updates for datagram subscriptions: `sent` as
@@ -208,9 +203,6 @@ impl Metrics {
         for outcome in ["sent", "stream_fallback"] {
             datagrams.with_label_values(&[outcome]);
         }
-        let updates_out = ["websocket", "webtransport"].map(|transport| {
-            ["location_updated", "vendor_updated"].map(|ty| messages_out.with_label_values(&[transport, ty]))
-        });
         Ok(Self {
             registry,
             connections,
@@ -218,7 +210,6 @@ impl Metrics {
             connections_rejected,
             messages_in,
             messages_out,
-            updates_out,
             errors,
             datagrams,
             publish_to_write,
@@ -255,20 +246,7 @@ impl Metrics {
 
     /// Counts `n` messages of one type written to a client.
     pub fn messages_out(&self, transport: &str, ty: &str, n: u64) {
-        let t = match transport {
-            "websocket" => Some(0),
-            "webtransport" => Some(1),
-            _ => None,
-        };
-        let u = match ty {
-            "location_updated" => Some(0),
-            "vendor_updated" => Some(1),
-            _ => None,
-        };
-        match (t, u) {
-            (Some(t), Some(u)) => self.updates_out[t][u].inc_by(n),
-            _ => self.messages_out.with_label_values(&[transport, ty]).inc_by(n),
-        }
+        self.messages_out.with_label_values(&[transport, ty]).inc_by(n);
         self.out_total.fetch_add(n, Ordering::Relaxed);
     }
 
