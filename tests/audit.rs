@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::nats::Proxy;
 use common::nats::tempdir::Dir;
 use common::pg::{MACHINE_PG, TestSchema};
-use common::{GatewayProcess, TestGateway, WsClient, free_port, test_config};
+use common::{GatewayProcess, TestGateway, WsClient, free_port, test_config, wait_until};
 use serde_json::{Value, json};
 use sqlx::Row;
 use tokio_tungstenite::MaybeTlsStream;
@@ -27,22 +27,6 @@ fn pg_config(url: String) -> Config {
     c.database_url = Some(url);
     c.admin_token = Some(TOKEN.into());
     c
-}
-
-async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn health(gw: &TestGateway) -> (u16, Value) {
-    let r = reqwest::get(gw.http("/health")).await.unwrap();
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.unwrap();
-    common::assert_schema("http/health.json", &v);
-    (status, v)
 }
 
 /// A sample's value in the /metrics text (0 when absent).
@@ -107,7 +91,7 @@ fn brief(action: &str, user: Option<&str>, channel: Option<&str>, vendor: Option
 async fn a_connection_leaves_exactly_its_rows_in_postgres() {
     let schema = TestSchema::new().await;
     let gw = TestGateway::start_with(pg_config(schema.url())).await;
-    let (status, h) = health(&gw).await;
+    let (status, h) = gw.health().await;
     assert_eq!(
         (status, h["status"].as_str(), h["checks"]["database"]["status"].as_str()),
         (200, Some("ok"), Some("ok"))
@@ -185,7 +169,7 @@ async fn a_ten_second_outage_loses_no_row_and_duplicates_none() {
         assert_eq!(c.recv().await["type"], "subscribed");
     }
     wait_until("health to report the database down", async || {
-        let (status, h) = health(&gw).await;
+        let (status, h) = gw.health().await;
         status == 200 && h["status"] == "degraded" && h["checks"]["database"]["status"] == "down"
     })
     .await;
@@ -208,7 +192,7 @@ async fn a_ten_second_outage_loses_no_row_and_duplicates_none() {
     assert_eq!(vendors, 1000);
     close(c).await;
     schema.wait_count("TRUE", 2002).await;
-    wait_until("health ok again", async || health(&gw).await.1["checks"]["database"]["status"] == "ok").await;
+    wait_until("health ok again", async || gw.health().await.1["checks"]["database"]["status"] == "ok").await;
     assert_eq!(metric(&gw, "venta_audit_dropped_total{reason=\"journal_error\"}").await, 0.0);
     assert_eq!(metric(&gw, "venta_audit_journal_rows").await, 0.0);
     assert!(gw.shutdown().await);
@@ -239,7 +223,7 @@ async fn a_journal_left_at_shutdown_is_written_exactly_once_by_the_next_gateway(
     let mut config = pg_config(schema.url_via(proxy.addr));
     config.audit_journal_dir = journal.0.clone();
     let gw = TestGateway::start_with(config).await;
-    assert_eq!(health(&gw).await.1["checks"]["database"]["status"], "ok");
+    assert_eq!(gw.health().await.1["checks"]["database"]["status"], "ok");
 
     proxy.cut();
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
@@ -511,7 +495,7 @@ async fn an_unreachable_database_at_start_degrades_and_catches_up() {
     let proxy = Proxy::start(MACHINE_PG.parse().unwrap()).await;
     proxy.cut();
     let gw = TestGateway::start_with(pg_config(schema.url_via(proxy.addr))).await;
-    let (status, h) = health(&gw).await;
+    let (status, h) = gw.health().await;
     assert_eq!(
         (status, h["status"].as_str(), h["checks"]["database"]["status"].as_str()),
         (200, Some("degraded"), Some("down"))
@@ -524,7 +508,7 @@ async fn an_unreachable_database_at_start_degrades_and_catches_up() {
     proxy.restore();
     // Migrations run when the database appears, then the rows follow.
     schema.wait_count("TRUE", 2).await;
-    wait_until("health ok", async || health(&gw).await.1["status"] == "ok").await;
+    wait_until("health ok", async || gw.health().await.1["status"] == "ok").await;
     close(c).await;
     schema.wait_count("TRUE", 4).await;
     assert!(gw.shutdown().await);

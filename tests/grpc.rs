@@ -191,11 +191,7 @@ async fn with_nats_a_grpc_publish_reaches_another_instance() {
     // Both connected to NATS (readiness follows the bus) before the test
     // leans on them: under heavy load the first connect can be slow.
     for gw in [&a, &b] {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while reqwest::get(gw.http("/health/ready")).await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
-            assert!(tokio::time::Instant::now() < deadline, "gateway never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::wait_until("gateway ready", async || gw.is_ready().await).await;
     }
     let mut ws = WsClient::connect(&b.url("/ws/location")).await;
     ws.subscribe("location", "n1").await;

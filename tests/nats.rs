@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::nats::{MACHINE_NATS, OwnNats, Proxy, require_machine_nats, unique_prefix};
-use common::{TestGateway, WsClient, test_config};
+use common::{TestGateway, WsClient, test_config, wait_until};
 use serde_json::{Value, json};
 
 fn nats_config(url: &str, prefix: &str) -> venta_gateway::Config {
@@ -17,33 +17,13 @@ fn nats_config(url: &str, prefix: &str) -> venta_gateway::Config {
     c
 }
 
-async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn ready(gw: &TestGateway) -> bool {
-    reqwest::get(gw.http("/health/ready")).await.is_ok_and(|r| r.status() == 200)
-}
-
-async fn health(gw: &TestGateway) -> (u16, Value) {
-    let r = reqwest::get(gw.http("/health")).await.unwrap();
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.unwrap();
-    common::assert_schema("http/health.json", &v);
-    (status, v)
-}
-
 /// A gateway on the machine's NATS under a fresh subject prefix, ready, and
 /// a plain NATS client to publish with.
 async fn ready_on_machine_nats() -> (String, TestGateway, async_nats::Client) {
     require_machine_nats();
     let prefix = unique_prefix();
     let gw = TestGateway::start_with(nats_config(MACHINE_NATS, &prefix)).await;
-    wait_until("gateway ready", async || ready(&gw).await).await;
+    wait_until("gateway ready", async || gw.is_ready().await).await;
     let nats = async_nats::connect(MACHINE_NATS).await.unwrap();
     (prefix, gw, nats)
 }
@@ -67,7 +47,7 @@ async fn a_nats_publish_reaches_a_websocket_client() {
     let u = c.recv().await;
     assert_eq!(u["data"]["vendor"], json!({"name": "Kebab", "hours": {"mon": "9-17"}}));
     assert!(u["data"]["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
-    let (status, h) = health(&gw).await;
+    let (status, h) = gw.health().await;
     assert_eq!((status, h["checks"]["nats"]["status"].as_str()), (200, Some("ok")));
     gw.shutdown().await;
 }
@@ -100,7 +80,7 @@ async fn three_instances_each_deliver_a_publish_exactly_once() {
     let mut clients = Vec::new();
     for _ in 0..3 {
         let gw = TestGateway::start_with(nats_config(MACHINE_NATS, &prefix)).await;
-        wait_until("gateway ready", async || ready(&gw).await).await;
+        wait_until("gateway ready", async || gw.is_ready().await).await;
         let mut c = WsClient::connect(&gw.url("/ws/location")).await;
         c.subscribe("location", "v1").await;
         clients.push(c);
@@ -161,7 +141,7 @@ async fn an_instance_holds_a_subject_only_while_it_has_a_subscriber() {
     let own = OwnNats::start().await;
     let prefix = unique_prefix();
     let gw = TestGateway::start_with(nats_config(&own.url(), &prefix)).await;
-    wait_until("gateway ready", async || ready(&gw).await).await;
+    wait_until("gateway ready", async || gw.is_ready().await).await;
     let subject = format!("{prefix}.location.v1");
     assert!(!own.subjects().await.contains(&subject));
     let mut a = WsClient::connect(&gw.url("/ws/location")).await;
@@ -189,7 +169,7 @@ async fn an_instance_holds_a_subject_only_while_it_has_a_subscriber() {
 async fn snapshot_on_subscribe_survives_a_gateway_restart() {
     let own = OwnNats::start().await;
     let prefix = unique_prefix();
-    let js_ok = async |gw: &TestGateway| health(gw).await.1["checks"]["jetstream"]["status"] == "ok";
+    let js_ok = async |gw: &TestGateway| gw.health().await.1["checks"]["jetstream"]["status"] == "ok";
     let gw = TestGateway::start_with(nats_config(&own.url(), &prefix)).await;
     wait_until("JetStream ready", async || js_ok(&gw).await).await;
     gw.publish_location("v9", 10.5, 20.5).await;
@@ -220,14 +200,14 @@ async fn nats_outage_keeps_clients_and_recovers_without_them_reconnecting() {
     let proxy = Proxy::start(format!("127.0.0.1:{}", own.port).parse().unwrap()).await;
     let prefix = unique_prefix();
     let gw = TestGateway::start_with(nats_config(&format!("nats://{}", proxy.addr), &prefix)).await;
-    wait_until("gateway ready", async || ready(&gw).await).await;
+    wait_until("gateway ready", async || gw.is_ready().await).await;
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
     c.subscribe("location", "v1").await;
     let direct = async_nats::connect(own.url()).await.unwrap();
 
     proxy.cut();
-    wait_until("readiness 503", async || !ready(&gw).await).await;
-    let (status, h) = health(&gw).await;
+    wait_until("readiness 503", async || !gw.is_ready().await).await;
+    let (status, h) = gw.health().await;
     assert_eq!(
         (status, h["status"].as_str(), h["checks"]["nats"]["status"].as_str()),
         (503, Some("down"), Some("down"))
@@ -246,7 +226,7 @@ async fn nats_outage_keeps_clients_and_recovers_without_them_reconnecting() {
     assert_eq!(c.recv().await["id"], "during");
 
     proxy.restore();
-    wait_until("ready again", async || ready(&gw).await).await;
+    wait_until("ready again", async || gw.is_ready().await).await;
     // The subscription was restored with no client action.
     direct
         .publish(

@@ -89,6 +89,15 @@ pub fn test_config() -> Config {
     c
 }
 
+/// Polls `f` every 50 ms until it holds; fails the test after 30 s.
+pub async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl TestGateway {
     pub async fn start() -> Self {
         Self::start_with(test_config()).await
@@ -114,6 +123,20 @@ impl TestGateway {
 
     pub fn http(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `GET /health`: status code and body, checked against its schema.
+    pub async fn health(&self) -> (u16, Value) {
+        let r = reqwest::get(self.http("/health")).await.unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        assert_schema("http/health.json", &v);
+        (status, v)
+    }
+
+    /// Whether `GET /health/ready` answers 200.
+    pub async fn is_ready(&self) -> bool {
+        reqwest::get(self.http("/health/ready")).await.is_ok_and(|r| r.status() == 200)
     }
 
     /// A WebTransport session URL.
