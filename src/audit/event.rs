@@ -76,6 +76,37 @@ pub struct AuditEvent {
     pub reason: Option<String>,
 }
 
+impl AuditEvent {
+    /// Reads a stored row. Both SQL dialects keep every column alike but
+    /// `event_id` and `occurred_at` (native types in PostgreSQL, text in
+    /// SQLite), which the caller decodes.
+    pub(crate) fn from_row<'r, R>(row: &'r R, event_id: Uuid, time: OffsetDateTime) -> Result<Self, super::AuditError>
+    where
+        R: sqlx::Row,
+        &'static str: sqlx::ColumnIndex<R>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let action: String = row.try_get("action")?;
+        let connection_id: i64 = row.try_get("connection_id")?;
+        let instance: String = row.try_get("instance_id")?;
+        Ok(Self {
+            event_id,
+            time,
+            instance_id: instance.into(),
+            connection_id: u64::try_from(connection_id)
+                .map_err(|_| super::AuditError::Corrupt("negative connection_id".into()))?,
+            user_id: row.try_get("user_id")?,
+            transport: row.try_get("transport")?,
+            channel: row.try_get("channel")?,
+            vendor_id: row.try_get("vendor_id")?,
+            action: Action::parse(&action).ok_or_else(|| super::AuditError::Corrupt(format!("action {action:?}")))?,
+            client_addr: row.try_get("client_addr")?,
+            reason: row.try_get("reason")?,
+        })
+    }
+}
+
 /// `t` cut to whole microseconds: both engines store that precision, so a
 /// row reads back equal to what was written and cursors compare exactly.
 pub fn truncate_to_micros(t: OffsetDateTime) -> OffsetDateTime {

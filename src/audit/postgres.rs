@@ -12,10 +12,8 @@ use futures_util::future::BoxFuture;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row};
-use time::OffsetDateTime;
-use uuid::Uuid;
 
-use super::{Action, AuditError, AuditEvent, AuditQuery, AuditSink};
+use super::{AuditError, AuditEvent, AuditQuery, AuditSink};
 
 /// The PostgreSQL migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -174,21 +172,5 @@ impl AuditSink for PgSink {
 }
 
 fn from_row(row: &PgRow) -> Result<AuditEvent, AuditError> {
-    let action: String = row.try_get("action")?;
-    let connection_id: i64 = row.try_get("connection_id")?;
-    let instance: String = row.try_get("instance_id")?;
-    Ok(AuditEvent {
-        event_id: row.try_get::<Uuid, _>("event_id")?,
-        time: row.try_get::<OffsetDateTime, _>("occurred_at")?,
-        instance_id: instance.into(),
-        connection_id: u64::try_from(connection_id)
-            .map_err(|_| AuditError::Corrupt("negative connection_id".into()))?,
-        user_id: row.try_get("user_id")?,
-        transport: row.try_get("transport")?,
-        channel: row.try_get("channel")?,
-        vendor_id: row.try_get("vendor_id")?,
-        action: Action::parse(&action).ok_or_else(|| AuditError::Corrupt(format!("action {action:?}")))?,
-        client_addr: row.try_get("client_addr")?,
-        reason: row.try_get("reason")?,
-    })
+    AuditEvent::from_row(row, row.try_get("event_id")?, row.try_get("occurred_at")?)
 }

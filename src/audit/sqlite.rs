@@ -16,7 +16,7 @@ use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 use uuid::Uuid;
 
-use super::{Action, AuditError, AuditEvent, AuditQuery, AuditSink};
+use super::{AuditError, AuditEvent, AuditQuery, AuditSink};
 
 /// The SQLite migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -150,23 +150,8 @@ impl AuditSink for SqliteSink {
 fn from_row(row: &SqliteRow) -> Result<AuditEvent, AuditError> {
     let id: String = row.try_get("event_id")?;
     let time: String = row.try_get("occurred_at")?;
-    let action: String = row.try_get("action")?;
-    let connection_id: i64 = row.try_get("connection_id")?;
-    let instance: String = row.try_get("instance_id")?;
-    Ok(AuditEvent {
-        event_id: Uuid::try_parse(&id).map_err(|e| AuditError::Corrupt(format!("event_id {id:?}: {e}")))?,
-        time: parse_time(&time)?,
-        instance_id: instance.into(),
-        connection_id: u64::try_from(connection_id)
-            .map_err(|_| AuditError::Corrupt("negative connection_id".into()))?,
-        user_id: row.try_get("user_id")?,
-        transport: row.try_get("transport")?,
-        channel: row.try_get("channel")?,
-        vendor_id: row.try_get("vendor_id")?,
-        action: Action::parse(&action).ok_or_else(|| AuditError::Corrupt(format!("action {action:?}")))?,
-        client_addr: row.try_get("client_addr")?,
-        reason: row.try_get("reason")?,
-    })
+    let event_id = Uuid::try_parse(&id).map_err(|e| AuditError::Corrupt(format!("event_id {id:?}: {e}")))?;
+    AuditEvent::from_row(row, event_id, parse_time(&time)?)
 }
 
 #[cfg(test)]
