@@ -12,6 +12,10 @@ use crate::protocol::UserId;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
 
+/// Shortest HS256 secret accepted: shorter ones can be brute-forced offline
+/// from any token.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// Why a token was refused (the client gets 401 / close 1008).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -88,7 +92,7 @@ impl Authenticator {
             (None, None) if production => return Err(AuthConfigError::ProductionWithoutKey),
             (None, None) => return Ok(Self::disabled()),
             (Some(s), None) => {
-                if s.len() < 16 {
+                if s.len() < MIN_SECRET_BYTES {
                     return Err(AuthConfigError::BadSecret("must be at least 16 bytes".into()));
                 }
                 (
@@ -132,12 +136,40 @@ impl Authenticator {
 
     /// Checks a token; `Ok(None)` when auth is off.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Option<UserId>, AuthError> {
+        self.verify(token).map(|v| v.map(|v| v.user))
+    }
+
+    /// Checks a token and says until when it is good: a connection lives
+    /// until then (plus the leeway), unless it sends a fresh token.
+    pub fn verify(&self, token: Option<&str>) -> Result<Option<Verified>, AuthError> {
         let Some((key, validation)) = &self.verify else { return Ok(None) };
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         let data =
             jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        UserId::parse(&data.claims.sub).map(Some).map_err(|_| AuthError::BadSubject)
+        let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
+        let good_until = data.claims.exp.saturating_add(validation.leeway);
+        Ok(Some(Verified { user, expires_at: data.claims.exp, good_until }))
     }
+
+    /// Sets the clock skew tolerated on `exp`/`nbf` (default [`LEEWAY_SECS`]).
+    #[must_use]
+    pub fn with_leeway(mut self, secs: u64) -> Self {
+        if let Some((_, validation)) = &mut self.verify {
+            validation.leeway = secs;
+        }
+        self
+    }
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Its `sub`.
+    pub user: UserId,
+    /// Its `exp`, in seconds since the Unix epoch.
+    pub expires_at: u64,
+    /// `exp` plus the leeway: the last second the gateway accepts it.
+    pub good_until: u64,
 }
 
 /// Signs an HS256 development token for `sub`, valid for `ttl_secs`.

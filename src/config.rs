@@ -7,6 +7,17 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+/// Where the gateway runs: production refuses unsafe defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GatewayEnv {
+    /// Local work: auth and ingest may be open (logged loudly).
+    #[value(alias = "dev")]
+    Development,
+    /// Refuses to start without client auth and an ingest credential.
+    #[value(alias = "prod")]
+    Production,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -22,6 +33,68 @@ fn heartbeat_ms(s: &str) -> Result<u64, String> {
         return Err("must be at least 1000 (milliseconds)".into());
     }
     Ok(v)
+}
+
+/// A tracing filter whose every directive means something: a bare word that
+/// is not a level (`verbose`) would be read as a target name and silence
+/// every log line, including the warning that auth is off.
+fn log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in s.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Err(format!("directive {directive:?} has no target before '='")),
+            None => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "{level:?} is not a level: use off, error, warn, info, debug, trace, or target=level directives"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+fn header_timeout_ms(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(100..=600_000).contains(&v) {
+        return Err("must be between 100 and 600000 (milliseconds)".into());
+    }
+    Ok(v)
+}
+
+fn header_bytes(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(crate::listener::MIN_HEADER_BYTES..=1 << 20).contains(&v) {
+        return Err(format!("must be between {} and 1048576 bytes", crate::listener::MIN_HEADER_BYTES));
+    }
+    Ok(v)
+}
+
+fn leeway_secs(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 300 {
+        return Err("must be at most 300 seconds".into());
+    }
+    Ok(v)
+}
+
+/// `scheme://host[:port]` origins as browsers send them, compared exactly.
+fn origins(s: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> =
+        s.split(',').map(str::trim).filter(|o| !o.is_empty()).map(|o| o.trim_end_matches('/').to_owned()).collect();
+    if list.is_empty() {
+        return Err("must list at least one origin, e.g. https://app.example.com".into());
+    }
+    for o in &list {
+        let ok = o == "*"
+            || (o.starts_with("http://") || o.starts_with("https://")) && !o.split_once("://").is_some_and(|(_, h)| h.contains('/'));
+        if !ok {
+            return Err(format!("{o:?} is not an origin like https://app.example.com (scheme and host, no path)"));
+        }
+    }
+    Ok(list)
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -161,6 +234,33 @@ pub struct Config {
     )]
     pub accept_backlog: u32,
 
+    /// Milliseconds a connection on the HTTP port has to send a complete
+    /// request head, from when it connected or its previous response was
+    /// sent (so it is also the keep-alive idle timeout). Slow senders are
+    /// closed.
+    #[arg(long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT_MS", value_name = "HTTP_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = header_timeout_ms)]
+    pub http_header_timeout_ms: u64,
+
+    /// Milliseconds an HTTP request (reading its body included) may take
+    /// before it is answered 408.
+    #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT_MS", value_name = "HTTP_REQUEST_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout_ms)]
+    pub http_request_timeout_ms: u64,
+
+    /// Connections on the HTTP port that are not WebSocket (plain HTTP,
+    /// keep-alive, handshakes in progress). Over: 503 and closed at once.
+    #[arg(long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS", default_value = "1024", value_parser = positive)]
+    pub http_max_connections: usize,
+
+    /// Largest HTTP request head (request line and headers), bytes; over: 431.
+    #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", value_name = "HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = header_bytes)]
+    pub http_max_header_bytes: usize,
+
+    /// Origins allowed to open WebSockets and WebTransport sessions
+    /// (comma-separated, e.g. `https://app.example.com`); unset: any. A
+    /// request without an Origin header (not a browser) is always allowed.
+    #[arg(long = "allowed-origins", env = "WS_ALLOWED_ORIGINS", value_name = "WS_ALLOWED_ORIGINS", value_parser = origins)]
+    pub allowed_origins: Option<Vec<String>>,
+
     /// Connect attempts per minute per client IP (0 = off: behind a load
     /// balancer every client shares one IP). Over: HTTP 429.
     #[arg(
@@ -192,9 +292,15 @@ pub struct Config {
     #[arg(long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// `production` refuses to start without a JWT key.
-    #[arg(long = "gateway-env", env = "GATEWAY_ENV", value_name = "GATEWAY_ENV", default_value = "development")]
-    pub gateway_env: String,
+    /// Seconds of clock skew tolerated on a token's `exp`/`nbf`; a
+    /// connection is closed with 4001 at `exp` plus this.
+    #[arg(long = "jwt-leeway", env = "JWT_LEEWAY", value_name = "JWT_LEEWAY", default_value = "30", value_parser = leeway_secs)]
+    pub jwt_leeway_secs: u64,
+
+    /// `production` (alias `prod`) refuses to start without a JWT key and
+    /// an ingest token; `development` (alias `dev`) warns instead.
+    #[arg(long = "gateway-env", env = "GATEWAY_ENV", value_name = "GATEWAY_ENV", default_value = "development", ignore_case = true)]
+    pub gateway_env: GatewayEnv,
 
     /// Redis for rate-limit counters shared by every instance; unset: each
     /// instance limits alone.
@@ -293,7 +399,7 @@ pub struct Config {
     pub instance_id: Option<String>,
 
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
-    #[arg(long = "log-level", env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info")]
+    #[arg(long = "log-level", env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info", value_parser = log_level)]
     pub log_level: String,
 
     /// Log format.
@@ -301,7 +407,99 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A setting that parsed but cannot work (the binary exits 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value {shown} for {variable}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// The value, quoted, with any password or secret hidden.
+    pub shown: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The URL as it may be shown: `user:password@` becomes `user:***@`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (auth_end, _) = rest.char_indices().find(|(_, c)| *c == '/' || *c == '?').unwrap_or((rest.len(), ' '));
+    match rest[..auth_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+            format!("{scheme}://{hidden}@{host}{}", &rest[auth_end..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn bad(variable: &'static str, shown: String, reason: impl Into<String>) -> ConfigError {
+    ConfigError { variable, shown, reason: reason.into() }
+}
+
+/// The scheme of `url`, lower-cased, if it has one.
+fn scheme(url: &str) -> Option<String> {
+    url.split_once("://").map(|(s, _)| s.to_ascii_lowercase())
+}
+
 impl Config {
+    /// Checks what clap cannot without printing secrets: URLs (which may
+    /// carry passwords) and the JWT secret. Every error names the variable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < crate::auth::MIN_SECRET_BYTES
+        {
+            let reason = format!(
+                "must be at least {} bytes (it is {}); generate one with `openssl rand -hex 32`",
+                crate::auth::MIN_SECRET_BYTES,
+                secret.len()
+            );
+            return Err(bad("JWT_SECRET", "(hidden)".into(), reason));
+        }
+        if let Some(url) = &self.database_url
+            && !matches!(scheme(url).as_deref(), Some("postgres" | "postgresql"))
+        {
+            let reason = "must be a PostgreSQL URL (postgres://user:pass@host:5432/db); unset it for the embedded SQLite audit trail";
+            return Err(bad("DATABASE_URL", format!("{:?}", redact_url(url)), reason));
+        }
+        if let Some(url) = &self.redis_url {
+            let shown = format!("{:?}", redact_url(url));
+            if !matches!(scheme(url).as_deref(), Some("redis" | "rediss" | "redis+unix" | "unix")) {
+                return Err(bad("REDIS_URL", shown, "must be a Redis URL (redis://host:6379 or rediss:// for TLS)"));
+            }
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(bad("REDIS_URL", shown, e.to_string()));
+            }
+        }
+        if let Some(urls) = &self.nats_url {
+            for url in urls.split(',').map(str::trim) {
+                let shown = format!("{:?}", redact_url(url));
+                if url.is_empty() {
+                    return Err(bad("NATS_URL", shown, "empty server in the comma-separated list"));
+                }
+                if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                    return Err(bad("NATS_URL", shown, format!("{e} (expected nats://host:4222, comma-separated for several)")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `GATEWAY_ENV` is production.
+    pub fn is_production(&self) -> bool {
+        self.gateway_env == GatewayEnv::Production
+    }
+
+    /// The HTTP limits of the clients' port.
+    pub fn http_limits(&self) -> crate::listener::HttpLimits {
+        crate::listener::HttpLimits {
+            header_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            max_header_bytes: self.http_max_header_bytes,
+            max_connections: self.http_max_connections,
+            send_buffer: self.send_buffer_bytes,
+        }
+    }
+
     /// The heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
@@ -335,6 +533,11 @@ impl Config {
             max_queue_bytes: 1 << 20,
             max_queue_messages: 1024,
             accept_backlog: 4096,
+            http_header_timeout_ms: 10_000,
+            http_request_timeout_ms: 30_000,
+            http_max_connections: 1024,
+            http_max_header_bytes: 16_384,
+            allowed_origins: None,
             send_buffer_bytes: 65_536,
             connect_rate_limit: 0,
             max_connections_per_user: 10,
@@ -342,7 +545,8 @@ impl Config {
             jwt_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,
-            gateway_env: "development".into(),
+            jwt_leeway_secs: 30,
+            gateway_env: GatewayEnv::Development,
             redis_url: None,
             redis_key_prefix: "venta:rl:".into(),
             ingest_token: None,
@@ -392,6 +596,48 @@ mod tests {
         let err = Cli::try_parse_from(["x", "--wt-cert-validity", "1209600"]).err().map(|e| e.to_string());
         let msg = err.unwrap_or_default();
         assert!(msg.contains("WT_CERT_VALIDITY") && msg.contains("14 days"), "{msg}");
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|c| c.config).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn nonsense_is_refused_naming_the_variable() {
+        for (args, var) in [
+            (&["--log-level", "verbose"][..], "LOG_LEVEL"),
+            (&["--log-level", "venta_gateway=loud"][..], "LOG_LEVEL"),
+            (&["--gateway-env", "staging"][..], "GATEWAY_ENV"),
+            (&["--allowed-origins", "app.example.com"][..], "WS_ALLOWED_ORIGINS"),
+            (&["--http-max-header-bytes", "100"][..], "HTTP_MAX_HEADER_BYTES"),
+        ] {
+            let err = parse(args).err().unwrap_or_default();
+            assert!(err.contains(var) && err.contains(args[1]), "{args:?}: {err}");
+        }
+        assert!(parse(&["--log-level", "warn,venta_gateway=debug"]).is_ok());
+        assert_eq!(parse(&["--gateway-env", "prod"]).map(|c| c.is_production()), Ok(true));
+        assert_eq!(parse(&["--gateway-env", "PRODUCTION"]).map(|c| c.is_production()), Ok(true));
+        assert_eq!(parse(&["--gateway-env", "dev"]).map(|c| c.is_production()), Ok(false));
+    }
+
+    #[test]
+    fn urls_and_secrets_are_checked_without_showing_secrets() {
+        let check = |f: fn(&mut Config)| {
+            let mut c = Config::defaults();
+            f(&mut c);
+            c.validate().err()
+        };
+        let e = check(|c| c.jwt_secret = Some("short-secret".into())).unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(e.variable, "JWT_SECRET");
+        assert!(!e.to_string().contains("short-secret"), "{e}");
+        let e = check(|c| c.database_url = Some("mysql://root:hunter2@db/venta".into())).unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(e.variable, "DATABASE_URL");
+        assert!(!e.to_string().contains("hunter2") && e.to_string().contains("mysql://root:***@db/venta"), "{e}");
+        assert_eq!(check(|c| c.redis_url = Some("notaurl".into())).map(|e| e.variable), Some("REDIS_URL"));
+        assert_eq!(check(|c| c.nats_url = Some("nats://a:1,nats://b:x".into())).map(|e| e.variable), Some("NATS_URL"));
+        assert_eq!(check(|c| c.nats_url = Some("nats://a:1, nats://b:2".into())), None);
+        assert_eq!(check(|c| c.database_url = Some("postgresql://u@h/db".into())), None);
+        assert_eq!(check(|c| c.redis_url = Some("redis://127.0.0.1:6379".into())), None);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;

@@ -63,15 +63,28 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("{s:?} is out of range"))
 }
 
+/// Crates whose debug output would carry credentials: wtransport logs the
+/// CONNECT request's `:path`, where browsers put `?token=`. They are capped
+/// at `info` whatever `LOG_LEVEL` asks for.
+const CAPPED_AT_INFO: [&str; 2] = ["wtransport", "wtransport_proto"];
+
 fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_new(&config.log_level).with_context(|| format!("invalid LOG_LEVEL {:?}", config.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = match config.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let no_secrets = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO || !CAPPED_AT_INFO.iter().any(|c| meta.target().starts_with(c))
+    });
+    // Colours only for a person at a terminal, never into files or collectors.
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let layer = match config.log_format {
+        LogFormat::Json => fmt.json().with_filter(filter).with_filter(no_secrets).boxed(),
+        LogFormat::Text => fmt.with_filter(filter).with_filter(no_secrets).boxed(),
     };
-    result.map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
+    tracing_subscriber::registry().with(layer).try_init().map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
@@ -106,9 +119,20 @@ async fn wait_for_signal() {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<bool> {
-    let gateway = Gateway::bind(config).await.context("starting the gateway")?;
-    gateway.run(shutdown_signal()).await.context("serving")
+/// Why the gateway did not run: a configuration error exits 2 (the README's
+/// promise), anything else 1.
+enum RunFailure {
+    Config(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+async fn run(config: Config) -> Result<bool, RunFailure> {
+    let gateway = match Gateway::bind(config).await {
+        Ok(g) => g,
+        Err(e) if e.is_config() => return Err(RunFailure::Config(e.into())),
+        Err(e) => return Err(RunFailure::Other(anyhow::Error::new(e).context("starting the gateway"))),
+    };
+    gateway.run(shutdown_signal()).await.context("serving").map_err(RunFailure::Other)
 }
 
 fn main() -> ExitCode {
@@ -157,9 +181,22 @@ fn main() -> ExitCode {
             }
         };
     }
-    match runtime.block_on(run(cli.config)) {
+    if let Err(e) = cli.config.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let outcome = runtime.block_on(run(cli.config));
+    // Blocking work still running (an fsync, a DNS lookup) must not hold the
+    // exit past SHUTDOWN_TIMEOUT, which `run` has already spent.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match outcome {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(RunFailure::Config(e)) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(RunFailure::Other(e)) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,5 +1,12 @@
 //! Prometheus metrics. One registry per gateway instance (not the process
 //! global), so several gateways can run in one test process.
+//!
+//! Every label value is a `&'static str` of the gateway's own vocabulary
+//! (transports, message types, error codes, reasons). A value chosen by a
+//! client, a publisher or a token would be a new series kept for the life
+//! of the process: unbounded memory and an unbounded `/metrics`. Client
+//! message types go through [`crate::protocol::type_label`], which maps
+//! anything unknown to `"unknown"`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,6 +46,8 @@ pub struct Metrics {
     pub conflated: IntCounter,
     /// Clients closed with 1013 because their queue overflowed.
     pub slow_consumers_closed: IntCounter,
+    /// HTTP connections on the clients' port that are not WebSocket (yet).
+    pub http_connections: IntGauge,
     /// Current (topic, connection) subscriptions.
     pub subscriptions: IntGauge,
     /// Current topics with at least one subscriber.
@@ -130,6 +139,10 @@ impl Metrics {
         let conflated = IntCounter::new("venta_outbox_conflated_total", "Location updates conflated for slow clients")?;
         let slow_consumers_closed =
             IntCounter::new("venta_slow_consumers_closed_total", "Clients closed with 1013 for not keeping up")?;
+        let http_connections = IntGauge::new(
+            "venta_http_connections",
+            "Open HTTP connections on the clients' port that have not upgraded to WebSocket (bounded by HTTP_MAX_CONNECTIONS)",
+        )?;
         let subscriptions = IntGauge::new("venta_subscriptions", "Current subscriptions")?;
         let topics = IntGauge::new("venta_topics", "Topics with at least one subscriber")?;
         let bus_connected = IntGauge::new("venta_bus_connected", "1 while the NATS bus is connected")?;
@@ -195,6 +208,7 @@ impl Metrics {
         reg(Box::new(conflated.clone()))?;
         reg(Box::new(slow_consumers_closed.clone()))?;
         reg(Box::new(subscriptions.clone()))?;
+        reg(Box::new(http_connections.clone()))?;
         reg(Box::new(topics.clone()))?;
         // Pre-create the error series so dashboards see zeros, not gaps.
         for code in ErrorCode::ALL {
@@ -217,6 +231,7 @@ impl Metrics {
             updates_invalid,
             conflated,
             slow_consumers_closed,
+            http_connections,
             subscriptions,
             topics,
             bus_connected,
@@ -239,13 +254,13 @@ impl Metrics {
     }
 
     /// Counts one client message.
-    pub fn message_in(&self, transport: &str, ty: &str) {
+    pub fn message_in(&self, transport: &'static str, ty: &'static str) {
         self.messages_in.with_label_values(&[transport, ty]).inc();
         self.in_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts `n` messages of one type written to a client.
-    pub fn messages_out(&self, transport: &str, ty: &str, n: u64) {
+    pub fn messages_out(&self, transport: &'static str, ty: &'static str, n: u64) {
         self.messages_out.with_label_values(&[transport, ty]).inc_by(n);
         self.out_total.fetch_add(n, Ordering::Relaxed);
     }

@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use std::time::Duration;
@@ -26,18 +29,20 @@ use crate::ratelimit::memory::MemoryLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::state::Shared;
 use crate::transport::wt;
-use crate::{audit, http, ingest, transport};
+use crate::{audit, http, ingest, listener, transport};
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The HTTP/WebSocket port could not be bound.
-    #[error("cannot bind {addr}: {source}")]
+    // `reason`, not `source`: the text is in the message already, and a
+    // source would make chain-printing loggers repeat it.
+    #[error("cannot bind {addr}: {reason}")]
     Bind {
         /// The address tried.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The NATS client could not be set up.
     #[error(transparent)]
@@ -57,7 +62,24 @@ pub enum StartError {
     /// The audit trail could not be set up (journal directory, SQLite file,
     /// or an unparsable DATABASE_URL).
     #[error("audit: {0}")]
-    Audit(#[from] AuditError),
+    Audit(AuditError),
+}
+
+// By hand, not `#[from]`: that would also make it the `source`, and
+// chain-printing loggers would show the message twice.
+impl From<AuditError> for StartError {
+    fn from(e: AuditError) -> Self {
+        Self::Audit(e)
+    }
+}
+
+impl StartError {
+    /// Whether the operator must change a setting (the binary exits 2): a
+    /// value that parsed but cannot work, as opposed to a port in use or a
+    /// dependency that is down.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Auth(_) | Self::Redis(_))
+    }
 }
 
 /// Serving failures.
@@ -65,10 +87,16 @@ pub enum StartError {
 pub enum RunError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// gRPC reflection could not be built.
     #[error("gRPC reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    Reflection(tonic_reflection::server::Error),
+}
+
+impl From<tonic_reflection::server::Error> for RunError {
+    fn from(e: tonic_reflection::server::Error) -> Self {
+        Self::Reflection(e)
+    }
 }
 
 /// A gateway with its listener bound, ready to [`Gateway::run`].
@@ -83,10 +111,10 @@ impl Gateway {
     /// Builds the engines and binds the listener (port 0 picks a free one).
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let addr = SocketAddr::new(config.bind_addr, config.port);
-        let listener = listen(addr, config.accept_backlog).map_err(|source| StartError::Bind { addr, source })?;
+        let listener = listen(addr, config.accept_backlog).map_err(|reason| StartError::Bind { addr, reason })?;
         let grpc_addr = SocketAddr::new(config.bind_addr, config.grpc_port);
         let grpc_listener =
-            TcpListener::bind(grpc_addr).await.map_err(|source| StartError::Bind { addr: grpc_addr, source })?;
+            TcpListener::bind(grpc_addr).await.map_err(|reason| StartError::Bind { addr: grpc_addr, reason })?;
         let metrics = Arc::new(Metrics::new()?);
         let hub = Arc::new(Hub::new());
         let deliver = Deliver::new(Arc::clone(&hub), Arc::clone(&metrics));
@@ -111,8 +139,9 @@ impl Gateway {
             config.jwt_public_key.as_deref(),
             config.jwt_issuer.as_deref(),
             config.jwt_audience.as_deref(),
-            config.gateway_env.eq_ignore_ascii_case("production"),
-        )?;
+            config.is_production(),
+        )?
+        .with_leeway(config.jwt_leeway_secs);
         if !auth.enabled() {
             tracing::warn!("AUTH IS OFF: no JWT_SECRET or JWT_PUBLIC_KEY; any client may connect as any user");
         }
@@ -150,9 +179,11 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves, then: readiness 503, stop accepting,
-    /// close every client with 1001, wait for them up to `SHUTDOWN_TIMEOUT`,
-    /// flush the audit trail (journaling what cannot be written), drain the
-    /// bus. Returns whether every client finished in time.
+    /// close every client with 1001, flush the audit trail (journaling what
+    /// cannot be written), drain the bus. All of it ends within
+    /// `SHUTDOWN_TIMEOUT` of the signal, whatever clients do: each phase
+    /// gets what is left of one deadline, and what is still open then is
+    /// dropped. Returns whether every client finished in time.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<bool, RunError> {
         let Self { shared, listener, grpc_listener, wt } = self;
         let wt_accept = wt.spawn(Arc::clone(&shared));
@@ -162,7 +193,7 @@ impl Gateway {
             tracing::info!(%addr, "gRPC ingest listening (UpdateIngest, health, reflection)");
         }
         let grpc_token = shared.shutdown.clone();
-        let grpc = tokio::spawn(
+        let mut grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_routes(grpc_routes)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_token.cancelled_owned()),
@@ -172,20 +203,49 @@ impl Gateway {
             tracing::info!(%addr, instance = %shared.instance_id, "venta-gateway listening (HTTP + WebSocket)");
         }
         let token = shared.shutdown.clone();
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutdown: not ready, closing clients with 1001");
-            token.cancel();
+        let signal_token = token.clone();
+        let signal = tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown => {
+                    tracing::info!("shutdown: not ready, closing clients with 1001");
+                    signal_token.cancel();
+                }
+                () = signal_token.cancelled() => {}
+            }
+        });
+        let timeout = shared.config.shutdown_timeout();
+        // The last part of the grace period belongs to the audit flush and
+        // the bus drain; clients and HTTP requests get the rest.
+        let tail = (timeout / 4).min(Duration::from_secs(2));
+        let stopping = std::sync::Arc::new(parking_lot::Mutex::new(None::<Instant>));
+        let mark = Arc::clone(&stopping);
+        let drain_deadline = move || {
+            let deadline = Instant::now() + timeout;
+            *mark.lock() = Some(deadline);
+            deadline - tail
         };
-        let send_buffer = shared.config.send_buffer_bytes;
-        let listener = listener.tap_io(move |tcp| tune(tcp, send_buffer));
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(signal)
-            .await?;
-        match grpc.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        listener::serve(
+            listener,
+            app,
+            shared.config.http_limits(),
+            Arc::clone(&shared.metrics),
+            token,
+            drain_deadline,
+        )
+        .await;
+        signal.abort();
+        let deadline = stopping.lock().unwrap_or_else(|| Instant::now() + timeout);
+        let clients_deadline = deadline - tail;
+        // gRPC's own graceful stop waits for every connection; past the
+        // deadline it is abandoned.
+        match tokio::time::timeout_at(clients_deadline, &mut grpc).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+            Err(_) => {
+                tracing::warn!("gRPC connections still open at the shutdown deadline; dropping them");
+                grpc.abort();
+            }
         }
         // The WebTransport accept loop ends on the token; wait for it before
         // the endpoint may be closed (accepting on a closed one panics).
@@ -196,19 +256,19 @@ impl Gateway {
                 None
             }
         };
-        // axum stops at the upgrade: WebSocket and WebTransport sessions are
-        // tracked apart, and close themselves with 1001.
-        let stopping = std::time::Instant::now();
+        // WebSocket and WebTransport sessions are tracked apart from HTTP,
+        // and close themselves with 1001.
         shared.tracker.close();
-        let timeout = shared.config.shutdown_timeout();
-        let clean = tokio::time::timeout(timeout, shared.tracker.wait()).await.is_ok();
+        let clean = tokio::time::timeout_at(clients_deadline, shared.tracker.wait()).await.is_ok();
         if let Some(endpoint) = wt_endpoint {
-            wt::close(&endpoint, Duration::from_secs(2)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            wt::close(&endpoint, left.min(Duration::from_secs(1))).await;
         }
-        // Sessions have recorded their disconnects: the audit flush gets the
-        // rest of the grace period (at least a second).
-        shared.audit.close(timeout.saturating_sub(stopping.elapsed())).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), shared.bus.drain()).await;
+        // Sessions have recorded their disconnects: the audit flush gets
+        // what is left of the grace period, the bus drain the remainder.
+        let left = deadline.saturating_duration_since(Instant::now());
+        shared.audit.close(left.saturating_sub(tail / 4)).await;
+        let _ = tokio::time::timeout_at(deadline, shared.bus.drain()).await;
         if clean {
             tracing::info!("shutdown complete");
         } else {
@@ -227,19 +287,17 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Per-connection socket options. No Nagle: the writer already batches, and
-/// a small update must not wait for an ACK. A bounded send buffer: a client
-/// that stops reading blocks the writer after `send_buffer` bytes, so its
-/// queue starts conflating then instead of after megabytes of stale
-/// positions sitting in the kernel (autotuning grows it to `tcp_wmem` max).
-fn tune(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY");
-    }
-    if send_buffer > 0
-        && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
-    {
-        tracing::debug!(error = %e, "SO_SNDBUF");
+/// Bounds a request, reading its body included: a client trickling a
+/// 64 KiB publish body a byte at a time gets 408 instead of a slot forever.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            [(axum::http::header::CONNECTION, "close")],
+            axum::Json(serde_json::json!({"error": {"code": "timeout", "message": "request took longer than HTTP_REQUEST_TIMEOUT_MS"}})),
+        )
+            .into_response(),
     }
 }
 
@@ -260,5 +318,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/wt/cert-hash", get(http::cert_hash))
         .route("/api/v1/audit", get(audit::api::list))
         .merge(publish)
+        .layer(middleware::from_fn_with_state(
+            Duration::from_millis(shared.config.http_request_timeout_ms),
+            request_timeout,
+        ))
         .with_state(shared)
 }

@@ -7,15 +7,17 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use time::OffsetDateTime;
 
 use crate::audit::{Action, AuditEvent};
+use crate::auth::Verified;
 use crate::hub::{ConnId, Frame, Outbox, OutboxLimits, Push};
 use crate::protocol::{
     Channel, Close, Codec, Command, Delivery, ErrorCode, Rejection, Request, ServerMessage, Topic, UserId, encode,
+    type_label,
 };
 use crate::ratelimit::Decision;
 use crate::state::Shared;
@@ -127,6 +129,9 @@ const ABUSE_FACTOR: u32 = 2;
 /// One connected client.
 pub struct Session {
     id: ConnId,
+    /// Globally unique (UUIDv7): the id in logs and the audit trail. `id`
+    /// is the hub's compact per-process key and never leaves the process.
+    uid: uuid::Uuid,
     shared: Arc<Shared>,
     transport: Transport,
     endpoint: Endpoint,
@@ -142,6 +147,9 @@ pub struct Session {
     last_seen: Instant,
     next_ping: Instant,
     interval: Duration,
+    /// When the token stops being good (`exp` + leeway): the connection is
+    /// closed with 4001 then, unless a `refresh` moved it.
+    token_deadline: Option<Instant>,
     /// The audit trail's user: the token's `sub` when auth is on, else the
     /// last `userId` this connection subscribed with.
     audit_user: Option<UserId>,
@@ -151,12 +159,13 @@ pub struct Session {
 
 impl Session {
     /// Opens a session; returns it with the outbox its writer drains.
+    /// `token` is the connect token's verdict (`None` while auth is off).
     pub fn open(
         shared: Arc<Shared>,
         transport: Transport,
         endpoint: Endpoint,
         remote: SocketAddr,
-        user: Option<UserId>,
+        token: Option<Verified>,
     ) -> Self {
         let limits =
             OutboxLimits { max_messages: shared.config.max_queue_messages, max_bytes: shared.config.max_queue_bytes };
@@ -164,16 +173,21 @@ impl Session {
         let interval = shared.config.heartbeat_interval();
         let now = Instant::now();
         let id = shared.next_conn_id();
+        let uid = uuid::Uuid::now_v7();
         let labels = [transport.as_str(), endpoint.as_str()];
         shared.metrics.connections.with_label_values(&labels).inc();
         shared.metrics.connections_total.with_label_values(&labels).inc();
-        tracing::debug!(conn = id, %remote, transport = transport.as_str(), endpoint = endpoint.as_str(), "connected");
+        tracing::debug!(conn = %uid, %remote, transport = transport.as_str(), endpoint = endpoint.as_str(), "connected");
+        let token_deadline = token.as_ref().map(|t| deadline_of(t.good_until, now));
+        let user = token.map(|t| t.user);
         let budget_key = match &user {
             Some(u) => format!("user:{u}"),
             None => format!("conn:{}:{id}", shared.instance_id),
         };
         let mut session = Self {
             id,
+            uid,
+            token_deadline,
             audit_user: user.clone(),
             user,
             budget_key,
@@ -194,9 +208,14 @@ impl Session {
         session
     }
 
-    /// The connection's id.
+    /// The connection's id in the hub (per process).
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    /// The connection's globally unique id (logs, audit trail).
+    pub fn uid(&self) -> uuid::Uuid {
+        self.uid
     }
 
     /// The queue the transport's writer drains.
@@ -218,23 +237,29 @@ impl Session {
     /// Handles one inbound event; `Some(close)` ends the connection.
     pub async fn on_inbound(&mut self, inbound: Inbound<'_>) -> Option<Close> {
         self.last_seen = Instant::now();
+        // A slow consumer's 1013 is pending while its writer is stuck on a
+        // socket the client does not read: end it here, however much the
+        // client keeps sending.
+        if let Some(close) = self.outbox.pending_close() {
+            return Some(close);
+        }
         match inbound {
             Inbound::Heartbeat => None,
             Inbound::Binary => {
-                self.count_in("binary");
+                self.count_in(Some("binary"));
                 self.reject(&Rejection::new(ErrorCode::InvalidJson, "binary frames are not supported; send JSON text"))
             }
             Inbound::Text(bytes) => self.on_decoded(crate::protocol::decode_json(bytes)).await,
             Inbound::MsgPack(bytes) => self.on_decoded(crate::protocol::decode_msgpack(bytes)).await,
             Inbound::Oversized { len } => {
-                self.count_in("invalid");
+                self.count_in(None);
                 let max = self.shared.config.max_message_bytes;
                 let msg = format!("frame of {len} bytes exceeds WS_MAX_MESSAGE_BYTES ({max}); closing");
                 self.reject(&Rejection::new(ErrorCode::MessageTooLarge, msg));
                 Some(Close::new(Close::TOO_BIG, "message too large (WS_MAX_MESSAGE_BYTES)"))
             }
             Inbound::Truncated => {
-                self.count_in("invalid");
+                self.count_in(None);
                 self.reject(&Rejection::new(ErrorCode::InvalidFrame, "stream ended inside a frame; closing"));
                 Some(Close::new(Close::INVALID_PAYLOAD, "stream ended inside a frame"))
             }
@@ -244,11 +269,11 @@ impl Session {
     async fn on_decoded(&mut self, decoded: Result<Request, Rejection>) -> Option<Close> {
         match decoded {
             Ok(req) => {
-                self.count_in(req.command.type_name());
+                self.count_in(Some(req.command.type_name()));
                 self.on_request(req).await
             }
             Err(rej) => {
-                self.count_in(rej.request_type.as_deref().unwrap_or("invalid"));
+                self.count_in(rej.request_type.as_deref());
                 if let Some(close) = self.spend_budget(rej.request_type.as_deref(), rej.id.as_deref()).await {
                     return close;
                 }
@@ -259,14 +284,22 @@ impl Session {
 
     /// When [`Session::on_timer`] must next run.
     pub fn next_deadline(&self) -> Instant {
-        self.next_ping.min(self.last_seen + 2 * self.interval)
+        let heartbeat = self.next_ping.min(self.last_seen + 2 * self.interval);
+        self.token_deadline.map_or(heartbeat, |t| heartbeat.min(t))
     }
 
     /// Sends the heartbeat `ping` when due; closes a client silent for two
     /// intervals with 4000.
     pub fn on_timer(&mut self, now: Instant) -> Option<Close> {
+        if let Some(close) = self.outbox.pending_close() {
+            return Some(close);
+        }
+        if self.token_deadline.is_some_and(|t| now >= t) {
+            tracing::debug!(conn = %self.uid, "token expired");
+            return Some(Close::new(Close::TOKEN_EXPIRED, "token expired"));
+        }
         if now >= self.last_seen + 2 * self.interval {
-            tracing::debug!(conn = self.id, "heartbeat timeout");
+            tracing::debug!(conn = %self.uid, "heartbeat timeout");
             return Some(Close::new(Close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
         }
         if now >= self.next_ping {
@@ -290,7 +323,7 @@ impl Session {
         self.audit(Action::Disconnect, None, Some(reason));
         let labels = [self.transport.as_str(), self.endpoint.as_str()];
         self.shared.metrics.connections.with_label_values(&labels).dec();
-        tracing::debug!(conn = self.id, remote = %self.remote, "disconnected");
+        tracing::debug!(conn = %self.uid, remote = %self.remote, "disconnected");
     }
 
     async fn on_request(&mut self, req: Request) -> Option<Close> {
@@ -303,6 +336,7 @@ impl Session {
         match &req.command {
             Command::Pong => None,
             Command::Ping => self.send(&ServerMessage::Pong { id }),
+            Command::Refresh { token } => self.on_refresh(token, id),
             Command::Subscribe { channel, vendor, user, delivery } => {
                 if let Some(sub) = &self.user
                     && sub != user
@@ -371,7 +405,17 @@ impl Session {
                 self.datagram_topics.set(&topic, datagram);
                 self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id })
             }
-            Command::Unsubscribe { channel, vendor } => {
+            Command::Unsubscribe { channel, vendor, user } => {
+                if let (Some(sub), Some(user)) = (&self.user, user)
+                    && sub != user
+                {
+                    return self.reject(&Rejection {
+                        code: ErrorCode::Forbidden,
+                        message: "userId differs from the token's user".into(),
+                        request_type: Some(req.command.type_name().into()),
+                        id: req.id.clone(),
+                    });
+                }
                 let topic = Topic::new(*channel, vendor.clone());
                 self.datagram_topics.set(&topic, false);
                 if self.subscriptions.remove(&topic) {
@@ -381,6 +425,30 @@ impl Session {
                 }
                 self.send(&ServerMessage::Unsubscribed { channel: *channel, vendor, id })
             }
+        }
+    }
+
+    /// `refresh`: a valid token of the same user moves the 4001 deadline.
+    fn on_refresh(&mut self, token: &str, id: Option<&str>) -> Option<Close> {
+        let rejection = |code, message: String| Rejection {
+            code,
+            message,
+            request_type: Some("refresh".into()),
+            id: id.map(str::to_owned),
+        };
+        match self.shared.auth.verify(Some(token)) {
+            // Auth off: nothing expires; say so rather than fail a client
+            // that refreshes by habit.
+            Ok(None) => self.send(&ServerMessage::Refreshed { expires_at: None, id }),
+            Ok(Some(v)) if self.user.as_ref() != Some(&v.user) => {
+                self.reject(&rejection(ErrorCode::Forbidden, "the new token is for another user".into()))
+            }
+            Ok(Some(v)) => {
+                self.token_deadline = Some(deadline_of(v.good_until, Instant::now()));
+                let expires = rfc3339_of(v.expires_at);
+                self.send(&ServerMessage::Refreshed { expires_at: expires.as_deref(), id })
+            }
+            Err(e) => self.reject(&rejection(ErrorCode::Unauthorized, e.to_string())),
         }
     }
 
@@ -453,7 +521,20 @@ impl Session {
         });
     }
 
-    fn count_in(&self, ty: &str) {
-        self.shared.metrics.message_in(self.transport.as_str(), ty);
+    fn count_in(&self, ty: Option<&str>) {
+        self.shared.metrics.message_in(self.transport.as_str(), type_label(ty));
     }
+}
+
+/// The instant a Unix time (seconds) falls on, by the system clock now.
+fn deadline_of(unix_secs: u64, now: Instant) -> Instant {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let left = Duration::from_secs(unix_secs).saturating_sub(since_epoch);
+    now.checked_add(left).unwrap_or(now + Duration::from_secs(86_400 * 365))
+}
+
+/// A Unix time as RFC 3339 UTC, for `refreshed.expiresAt`.
+fn rfc3339_of(unix_secs: u64) -> Option<String> {
+    let t = OffsetDateTime::from_unix_timestamp(i64::try_from(unix_secs).ok()?).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339).ok()
 }

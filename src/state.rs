@@ -117,6 +117,20 @@ impl Shared {
             .map(|_| Admission { shared: Arc::clone(self) })
     }
 
+    /// Whether a browser page from `origin` may connect: always when
+    /// `WS_ALLOWED_ORIGINS` is unset or the request has no Origin (not a
+    /// browser). With cookies or other ambient credentials a page on any
+    /// site could otherwise open a connection as its visitor.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match (&self.config.allowed_origins, origin) {
+            (None, _) | (_, None) => true,
+            (Some(list), Some(origin)) => {
+                let origin = origin.trim_end_matches('/');
+                list.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+            }
+        }
+    }
+
     /// Open client connections.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)

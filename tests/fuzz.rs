@@ -87,7 +87,10 @@ proptest! {
             // NATS subject tokens.
             Ok(req) => match req.command {
                 Command::Subscribe { vendor, user, .. } => prop_assert!(safe(vendor.as_str()) && safe(user.as_str())),
-                Command::Unsubscribe { vendor, .. } => prop_assert!(safe(vendor.as_str())),
+                Command::Unsubscribe { vendor, user, .. } => {
+                    prop_assert!(safe(vendor.as_str()) && user.as_ref().is_none_or(|u| safe(u.as_str())));
+                }
+                Command::Refresh { token } => prop_assert!(!token.is_empty()),
                 Command::Ping | Command::Pong => {}
             },
             Err(rej) => prop_assert!(CODES.contains(&rej.code), "{rej:?}"),

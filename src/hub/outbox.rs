@@ -182,9 +182,29 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Drops everything queued and asks the writer to close at once: for a
+    /// client that already sent its own close (a closing WebSocket accepts no
+    /// more data frames). The first close still wins.
+    pub fn close_discarding(&self, close: Close) {
+        let mut st = self.state.lock();
+        st.queue.clear();
+        st.strict_bytes = 0;
+        if st.close.is_none() {
+            st.close = Some(close);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
     /// Whether a close is pending.
     pub fn is_closing(&self) -> bool {
         self.state.lock().close.is_some()
+    }
+
+    /// The pending close, if any: the reader side checks it, because a
+    /// writer stuck on a client that stopped reading never gets to send it.
+    pub fn pending_close(&self) -> Option<Close> {
+        self.state.lock().close.clone()
     }
 
     /// Moves every queued frame into `out` and returns the pending close, if

@@ -36,6 +36,15 @@ pub enum Command {
         channel: Channel,
         /// Whose updates.
         vendor: VendorId,
+        /// Optional; when given it must be the token's user, like every
+        /// `userId` (a client cannot act in another user's name).
+        user: Option<UserId>,
+    },
+    /// `refresh`: a fresh token for the same user, before the connection's
+    /// token expires (the connection is closed with 4001 at expiry).
+    Refresh {
+        /// The new JWT.
+        token: String,
     },
     /// Client heartbeat; answered with `pong`.
     Ping,
@@ -51,9 +60,31 @@ impl Command {
             Self::Subscribe { channel: Channel::Vendor, .. } => "subscribe_vendor",
             Self::Unsubscribe { channel: Channel::Location, .. } => "unsubscribe_location",
             Self::Unsubscribe { channel: Channel::Vendor, .. } => "unsubscribe_vendor",
+            Self::Refresh { .. } => "refresh",
             Self::Ping => "ping",
             Self::Pong => "pong",
         }
+    }
+}
+
+/// Every client message type, spelled as on the wire.
+pub const CLIENT_TYPES: [&str; 7] = [
+    "subscribe_location",
+    "subscribe_vendor",
+    "unsubscribe_location",
+    "unsubscribe_vendor",
+    "refresh",
+    "ping",
+    "pong",
+];
+
+/// A client's `type` as a metrics label: itself when it is a known type,
+/// else `"unknown"`. Label values must never be chosen by a client: each
+/// distinct one is a series kept for the life of the process.
+pub fn type_label(ty: Option<&str>) -> &'static str {
+    match ty {
+        Some(t) => CLIENT_TYPES.iter().find(|k| **k == t).copied().unwrap_or("unknown"),
+        None => "invalid",
     }
 }
 
@@ -151,14 +182,9 @@ pub fn decode_value(value: Value) -> Result<Request, Rejection> {
             let channel = if ty == "subscribe_location" { Channel::Location } else { Channel::Vendor };
             let data = data_object(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
             let vendor = vendor_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
-            let user = match data.get("userId") {
-                Some(Value::String(s)) => UserId::parse(s)
-                    .map_err(|e| reject(ErrorCode::InvalidField, format!("data.userId {e}"), Some(ty)))?,
-                Some(_) => {
-                    return Err(reject(ErrorCode::InvalidField, "data.userId must be a string".into(), Some(ty)));
-                }
-                None => return Err(reject(ErrorCode::InvalidField, "missing field data.userId".into(), Some(ty))),
-            };
+            let user = user_field(data)
+                .map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?
+                .ok_or_else(|| reject(ErrorCode::InvalidField, "missing field data.userId".into(), Some(ty)))?;
             let delivery = match data.get("delivery") {
                 None | Some(Value::Null) => Delivery::Stream,
                 Some(Value::String(s)) if s == "stream" => Delivery::Stream,
@@ -177,7 +203,22 @@ pub fn decode_value(value: Value) -> Result<Request, Rejection> {
             let channel = if ty == "unsubscribe_location" { Channel::Location } else { Channel::Vendor };
             let data = data_object(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
             let vendor = vendor_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
-            Command::Unsubscribe { channel, vendor }
+            let user = user_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            Command::Unsubscribe { channel, vendor, user }
+        }
+        "refresh" => {
+            let data = data_object(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            match data.get("token") {
+                Some(Value::String(t)) if !t.is_empty() => Command::Refresh { token: t.clone() },
+                Some(_) => {
+                    return Err(reject(
+                        ErrorCode::InvalidField,
+                        "data.token must be a non-empty string".into(),
+                        Some(ty),
+                    ));
+                }
+                None => return Err(reject(ErrorCode::InvalidField, "missing field data.token".into(), Some(ty))),
+            }
         }
         other => {
             return Err(reject(ErrorCode::UnknownType, format!("unknown message type {other:?}"), Some(other)));
@@ -191,6 +232,15 @@ fn data_object(data: Option<&Value>) -> Result<&Map<String, Value>, String> {
         Some(Value::Object(m)) => Ok(m),
         Some(_) => Err("data must be an object".into()),
         None => Err("missing field data".into()),
+    }
+}
+
+/// `data.userId` when present (`None` when absent or null).
+fn user_field(data: &Map<String, Value>) -> Result<Option<UserId>, String> {
+    match data.get("userId") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => UserId::parse(s).map(Some).map_err(|e| format!("data.userId {e}")),
+        Some(_) => Err("data.userId must be a string".into()),
     }
 }
 
@@ -285,6 +335,31 @@ mod tests {
             assert_eq!(mp_code(bytes), ErrorCode::InvalidFrame, "{what}");
         }
         assert_eq!(decode_msgpack(&ping).map(|r| r.command), Ok(Command::Ping));
+    }
+
+    #[test]
+    fn metric_labels_are_never_the_clients_words() {
+        assert_eq!(type_label(Some("subscribe_vendor")), "subscribe_vendor");
+        assert_eq!(type_label(Some("dance")), "unknown");
+        assert_eq!(type_label(Some("")), "unknown");
+        assert_eq!(type_label(None), "invalid");
+        for ty in CLIENT_TYPES {
+            assert_eq!(type_label(Some(ty)), ty);
+        }
+    }
+
+    #[test]
+    fn unsubscribe_may_name_the_user_and_refresh_needs_a_token() {
+        let r = decode_json(br#"{"type":"unsubscribe_location","data":{"vendorId":"v1","userId":"u2"}}"#);
+        let Ok(Request { command: Command::Unsubscribe { user, .. }, .. }) = r else { panic!("{r:?}") };
+        assert_eq!(user.as_ref().map(UserId::as_str), Some("u2"));
+        assert_eq!(code(r#"{"type":"unsubscribe_location","data":{"vendorId":"v1","userId":"a.b"}}"#), ErrorCode::InvalidField);
+        assert_eq!(
+            decode_json(br#"{"type":"refresh","data":{"token":"t"}}"#).map(|r| r.command),
+            Ok(Command::Refresh { token: "t".into() })
+        );
+        assert_eq!(code(r#"{"type":"refresh","data":{"token":""}}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"refresh","data":{}}"#), ErrorCode::InvalidField);
     }
 
     #[test]

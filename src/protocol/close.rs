@@ -26,6 +26,8 @@ impl Close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The client stopped answering heartbeats.
     pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+    /// The connection's token expired and no `refresh` came in time.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 
     /// A close with a static reason.
     pub const fn new(code: u16, reason: &'static str) -> Self {

@@ -13,7 +13,9 @@ mod ids;
 mod server;
 mod update;
 
-pub use client::{Command, Delivery, Rejection, Request, decode_json, decode_msgpack, decode_value};
+pub use client::{
+    CLIENT_TYPES, Command, Delivery, Rejection, Request, decode_json, decode_msgpack, decode_value, type_label,
+};
 pub use close::Close;
 pub use error::ErrorCode;
 pub use ids::{Channel, IdError, Topic, UserId, VendorId};

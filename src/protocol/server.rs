@@ -60,6 +60,14 @@ pub enum ServerMessage<'a> {
         /// The request's id, echoed.
         id: Option<&'a str>,
     },
+    /// A `refresh` was accepted: the connection now lives until the new
+    /// token's expiry.
+    Refreshed {
+        /// When the new token expires (RFC 3339 UTC); `None` while auth is off.
+        expires_at: Option<&'a str>,
+        /// The request's id, echoed.
+        id: Option<&'a str>,
+    },
 }
 
 impl ServerMessage<'_> {
@@ -73,6 +81,7 @@ impl ServerMessage<'_> {
             Self::Error { .. } => "error",
             Self::Ping => "ping",
             Self::Pong { .. } => "pong",
+            Self::Refreshed { .. } => "refreshed",
         }
     }
 }
@@ -99,6 +108,13 @@ struct Ack<'a> {
     channel: Channel,
     #[serde(rename = "vendorId")]
     vendor_id: &'a VendorId,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RefreshedData<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -147,6 +163,9 @@ pub fn encode(msg: &ServerMessage<'_>, codec: Codec) -> Bytes {
         ServerMessage::Ping if codec == Codec::Json => Bytes::from_static(br#"{"type":"ping"}"#),
         ServerMessage::Ping => to_bytes::<()>(codec, ty, None, None),
         ServerMessage::Pong { id } => to_bytes::<()>(codec, ty, None, *id),
+        ServerMessage::Refreshed { expires_at, id } => {
+            to_bytes(codec, ty, Some(RefreshedData { expires_at: *expires_at }), *id)
+        }
     }
 }
 
@@ -208,6 +227,7 @@ mod tests {
             },
             ServerMessage::Ping,
             ServerMessage::Pong { id: Some("p") },
+            ServerMessage::Refreshed { expires_at: Some("2026-01-01T00:00:00Z"), id: Some("r") },
         ];
         for msg in &msgs {
             let json: serde_json::Value = serde_json::from_slice(&encode(msg, Codec::Json)).unwrap_or_default();

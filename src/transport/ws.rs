@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
-use crate::auth;
+use crate::auth::{self, Verified};
 use crate::hub::{Batch, Outbox};
-use crate::protocol::{Close, ErrorCode, UserId};
+use crate::protocol::{Close, ErrorCode};
 use crate::ratelimit::Decision;
 use crate::session::{Endpoint, Inbound, Session, Transport};
 use crate::state::{Admission, Shared, UserAdmission};
@@ -82,6 +82,11 @@ fn upgrade(
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    let origin = hs.headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("(not ASCII)"));
+    if !shared.origin_allowed(origin) {
+        shared.metrics.connections_rejected.with_label_values(&["origin"]).inc();
+        return refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not in WS_ALLOWED_ORIGINS");
+    }
     if let Some(limiter) = &shared.connect_limiter
         && let Decision::Deny { retry_after } = limiter.check_now(&remote.ip().to_string())
     {
@@ -91,14 +96,14 @@ fn upgrade(
             ErrorCode::RateLimited,
             "too many connection attempts from this address",
         );
-        if let Ok(v) = header::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+        // Whole seconds, rounded up: retrying at a rounded-down time is refused again.
+        let secs = u64::try_from(retry_after.as_millis().div_ceil(1000)).unwrap_or(60).max(1);
+        resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         return resp;
     }
     let authorization = hs.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = auth::token_from(hs.query.as_deref(), authorization);
-    let user = match shared.auth.authenticate(token.as_deref()) {
+    let user = match shared.auth.verify(token.as_deref()) {
         Ok(user) => user,
         Err(e) => {
             shared.metrics.connections_rejected.with_label_values(&["unauthorized"]).inc();
@@ -106,7 +111,7 @@ fn upgrade(
         }
     };
     let max = shared.config.max_message_bytes;
-    let admission = shared.try_admit().map(|a| (a, user.as_ref().map(|u| shared.try_admit_user(u))));
+    let admission = shared.try_admit().map(|a| (a, user.as_ref().map(|u| shared.try_admit_user(&u.user))));
     let tracker = shared.tracker.clone();
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -129,7 +134,7 @@ async fn serve(
     shared: Arc<Shared>,
     endpoint: Endpoint,
     remote: SocketAddr,
-    user: Option<UserId>,
+    user: Option<Verified>,
     admission: Admissions,
 ) {
     let refusal = match &admission {
@@ -165,7 +170,16 @@ async fn serve(
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
                 reason
             }
-            ReadEnd::ClientClosed => "client closed".to_owned(),
+            ReadEnd::ClientClosed(frame) => {
+                // Complete the closing handshake (RFC 6455 §5.5.1): the
+                // writer flushes the echo of the client's code that
+                // tungstenite queued; browsers then see a clean close.
+                let close = frame.map_or(Close::new(Close::NORMAL, ""), |f| Close { code: f.code.into(), reason: "".into() });
+                outbox.close_discarding(close);
+                let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+                "client closed".to_owned()
+            }
+            ReadEnd::ClientGone => "client closed".to_owned(),
             ReadEnd::Lost => "connection lost".to_owned(),
         }
     };
@@ -176,8 +190,10 @@ async fn serve(
 enum ReadEnd {
     /// The session (or shutdown) closes the connection with this.
     Close(Close),
-    /// The client sent a Close frame or ended the stream.
-    ClientClosed,
+    /// The client sent a Close frame (answered before the socket goes).
+    ClientClosed(Option<CloseFrame>),
+    /// The client ended the stream without a Close frame.
+    ClientGone,
     /// The socket failed.
     Lost,
 }
@@ -200,7 +216,8 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, sh
             }
         };
         let close = match inbound {
-            None | Some(Ok(Message::Close(_))) => return ReadEnd::ClientClosed,
+            None => return ReadEnd::ClientGone,
+            Some(Ok(Message::Close(frame))) => return ReadEnd::ClientClosed(frame),
             // Boxed: handling a message (decode, rate limit, bus) needs ~600
             // bytes of future, which would otherwise sit in every idle
             // connection's task; clients send few messages (subscribes, a

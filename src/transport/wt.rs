@@ -52,12 +52,12 @@ pub enum WtError {
     #[error(transparent)]
     Cert(#[from] CertError),
     /// The UDP port could not be bound.
-    #[error("cannot bind UDP {addr} for WebTransport: {source}")]
+    #[error("cannot bind UDP {addr} for WebTransport: {reason}")]
     Bind {
         /// The address tried.
         addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
+        /// Why (not a `source`: it is in the message already).
+        reason: std::io::Error,
     },
 }
 
@@ -77,8 +77,8 @@ impl Listener {
         let info = CertInfo::of(&identity)?;
         let addr = SocketAddr::new(config.bind_addr, config.wt_port.unwrap_or(http_port));
         let endpoint =
-            Endpoint::server(server_config(addr, identity)).map_err(|source| WtError::Bind { addr, source })?;
-        let addr = endpoint.local_addr().map_err(|source| WtError::Bind { addr, source })?;
+            Endpoint::server(server_config(addr, identity)).map_err(|reason| WtError::Bind { addr, reason })?;
+        let addr = endpoint.local_addr().map_err(|reason| WtError::Bind { addr, reason })?;
         certs.set_current(info);
         Ok(Self { endpoint: Arc::new(endpoint), addr, source })
     }
@@ -190,12 +190,19 @@ async fn handshake(incoming: IncomingSession, shared: Arc<Shared>) {
     // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d.
     let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
     let Some(path) = route(request.path()) else {
-        tracing::debug!(%remote, path = request.path(), "WebTransport session for an unknown path");
+        // The path only, never the query: browsers put the token there.
+        let path = request.path().split_once('?').map_or(request.path(), |(p, _)| p);
+        tracing::debug!(%remote, path, "WebTransport session for an unknown path");
         request.not_found().await;
         return;
     };
     if shared.shutdown.is_cancelled() {
         request.too_many_requests().await;
+        return;
+    }
+    if !shared.origin_allowed(request.origin()) {
+        shared.metrics.connections_rejected.with_label_values(&["origin"]).inc();
+        request.forbidden().await;
         return;
     }
     if let Some(limiter) = &shared.connect_limiter
@@ -211,7 +218,7 @@ async fn handshake(incoming: IncomingSession, shared: Arc<Shared>) {
     let query = request.path().split_once('?').map(|(_, q)| q.to_owned());
     let authorization = request.headers().get("authorization").cloned();
     let token = auth::token_from(query.as_deref(), authorization.as_deref());
-    let user = match shared.auth.authenticate(token.as_deref()) {
+    let user = match shared.auth.verify(token.as_deref()) {
         Ok(user) => user,
         Err(e) => {
             tracing::debug!(%remote, error = %e, "WebTransport session refused");
@@ -221,7 +228,7 @@ async fn handshake(incoming: IncomingSession, shared: Arc<Shared>) {
         }
     };
     let admission = shared.try_admit();
-    let user_admission = user.as_ref().map(|u| shared.try_admit_user(u));
+    let user_admission = user.as_ref().map(|u| shared.try_admit_user(&u.user));
     let conn = match step(&shared, request.accept()).await {
         Some(Ok(conn)) => conn,
         Some(Err(e)) => {

@@ -11,7 +11,8 @@ use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use crate::hub::{Batch, Frame, Outbox};
 use crate::protocol::frame::{FrameError, FrameReader, write_frame};
-use crate::protocol::{Close, UserId};
+use crate::auth::Verified;
+use crate::protocol::Close;
 use crate::session::{DatagramTopics, Endpoint, Inbound, Session, Transport};
 use crate::state::{Admission, Shared, UserAdmission};
 
@@ -36,7 +37,7 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     endpoint: Endpoint,
     remote: SocketAddr,
-    user: Option<UserId>,
+    user: Option<Verified>,
     _admission: (Admission, Option<UserAdmission>),
 ) {
     let mut session = Session::open(Arc::clone(&shared), Transport::WebTransport, endpoint, remote, user);
@@ -55,7 +56,7 @@ pub(super) async fn serve(
     let (send, recv) = match stream {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            tracing::debug!(conn = session.id(), error = %e, "WebTransport session ended before its stream");
+            tracing::debug!(conn = %session.uid(), error = %e, "WebTransport session ended before its stream");
             session.finish("connection lost before the stream opened");
             return;
         }
@@ -140,7 +141,7 @@ async fn read_loop(mut recv: RecvStream, conn: &Connection, session: &mut Sessio
                 };
             }
             Err(e) => {
-                tracing::debug!(conn = session.id(), error = %e, "WebTransport read ended");
+                tracing::debug!(conn = %session.uid(), error = %e, "WebTransport read ended");
                 return None;
             }
         }
