@@ -89,7 +89,8 @@ fn origins(s: &str) -> Result<Vec<String>, String> {
     }
     for o in &list {
         let ok = o == "*"
-            || (o.starts_with("http://") || o.starts_with("https://")) && !o.split_once("://").is_some_and(|(_, h)| h.contains('/'));
+            || (o.starts_with("http://") || o.starts_with("https://"))
+                && !o.split_once("://").is_some_and(|(_, h)| h.contains('/'));
         if !ok {
             return Err(format!("{o:?} is not an origin like https://app.example.com (scheme and host, no path)"));
         }
@@ -299,7 +300,13 @@ pub struct Config {
 
     /// `production` (alias `prod`) refuses to start without a JWT key and
     /// an ingest token; `development` (alias `dev`) warns instead.
-    #[arg(long = "gateway-env", env = "GATEWAY_ENV", value_name = "GATEWAY_ENV", default_value = "development", ignore_case = true)]
+    #[arg(
+        long = "gateway-env",
+        env = "GATEWAY_ENV",
+        value_name = "GATEWAY_ENV",
+        default_value = "development",
+        ignore_case = true
+    )]
     pub gateway_env: GatewayEnv,
 
     /// Redis for rate-limit counters shared by every instance; unset: each
@@ -478,7 +485,11 @@ impl Config {
                     return Err(bad("NATS_URL", shown, "empty server in the comma-separated list"));
                 }
                 if let Err(e) = url.parse::<async_nats::ServerAddr>() {
-                    return Err(bad("NATS_URL", shown, format!("{e} (expected nats://host:4222, comma-separated for several)")));
+                    return Err(bad(
+                        "NATS_URL",
+                        shown,
+                        format!("{e} (expected nats://host:4222, comma-separated for several)"),
+                    ));
                 }
             }
         }
@@ -599,7 +610,9 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|c| c.config).map_err(|e| e.to_string())
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .map(|c| c.config)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -630,7 +643,8 @@ mod tests {
         let e = check(|c| c.jwt_secret = Some("short-secret".into())).unwrap_or_else(|| panic!("accepted"));
         assert_eq!(e.variable, "JWT_SECRET");
         assert!(!e.to_string().contains("short-secret"), "{e}");
-        let e = check(|c| c.database_url = Some("mysql://root:hunter2@db/venta".into())).unwrap_or_else(|| panic!("accepted"));
+        let e = check(|c| c.database_url = Some("mysql://root:hunter2@db/venta".into()))
+            .unwrap_or_else(|| panic!("accepted"));
         assert_eq!(e.variable, "DATABASE_URL");
         assert!(!e.to_string().contains("hunter2") && e.to_string().contains("mysql://root:***@db/venta"), "{e}");
         assert_eq!(check(|c| c.redis_url = Some("notaurl".into())).map(|e| e.variable), Some("REDIS_URL"));

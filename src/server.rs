@@ -224,15 +224,8 @@ impl Gateway {
             *mark.lock() = Some(deadline);
             deadline - tail
         };
-        listener::serve(
-            listener,
-            app,
-            shared.config.http_limits(),
-            Arc::clone(&shared.metrics),
-            token,
-            drain_deadline,
-        )
-        .await;
+        listener::serve(listener, app, shared.config.http_limits(), Arc::clone(&shared.metrics), token, drain_deadline)
+            .await;
         signal.abort();
         let deadline = stopping.lock().unwrap_or_else(|| Instant::now() + timeout);
         let clients_deadline = deadline - tail;

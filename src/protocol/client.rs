@@ -68,15 +68,8 @@ impl Command {
 }
 
 /// Every client message type, spelled as on the wire.
-pub const CLIENT_TYPES: [&str; 7] = [
-    "subscribe_location",
-    "subscribe_vendor",
-    "unsubscribe_location",
-    "unsubscribe_vendor",
-    "refresh",
-    "ping",
-    "pong",
-];
+pub const CLIENT_TYPES: [&str; 7] =
+    ["subscribe_location", "subscribe_vendor", "unsubscribe_location", "unsubscribe_vendor", "refresh", "ping", "pong"];
 
 /// A client's `type` as a metrics label: itself when it is a known type,
 /// else `"unknown"`. Label values must never be chosen by a client: each
@@ -353,7 +346,10 @@ mod tests {
         let r = decode_json(br#"{"type":"unsubscribe_location","data":{"vendorId":"v1","userId":"u2"}}"#);
         let Ok(Request { command: Command::Unsubscribe { user, .. }, .. }) = r else { panic!("{r:?}") };
         assert_eq!(user.as_ref().map(UserId::as_str), Some("u2"));
-        assert_eq!(code(r#"{"type":"unsubscribe_location","data":{"vendorId":"v1","userId":"a.b"}}"#), ErrorCode::InvalidField);
+        assert_eq!(
+            code(r#"{"type":"unsubscribe_location","data":{"vendorId":"v1","userId":"a.b"}}"#),
+            ErrorCode::InvalidField
+        );
         assert_eq!(
             decode_json(br#"{"type":"refresh","data":{"token":"t"}}"#).map(|r| r.command),
             Ok(Command::Refresh { token: "t".into() })

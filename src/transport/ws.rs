@@ -174,7 +174,7 @@ async fn serve(
                 // Complete the closing handshake (RFC 6455 §5.5.1): the
                 // writer flushes the echo of the client's code that
                 // tungstenite queued; browsers then see a clean close.
-                let close = frame.map_or(Close::new(Close::NORMAL, ""), |f| Close { code: f.code.into(), reason: "".into() });
+                let close = Close { code: frame.unwrap_or(Close::NORMAL), reason: "".into() };
                 outbox.close_discarding(close);
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
                 "client closed".to_owned()
@@ -190,8 +190,9 @@ async fn serve(
 enum ReadEnd {
     /// The session (or shutdown) closes the connection with this.
     Close(Close),
-    /// The client sent a Close frame (answered before the socket goes).
-    ClientClosed(Option<CloseFrame>),
+    /// The client sent a Close frame, with this code (answered before the
+    /// socket goes).
+    ClientClosed(Option<u16>),
     /// The client ended the stream without a Close frame.
     ClientGone,
     /// The socket failed.
@@ -217,7 +218,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, sh
         };
         let close = match inbound {
             None => return ReadEnd::ClientGone,
-            Some(Ok(Message::Close(frame))) => return ReadEnd::ClientClosed(frame),
+            Some(Ok(Message::Close(frame))) => return ReadEnd::ClientClosed(frame.map(|f| f.code.into())),
             // Boxed: handling a message (decode, rate limit, bus) needs ~600
             // bytes of future, which would otherwise sit in every idle
             // connection's task; clients send few messages (subscribes, a
@@ -281,7 +282,12 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox, sh
             crate::transport::recycle(&mut batch);
         }
         if let Some(close) = close {
-            let _ = sink.send(close_message(&close)).await;
+            // After the client's own Close, tungstenite refuses to send
+            // another (it queued the echo itself); closing the sink flushes
+            // that echo instead.
+            if sink.send(close_message(&close)).await.is_err() {
+                let _ = sink.close().await;
+            }
             return Some(close);
         }
     }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
-use crate::hub::{Batch, Frame, Outbox};
-use crate::protocol::frame::{FrameError, FrameReader, write_frame};
 use crate::auth::Verified;
+use crate::hub::{Batch, Frame, Outbox};
 use crate::protocol::Close;
+use crate::protocol::frame::{FrameError, FrameReader, write_frame};
 use crate::session::{DatagramTopics, Endpoint, Inbound, Session, Transport};
 use crate::state::{Admission, Shared, UserAdmission};
 
