@@ -1,0 +1,109 @@
+//! A token does not outlive its `exp`: the connection is closed with 4001
+//! then, unless the client sent `refresh` with a fresh token of the same
+//! user. On WebSocket and WebTransport alike (one session for both).
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::wt::WtClient;
+use common::{TestGateway, WsClient, test_config, wait_until};
+use serde_json::json;
+use venta_gateway::auth::dev_token;
+
+const SECRET: &str = "refresh-test-secret-0123456789";
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn token(sub: &str, ttl: u64) -> String {
+    dev_token(SECRET, sub, ttl).expect("token")
+}
+
+async fn gateway() -> TestGateway {
+    let mut config = test_config();
+    config.jwt_secret = Some(SECRET.into());
+    // No leeway: the tests wait for real expiry.
+    config.jwt_leeway_secs = 0;
+    // Heartbeats far away, so only the token can end the connection.
+    config.heartbeat_interval_ms = 600_000;
+    TestGateway::start_with(config).await
+}
+
+/// Waits until the wall clock is past `unix_secs`.
+async fn wait_past(unix_secs: u64) {
+    wait_until("the old token's expiry to pass", async || now_secs() > unix_secs).await;
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_with_4001_when_its_token_expires() {
+    let gw = gateway().await;
+    let mut c = WsClient::connect(&format!("{}?token={}", gw.url("/ws/location"), token("u1", 2))).await;
+    c.subscribe("location", "v1").await;
+    let (code, reason) = c.closed().await;
+    assert_eq!((code, reason.as_str()), (Some(4001), "token expired"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn refresh_with_a_fresh_token_keeps_the_connection_past_the_old_expiry() {
+    let gw = gateway().await;
+    let old_exp = now_secs() + 2;
+    let mut c = WsClient::connect(&format!("{}?token={}", gw.url("/ws/location"), token("u1", 2))).await;
+    c.subscribe("location", "v1").await;
+    c.send_json(json!({"type": "refresh", "data": {"token": token("u1", 600)}, "id": "r1"})).await;
+    let ack = c.recv().await;
+    assert_eq!(ack["type"], "refreshed", "{ack}");
+    assert_eq!(ack["id"], "r1");
+    assert!(ack["data"]["expiresAt"].is_string(), "{ack}");
+    wait_past(old_exp + 1).await;
+    gw.publish_location("v1", 1.0, 2.0).await;
+    let update = c.recv().await;
+    assert_eq!(update["type"], "location_updated", "the connection died at the old expiry: {update}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_or_foreign_refresh_is_an_error_and_the_old_expiry_holds() {
+    let gw = gateway().await;
+    let mut c = WsClient::connect(&format!("{}?token={}", gw.url("/ws/location"), token("u1", 3))).await;
+    c.send_json(json!({"type": "refresh", "data": {"token": token("mallory", 600)}, "id": "a"})).await;
+    let err = c.recv().await;
+    assert_eq!((err["data"]["code"].as_str(), err["id"].as_str()), (Some("forbidden"), Some("a")), "{err}");
+    c.send_json(json!({"type": "refresh", "data": {"token": "not.a.jwt"}, "id": "b"})).await;
+    let err = c.recv().await;
+    assert_eq!((err["data"]["code"].as_str(), err["id"].as_str()), (Some("unauthorized"), Some("b")), "{err}");
+    c.send_json(json!({"type": "refresh", "data": {}, "id": "c"})).await;
+    let err = c.recv().await;
+    assert_eq!(err["data"]["code"], "invalid_field", "{err}");
+    let (code, _) = c.closed().await;
+    assert_eq!(code, Some(4001));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn webtransport_sessions_expire_and_refresh_too() {
+    let gw = gateway().await;
+    let old_exp = now_secs() + 2;
+    let mut refreshed = WtClient::connect(&gw, &format!("/wt/location?token={}", token("u1", 2))).await;
+    let mut expiring = WtClient::connect(&gw, &format!("/wt/location?token={}", token("u2", 2))).await;
+    refreshed.send_json(json!({"type": "refresh", "data": {"token": token("u1", 600)}, "id": "r"})).await;
+    let ack = refreshed.recv().await;
+    assert_eq!((ack["type"].as_str(), ack["id"].as_str()), (Some("refreshed"), Some("r")), "{ack}");
+    let (code, reason) = expiring.closed().await;
+    assert_eq!((code, reason.as_str()), (Some(4001), "token expired"));
+    wait_past(old_exp + 1).await;
+    refreshed.sync("still-alive").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn refresh_with_auth_off_is_answered_without_an_expiry() {
+    let gw = TestGateway::start().await;
+    let mut c = WsClient::connect(&gw.url("/ws/vendor")).await;
+    c.send_json(json!({"type": "refresh", "data": {"token": "anything"}, "id": "r"})).await;
+    let ack = tokio::time::timeout(Duration::from_secs(10), c.recv()).await.expect("answer");
+    assert_eq!(ack, json!({"type": "refreshed", "data": {}, "id": "r"}));
+    gw.shutdown().await;
+}
