@@ -162,7 +162,9 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A setting to change (README: exit status 2), not a failure.
+            let config = matches!(e.downcast_ref(), Some(venta_gateway::server::StartError::Audit(a)) if a.is_config());
+            if config { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

@@ -55,8 +55,8 @@ pub enum StartError {
     #[error(transparent)]
     WebTransport(#[from] wt::WtError),
     /// The audit trail could not be set up (journal directory, SQLite file,
-    /// or an unparsable DATABASE_URL).
-    #[error("audit: {0}")]
+    /// or an unparsable DATABASE_URL); its message names the part.
+    #[error(transparent)]
     Audit(#[from] AuditError),
 }
 

@@ -127,6 +127,8 @@ const ABUSE_FACTOR: u32 = 2;
 /// One connected client.
 pub struct Session {
     id: ConnId,
+    /// Globally unique (UUIDv7): the connection's name in the audit trail.
+    uid: uuid::Uuid,
     shared: Arc<Shared>,
     transport: Transport,
     endpoint: Endpoint,
@@ -174,6 +176,7 @@ impl Session {
         };
         let mut session = Self {
             id,
+            uid: uuid::Uuid::now_v7(),
             audit_user: user.clone(),
             user,
             budget_key,
@@ -197,6 +200,11 @@ impl Session {
     /// The connection's id.
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    /// The connection's globally unique id (audit rows).
+    pub fn uid(&self) -> uuid::Uuid {
+        self.uid
     }
 
     /// The queue the transport's writer drains.
@@ -442,7 +450,7 @@ impl Session {
             event_id: uuid::Uuid::now_v7(),
             time,
             instance_id: std::sync::Arc::clone(self.shared.audit.instance_id()),
-            connection_id: self.id,
+            connection_id: self.uid,
             user_id: self.audit_user.as_ref().map(|u| u.as_str().to_owned()),
             transport: self.transport.as_str().to_owned(),
             channel: topic.map(|t| t.channel.as_str().to_owned()),
