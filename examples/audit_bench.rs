@@ -45,6 +45,8 @@ async fn run_once(url: &str, admin: &PgPool, rows: usize, batch: usize, queue: u
         queue,
         batch,
         buffer: 10_000,
+        spill_after: std::time::Duration::from_millis(500),
+        probe_interval: std::time::Duration::from_secs(2),
     };
     let audit = Audit::start(opts, "bench", Arc::clone(&metrics)).await?;
     // Rows made beforehand: the clock measures the audit path, not UUIDs.
@@ -57,7 +59,7 @@ async fn run_once(url: &str, admin: &PgPool, rows: usize, batch: usize, queue: u
                 event_id: uuid::Uuid::now_v7(),
                 time,
                 instance_id: Arc::clone(audit.instance_id()),
-                connection_id: i / 10,
+                connection_id: venta_gateway::audit::legacy_connection_id(i / 10),
                 user_id: Some(format!("user{}", i % 1000)),
                 transport: "websocket".into(),
                 channel: Some("location".into()),

@@ -412,6 +412,29 @@ pub struct Config {
     /// Log format.
     #[arg(long = "log-format", env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// While the audit database is unreachable, the longest an audit row
+    /// waits in memory before it is journaled (milliseconds, 1-60000): what
+    /// a crash during an outage can lose.
+    #[arg(
+        long = "audit-spill-after",
+        env = "AUDIT_SPILL_AFTER_MS",
+        value_name = "AUDIT_SPILL_AFTER_MS",
+        default_value = "500",
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
+    )]
+    pub audit_spill_after_ms: u64,
+
+    /// How often an idle audit writer probes its database, so /health is
+    /// current without traffic (milliseconds, 100-60000).
+    #[arg(
+        long = "audit-probe-interval",
+        env = "AUDIT_PROBE_INTERVAL_MS",
+        value_name = "AUDIT_PROBE_INTERVAL_MS",
+        default_value = "2000",
+        value_parser = clap::value_parser!(u64).range(100..=60_000)
+    )]
+    pub audit_probe_interval_ms: u64,
 }
 
 /// A setting that parsed but cannot work (the binary exits 2).
@@ -577,6 +600,8 @@ impl Config {
             instance_id: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            audit_spill_after_ms: 500,
+            audit_probe_interval_ms: 2000,
         }
     }
 }

@@ -60,17 +60,9 @@ pub enum StartError {
     #[error(transparent)]
     WebTransport(#[from] wt::WtError),
     /// The audit trail could not be set up (journal directory, SQLite file,
-    /// or an unparsable DATABASE_URL).
-    #[error("audit: {0}")]
-    Audit(AuditError),
-}
-
-// By hand, not `#[from]`: that would also make it the `source`, and
-// chain-printing loggers would show the message twice.
-impl From<AuditError> for StartError {
-    fn from(e: AuditError) -> Self {
-        Self::Audit(e)
-    }
+    /// or an unparsable DATABASE_URL); its message names the part.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 impl StartError {
@@ -78,7 +70,11 @@ impl StartError {
     /// value that parsed but cannot work, as opposed to a port in use or a
     /// dependency that is down.
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Auth(_) | Self::Redis(_))
+        match self {
+            Self::Auth(_) | Self::Redis(_) => true,
+            Self::Audit(e) => e.is_config(),
+            _ => false,
+        }
     }
 }
 

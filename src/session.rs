@@ -510,7 +510,7 @@ impl Session {
             event_id: uuid::Uuid::now_v7(),
             time,
             instance_id: std::sync::Arc::clone(self.shared.audit.instance_id()),
-            connection_id: self.id,
+            connection_id: self.uid,
             user_id: self.audit_user.as_ref().map(|u| u.as_str().to_owned()),
             transport: self.transport.as_str().to_owned(),
             channel: topic.map(|t| t.channel.as_str().to_owned()),

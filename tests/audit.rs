@@ -69,7 +69,7 @@ async fn close(mut c: WsClient) {
 /// with the connection, address, transport and instance of each.
 type Brief = (String, Option<String>, Option<String>, Option<String>, Option<String>);
 
-async fn pg_rows(schema: &TestSchema) -> Vec<(Brief, i64, Option<String>, String, String)> {
+async fn pg_rows(schema: &TestSchema) -> Vec<(Brief, uuid::Uuid, Option<String>, String, String)> {
     let rows = sqlx::query(
         "SELECT action, user_id, channel, vendor_id, reason, connection_id, client_addr, transport, instance_id \
          FROM audit_events ORDER BY occurred_at, event_id",
@@ -78,7 +78,15 @@ async fn pg_rows(schema: &TestSchema) -> Vec<(Brief, i64, Option<String>, String
     .await
     .unwrap();
     rows.iter()
-        .map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), r.get::<i64, _>(5), r.get(6), r.get(7), r.get(8)))
+        .map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)),
+                r.get::<uuid::Uuid, _>(5),
+                r.get(6),
+                r.get(7),
+                r.get(8),
+            )
+        })
         .collect()
 }
 
@@ -380,11 +388,41 @@ async fn api_scenario(gw: &TestGateway) {
     assert!(expected.len() >= 6);
     assert_eq!(later, expected);
 
-    for bad in ["?userId=a.b", "?vendorId=*", "?limit=0", "?limit=1001", "?limit=x", "?since=yesterday", "?cursor=zzz"]
-    {
+    for bad in [
+        "?userId=a.b",
+        "?vendorId=*",
+        "?limit=0",
+        "?limit=1001",
+        "?limit=x",
+        "?since=yesterday",
+        "?cursor=zzz",
+        "?connectionId=1",
+        "?userId=alice&userId=bob",
+    ] {
         let (status, v) = api(gw, bad, Some(TOKEN)).await;
         assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_field")), "{bad}: {v}");
     }
+
+    // A mistyped filter is refused, naming it and the accepted ones, rather
+    // than ignored (which answered with every row).
+    for typo in ["?userid=alice", "?vendor=v2", "?limit=5&connection_id=x"] {
+        let (status, v) = api(gw, typo, Some(TOKEN)).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_field")), "{typo}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        let name = typo.trim_start_matches('?').rsplit('&').next().unwrap().split('=').next().unwrap();
+        assert!(message.contains(&format!("\"{name}\"")), "{typo}: {message}");
+        for accepted in ["userId", "vendorId", "connectionId", "since", "limit", "cursor"] {
+            assert!(message.contains(accepted), "{typo}: {message}");
+        }
+    }
+
+    // One connection's rows by its id: alice's 6 (connect, 2 subscribes,
+    // 2 unsubscribes, disconnect).
+    let conn = alice[0]["connectionId"].as_str().unwrap();
+    let hers = api_rows(gw, &format!("?connectionId={conn}")).await;
+    assert_eq!(hers.len(), 6, "{hers:?}");
+    assert!(hers.iter().all(|r| r["connectionId"] == conn));
+    assert_ne!(all.iter().filter(|r| r["connectionId"] != conn).count(), 0);
 }
 
 #[tokio::test]
@@ -419,7 +457,11 @@ fn sample_rows(n: u64) -> Vec<AuditEvent> {
                 event_id: uuid::Uuid::now_v7(),
                 time,
                 instance_id: Arc::from("test"),
-                connection_id: i,
+                connection_id: if i == 0 {
+                    venta_gateway::audit::legacy_connection_id(7)
+                } else {
+                    uuid::Uuid::now_v7()
+                },
                 user_id: (i % 2 == 0).then(|| format!("u{i}")),
                 transport: "websocket".into(),
                 channel: Some("vendor".into()),
@@ -460,11 +502,17 @@ async fn postgres_migrations_apply_to_an_empty_schema_and_are_idempotent() {
     indexes.sort();
     assert_eq!(
         indexes,
-        ["audit_events_by_time", "audit_events_by_user", "audit_events_by_vendor", "audit_events_pkey"]
+        [
+            "audit_events_by_connection",
+            "audit_events_by_time",
+            "audit_events_by_user",
+            "audit_events_by_vendor",
+            "audit_events_pkey"
+        ]
     );
     let applied: i64 =
         sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&schema.pool).await.unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     sink.close().await;
 }
 
@@ -482,10 +530,13 @@ async fn sqlite_migrations_apply_to_an_empty_file_and_are_idempotent() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(indexes, ["audit_events_by_time", "audit_events_by_user", "audit_events_by_vendor"]);
+    assert_eq!(
+        indexes,
+        ["audit_events_by_connection", "audit_events_by_time", "audit_events_by_user", "audit_events_by_vendor"]
+    );
     venta_gateway::audit::sqlite::MIGRATOR.run(&pool).await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     pool.close().await;
 }
 
@@ -576,4 +627,205 @@ async fn webtransport_sessions_are_audited_with_their_transport() {
     assert_eq!(rows[3]["reason"], "1000 client finished its stream");
     assert_eq!(rows[1]["userId"], "u1");
     assert!(gw.shutdown().await);
+}
+
+/// A sample's value in a gateway's /metrics text (0 when absent).
+async fn metric_at(base: &str, sample: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Issue 13 item 12: during an outage rows reach the journal within
+/// `AUDIT_SPILL_AFTER_MS`, so a SIGKILL seconds into it loses none of them
+/// (they used to wait in memory for the whole outage).
+#[tokio::test]
+async fn a_sigkill_during_an_outage_loses_no_row_and_the_next_gateway_stores_each_once() {
+    const CLIENTS: usize = 25;
+    const ROWS: i64 = 4 * CLIENTS as i64; // connect, subscribe, unsubscribe, disconnect
+    let schema = TestSchema::new().await;
+    let proxy = Proxy::start(MACHINE_PG.parse().unwrap()).await;
+    let journal = Dir::new();
+    let url = schema.url_via(proxy.addr);
+    let dir = journal.0.to_str().unwrap();
+    let env = [("DATABASE_URL", url.as_str()), ("AUDIT_JOURNAL_DIR", dir)];
+    let mut gw = GatewayProcess::spawn(free_port(), &env).await;
+    let base = gw.http("");
+    wait_until("the database up", async || metric_at(&base, "venta_audit_database_up").await == 1.0).await;
+
+    proxy.cut();
+    for i in 0..CLIENTS {
+        let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+        subscribe_as(&mut c, "location", &format!("v{i}"), "u1").await;
+        close(c).await;
+    }
+    let made = tokio::time::Instant::now();
+    wait_until("every row journaled", async || metric_at(&base, "venta_audit_journal_rows").await == ROWS as f64).await;
+    // AUDIT_SPILL_AFTER_MS (500) after the last row, plus a scrape.
+    assert!(made.elapsed() < Duration::from_secs(3), "rows reached the journal after {:?}", made.elapsed());
+    assert_eq!(schema.count("TRUE").await, 0, "rows were written through a cut proxy");
+
+    gw.signal("KILL");
+    assert_eq!(gw.wait_exit().await, None, "killed by a signal");
+    proxy.restore();
+    let gw = GatewayProcess::spawn(free_port(), &env).await;
+    schema.wait_count("TRUE", ROWS).await;
+    let base = gw.http("");
+    wait_until("journal replayed", async || metric_at(&base, "venta_audit_journal_rows").await == 0.0).await;
+    assert_eq!(journal_lines(&journal.0), 0);
+    for action in ["connect", "subscribe", "unsubscribe", "disconnect"] {
+        assert_eq!(schema.count(&format!("action = '{action}'")).await, CLIENTS as i64, "{action}");
+    }
+    let vendors: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT vendor_id) FROM audit_events WHERE action = 'subscribe'")
+            .fetch_one(&schema.pool)
+            .await
+            .unwrap();
+    assert_eq!(vendors, CLIENTS as i64);
+    assert_eq!(schema.count("TRUE").await, ROWS);
+}
+
+/// Issue 13 item 13: connection 1 of every run of an instance shared id 1.
+#[tokio::test]
+async fn two_runs_of_one_instance_give_their_connections_distinct_ids() {
+    let schema = TestSchema::new().await;
+    for _ in 0..2 {
+        let mut config = pg_config(schema.url());
+        config.instance_id = Some("pod-0".into());
+        let gw = TestGateway::start_with(config).await;
+        let c = WsClient::connect(&gw.url("/ws/location")).await;
+        close(c).await;
+        assert!(gw.shutdown().await);
+    }
+    schema.wait_count("TRUE", 4).await;
+    let rows = pg_rows(&schema).await;
+    let ids: HashSet<uuid::Uuid> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(ids.len(), 2, "{rows:?}");
+    assert!(ids.iter().all(|id| id.get_version_num() == 7), "{ids:?}");
+    assert!(rows.iter().all(|r| r.4 == "pod-0"));
+}
+
+/// Rows stored and journaled by a version with numeric connection ids: the
+/// migration keeps the stored ones, an old journal still replays, and both
+/// map a number the same way.
+#[tokio::test]
+async fn numeric_connection_ids_survive_the_migration_and_old_journals_replay() {
+    use venta_gateway::audit::legacy_connection_id;
+    let schema = TestSchema::new().await;
+    let first = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(venta_gateway::audit::postgres::MIGRATOR.migrations[..1].to_vec()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    first.run(&schema.pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_events (event_id, occurred_at, instance_id, connection_id, transport, action) \
+         VALUES ('0190a5b2-7c1e-7000-8000-000000000001', '2026-11-30T09:00:00Z', 'old', 42, 'websocket', 'connect')",
+    )
+    .execute(&schema.pool)
+    .await
+    .unwrap();
+    let journal = Dir::new();
+    let line = r#"{"eventId":"0190a5b2-7c1e-7000-8000-000000000002","time":"2026-11-30T10:00:00.000001Z","instanceId":"old","connectionId":42,"userId":null,"transport":"websocket","channel":null,"vendorId":null,"action":"disconnect","clientAddr":"127.0.0.1:1","reason":"client closed"}"#;
+    std::fs::write(journal.0.join("active.jsonl"), format!("{line}\n")).unwrap();
+
+    let mut config = pg_config(schema.url());
+    config.audit_journal_dir = journal.0.clone();
+    let gw = TestGateway::start_with(config).await;
+    schema.wait_count("TRUE", 2).await;
+    let (_, v) = api(&gw, &format!("?connectionId={}", legacy_connection_id(42)), Some(TOKEN)).await;
+    let actions: Vec<&str> = v["rows"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["connect", "disconnect"], "{v}");
+    assert_eq!(v["rows"][0]["connectionId"], "00000000-0000-0000-0000-00000000002a");
+    assert!(gw.shutdown().await);
+
+    // SQLite: the same, through its table rebuild.
+    let dir = Dir::new();
+    let path = dir.0.join("audit.db");
+    let pool = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    let first = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(venta_gateway::audit::sqlite::MIGRATOR.migrations[..1].to_vec()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    first.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_events (event_id, occurred_at, instance_id, connection_id, transport, action) VALUES \
+         ('0190a5b2-7c1e-7000-8000-000000000001', '2026-11-30T10:00:00.000000Z', 'old', 42, 'websocket', 'connect'), \
+         ('0190a5b2-7c1e-7000-8000-000000000003', '2026-11-30T10:00:00.000002Z', 'old', 9223372036854775807, 'websocket', 'connect')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let sink = venta_gateway::audit::sqlite::SqliteSink::open(&path).await.unwrap();
+    sink.migrate().await.unwrap();
+    let back = sink.query(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+    let ids: Vec<uuid::Uuid> = back.iter().map(|r| r.connection_id).collect();
+    assert_eq!(ids, [legacy_connection_id(42), legacy_connection_id(i64::MAX as u64)]);
+    sink.close().await;
+}
+
+/// Issue 13 item 11 (database): /health follows the database with no
+/// client connected, within a bound set by AUDIT_PROBE_INTERVAL_MS.
+#[tokio::test]
+async fn idle_health_follows_the_database_within_the_probe_interval() {
+    const BOUND: Duration = Duration::from_secs(4);
+    let schema = TestSchema::new().await;
+    let proxy = Proxy::start(MACHINE_PG.parse().unwrap()).await;
+    let mut config = pg_config(schema.url_via(proxy.addr));
+    config.audit_probe_interval_ms = 500;
+    let gw = TestGateway::start_with(config).await;
+    let database = async || gw.health().await.1["checks"]["database"]["status"].as_str().map(str::to_owned);
+    assert_eq!(database().await.as_deref(), Some("ok"));
+    for (action, want) in [("cut", "down"), ("restore", "ok"), ("cut", "down"), ("restore", "ok")] {
+        if action == "cut" {
+            proxy.cut();
+        } else {
+            proxy.restore();
+        }
+        let at = tokio::time::Instant::now();
+        while database().await.as_deref() != Some(want) {
+            assert!(at.elapsed() < BOUND, "{action}: /health database not {want} within {BOUND:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(gw.shared.open_connections(), 0);
+    assert!(gw.shutdown().await);
+}
+
+/// Issue 13 item 21: a second gateway in the same working directory names
+/// the setting to change, once, and exits 2 (a configuration error).
+#[tokio::test]
+async fn a_second_gateway_on_a_locked_journal_exits_2_with_one_line() {
+    const MESSAGE: &str = "is locked by another running gateway; give each instance its own AUDIT_JOURNAL_DIR";
+    let journal = Dir::new();
+    let dir = journal.0.to_str().unwrap();
+    let _first = GatewayProcess::spawn(free_port(), &[("AUDIT_JOURNAL_DIR", dir)]).await;
+    let audit = Dir::new();
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
+        .env("WEBSOCKET_GATEWAY_PORT", free_port().to_string())
+        .env("GRPC_PORT", free_port().to_string())
+        .env("WT_PORT", "0")
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("LOG_LEVEL", "warn")
+        .env("AUDIT_JOURNAL_DIR", dir)
+        .env("AUDIT_SQLITE_PATH", audit.0.join("audit.db"))
+        .kill_on_drop(true)
+        .output();
+    let out =
+        tokio::time::timeout(Duration::from_secs(30), second).await.expect("second gateway kept running").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert_eq!(error.matches(MESSAGE).count(), 1, "{error}");
+    assert!(error.contains(&format!("audit journal {dir} {MESSAGE}")), "{error}");
+    assert_eq!(error.matches(dir).count(), 1, "{error}");
+    for line in stderr.lines() {
+        assert!(line.matches(MESSAGE).count() <= 1, "repeated: {line}");
+    }
 }

@@ -1,5 +1,8 @@
-//! `GET /api/v1/audit?userId=&vendorId=&since=&limit=&cursor=`: audit rows
-//! for operators, behind the `ADMIN_TOKEN` bearer.
+//! `GET /api/v1/audit?userId=&vendorId=&connectionId=&since=&limit=&cursor=`:
+//! audit rows for operators, behind the `ADMIN_TOKEN` bearer.
+//!
+//! An unknown or repeated parameter is a 400: a mistyped filter
+//! (`userid=`) that was ignored would answer with every row.
 //!
 //! Without `ADMIN_TOKEN` the route answers 404: an endpoint no token can
 //! open should look absent rather than invite guessing. Rows come in
@@ -12,7 +15,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -27,12 +29,18 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// Largest `limit`.
 pub const MAX_LIMIT: usize = 1000;
 
+/// The parameters this API takes, as the 400 for any other lists them.
+pub const PARAMETERS: [&str; 6] = ["userId", "vendorId", "connectionId", "since", "limit", "cursor"];
+
+/// Longest parameter name quoted back in an error.
+const MAX_NAME_ECHO: usize = 64;
+
 /// Query parameters, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default)]
 pub struct Params {
     user_id: Option<String>,
     vendor_id: Option<String>,
+    connection_id: Option<String>,
     since: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
@@ -47,6 +55,29 @@ fn invalid(message: &str) -> Response {
 }
 
 impl Params {
+    /// Sorts `pairs` into the known parameters; refuses unknown and
+    /// repeated names, naming the first one.
+    fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, String> {
+        let mut p = Self::default();
+        for (name, value) in pairs {
+            let slot = match name.as_str() {
+                "userId" => &mut p.user_id,
+                "vendorId" => &mut p.vendor_id,
+                "connectionId" => &mut p.connection_id,
+                "since" => &mut p.since,
+                "limit" => &mut p.limit,
+                "cursor" => &mut p.cursor,
+                _ => {
+                    return Err(format!("unknown parameter {:?}; accepted: {}", echo(&name), PARAMETERS.join(", ")));
+                }
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!("{name}: given more than once"));
+            }
+        }
+        Ok(p)
+    }
+
     /// The query asked for, or what is wrong with the parameters.
     fn parse(self) -> Result<AuditQuery, String> {
         let user_id = match self.user_id {
@@ -55,6 +86,10 @@ impl Params {
         };
         let vendor_id = match self.vendor_id {
             Some(v) => Some(VendorId::parse(&v).map_err(|e| format!("vendorId: {e}"))?.as_str().to_owned()),
+            None => None,
+        };
+        let connection_id = match self.connection_id {
+            Some(c) => Some(uuid::Uuid::try_parse(&c).map_err(|_| "connectionId: must be a UUID".to_owned())?),
             None => None,
         };
         let since = match self.since {
@@ -75,7 +110,7 @@ impl Params {
             Some(c) => Some(Cursor::decode(&c).ok_or("cursor: not a cursor this API returned")?),
             None => None,
         };
-        Ok(AuditQuery { user_id, vendor_id, since, after, limit })
+        Ok(AuditQuery { user_id, vendor_id, connection_id, since, after, limit })
     }
 }
 
@@ -83,7 +118,7 @@ impl Params {
 pub async fn list(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    params: Result<Query<Params>, QueryRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     let Some(expected) = &shared.config.admin_token else {
         return error(StatusCode::NOT_FOUND, ErrorCode::Unavailable, "the audit API is off: ADMIN_TOKEN is not set");
@@ -97,10 +132,10 @@ pub async fn list(
         return resp;
     }
     let params = match params {
-        Ok(Query(p)) => p,
+        Ok(Query(pairs)) => Params::from_pairs(pairs),
         Err(e) => return invalid(&e.body_text()),
     };
-    let mut query = match params.parse() {
+    let mut query = match params.and_then(Params::parse) {
         Ok(q) => q,
         Err(why) => return invalid(&why),
     };
@@ -118,5 +153,36 @@ pub async fn list(
             tracing::warn!(error = %e, "audit query failed");
             error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &format!("audit store unavailable: {e}"))
         }
+    }
+}
+
+/// `name` cut to [`MAX_NAME_ECHO`] characters: an error names the
+/// parameter without echoing a client's megabyte back.
+fn echo(name: &str) -> String {
+    match name.char_indices().nth(MAX_NAME_ECHO) {
+        Some((i, _)) => format!("{}…", &name[..i]),
+        None => name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
+        q.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn unknown_and_repeated_parameters_are_refused_by_name() {
+        let err = Params::from_pairs(pairs(&[("userid", "alice")])).err().unwrap_or_default();
+        assert!(err.contains("\"userid\"") && err.contains(&PARAMETERS.join(", ")), "{err}");
+        let err = Params::from_pairs(pairs(&[("userId", "a"), ("userId", "b")])).err().unwrap_or_default();
+        assert!(err.starts_with("userId"), "{err}");
+        let long = "x".repeat(10_000);
+        let err = Params::from_pairs(pairs(&[(long.as_str(), "1")])).err().unwrap_or_default();
+        assert!(err.len() < 300, "{err}");
+        let ok = Params::from_pairs(pairs(&[("userId", "alice"), ("limit", "5")])).and_then(Params::parse);
+        assert_eq!(ok.map(|q| (q.user_id, q.limit)), Ok((Some("alice".to_owned()), 5)));
     }
 }

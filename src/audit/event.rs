@@ -57,8 +57,12 @@ pub struct AuditEvent {
     pub time: OffsetDateTime,
     /// The gateway instance.
     pub instance_id: Arc<str>,
-    /// The connection, unique within the instance.
-    pub connection_id: u64,
+    /// The connection: a UUIDv7, unique across instances and restarts
+    /// (an `INSTANCE_ID` is often a stable pod name, so a per-process
+    /// counter repeated itself in every run). Rows journaled by versions
+    /// that used that counter read back as [`legacy_connection_id`].
+    #[serde(deserialize_with = "connection_id")]
+    pub connection_id: Uuid,
     /// The last `userId` the connection used (none before its first subscribe).
     pub user_id: Option<String>,
     /// `websocket` (later `webtransport`).
@@ -76,26 +80,50 @@ pub struct AuditEvent {
     pub reason: Option<String>,
 }
 
+/// The id a numeric connection id of an older version maps to: its number
+/// in the low 64 bits of an otherwise zero (version 0) UUID, so it can never
+/// equal a UUIDv7. The database migration converts stored numbers the same
+/// way, so a row replayed from an old journal matches its stored siblings.
+pub fn legacy_connection_id(n: u64) -> Uuid {
+    Uuid::from_u64_pair(0, n)
+}
+
+/// A UUID, or the number an older version wrote.
+fn connection_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Uuid(Uuid),
+        Legacy(u64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Uuid(u) => u,
+        Either::Legacy(n) => legacy_connection_id(n),
+    })
+}
+
 impl AuditEvent {
     /// Reads a stored row. Both SQL dialects keep every column alike but
-    /// `event_id` and `occurred_at` (native types in PostgreSQL, text in
-    /// SQLite), which the caller decodes.
-    pub(crate) fn from_row<'r, R>(row: &'r R, event_id: Uuid, time: OffsetDateTime) -> Result<Self, super::AuditError>
+    /// `event_id`, `connection_id` and `occurred_at` (native types in
+    /// PostgreSQL, text in SQLite), which the caller decodes.
+    pub(crate) fn from_row<'r, R>(
+        row: &'r R,
+        event_id: Uuid,
+        connection_id: Uuid,
+        time: OffsetDateTime,
+    ) -> Result<Self, super::AuditError>
     where
         R: sqlx::Row,
         &'static str: sqlx::ColumnIndex<R>,
         String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     {
         let action: String = row.try_get("action")?;
-        let connection_id: i64 = row.try_get("connection_id")?;
         let instance: String = row.try_get("instance_id")?;
         Ok(Self {
             event_id,
             time,
             instance_id: instance.into(),
-            connection_id: u64::try_from(connection_id)
-                .map_err(|_| super::AuditError::Corrupt("negative connection_id".into()))?,
+            connection_id,
             user_id: row.try_get("user_id")?,
             transport: row.try_get("transport")?,
             channel: row.try_get("channel")?,
@@ -163,6 +191,8 @@ pub struct AuditQuery {
     pub user_id: Option<String>,
     /// Only this vendor's rows.
     pub vendor_id: Option<String>,
+    /// Only this connection's rows.
+    pub connection_id: Option<Uuid>,
     /// Only rows at or after this time.
     pub since: Option<OffsetDateTime>,
     /// Only rows after this position (paging).
@@ -201,7 +231,7 @@ mod tests {
             event_id: Uuid::now_v7(),
             time: next_time(None),
             instance_id: Arc::from("i1"),
-            connection_id: 7,
+            connection_id: Uuid::now_v7(),
             user_id: Some("u1".into()),
             transport: "websocket".into(),
             channel: Some("location".into()),
@@ -214,5 +244,17 @@ mod tests {
         assert!(line.contains("\"eventId\"") && line.contains("\"action\":\"subscribe\""), "{line}");
         let back: Result<AuditEvent, _> = serde_json::from_str(&line);
         assert_eq!(back.ok(), Some(e));
+    }
+
+    /// A line journaled by a version with numeric connection ids.
+    #[test]
+    fn old_journal_lines_with_numeric_connection_ids_still_read() {
+        let line = r#"{"eventId":"0190a5b2-7c1e-7000-8000-000000000001","time":"2026-11-30T10:00:00.000001Z","instanceId":"i1","connectionId":42,"userId":null,"transport":"websocket","channel":null,"vendorId":null,"action":"connect","clientAddr":"127.0.0.1:1","reason":null}"#;
+        let e: Result<AuditEvent, _> = serde_json::from_str(line);
+        let id = e.map(|e| e.connection_id).ok();
+        assert_eq!(id, Some(legacy_connection_id(42)));
+        assert_eq!(id.map(|u| u.hyphenated().to_string()).as_deref(), Some("00000000-0000-0000-0000-00000000002a"));
+        let bad = line.replace("42", "\"x\"");
+        assert!(serde_json::from_str::<AuditEvent>(&bad).is_err());
     }
 }

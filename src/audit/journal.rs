@@ -28,21 +28,27 @@ const LOCK: &str = ".lock";
 /// A journal operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    /// Reading or writing a journal file failed.
-    #[error("{path}: {source}")]
+    /// Reading or writing a journal file failed. The cause is displayed,
+    /// not exposed as `source()` (a chain-walking logger would repeat it).
+    #[error("audit journal {}: {error}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// Another process holds the directory.
-    #[error("{0} is in use by another gateway process (each instance needs its own AUDIT_JOURNAL_DIR)")]
+    /// Another process holds the directory: a configuration mistake (two
+    /// instances sharing a working directory), so the message says which
+    /// setting to change.
+    #[error(
+        "audit journal {} is locked by another running gateway; give each instance its own AUDIT_JOURNAL_DIR",
+        .0.display()
+    )]
     Locked(PathBuf),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io { path: path.to_owned(), source }
+    move |error| JournalError::Io { path: path.to_owned(), error }
 }
 
 /// The journal of one gateway process.

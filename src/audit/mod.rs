@@ -4,11 +4,12 @@
 //!
 //! The hot path (a session) only calls [`Audit::record`]: a `try_send` into
 //! a bounded queue, never a database await. A writer task batches rows into
-//! the [`AuditSink`]. While the sink fails, rows wait in memory up to
-//! `AUDIT_BUFFER`, then spill to the [`journal`] on disk; when the sink is
-//! back, the journal is written first, then memory. If even the queue is
-//! full, the hot path appends the row to the journal itself (a buffered
-//! write, no fsync) rather than drop it or wait. Event ids make every write
+//! the [`AuditSink`]. When the sink fails, rows go to the [`journal`] on
+//! disk: at once on the failed write, then within `AUDIT_SPILL_AFTER_MS`
+//! (or at `AUDIT_BUFFER` rows) while it stays down; when the sink is back,
+//! the journal is written first, then memory. If even the queue is full,
+//! the hot path appends the row to the journal itself (a buffered write, no
+//! fsync) rather than drop it or wait. Event ids make every write
 //! idempotent, so nothing is stored twice.
 
 pub mod api;
@@ -26,7 +27,7 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-pub use event::{Action, AuditEvent, AuditQuery, Cursor, next_time, truncate_to_micros};
+pub use event::{Action, AuditEvent, AuditQuery, Cursor, legacy_connection_id, next_time, truncate_to_micros};
 use journal::{Journal, JournalError};
 
 use crate::bus::DependencyStatus;
@@ -37,26 +38,56 @@ use crate::metrics::Metrics;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An audit operation that failed.
+///
+/// Each variant displays its cause and does not also expose it as
+/// `source()`: loggers that walk the chain (anyhow's `{:#}`) would print it
+/// twice otherwise.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// `DATABASE_URL` could not be parsed.
     #[error("invalid DATABASE_URL: {0}")]
-    Url(#[source] sqlx::Error),
+    Url(sqlx::Error),
     /// The database refused or could not be reached.
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// Applying the embedded migrations failed.
     #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// The database did not answer in time.
     #[error("database did not answer within {0:?}")]
     Timeout(Duration),
-    /// The spill journal failed.
-    #[error("audit journal: {0}")]
-    Journal(#[from] JournalError),
+    /// The spill journal failed (its message names the journal).
+    #[error("{0}")]
+    Journal(JournalError),
     /// A stored row could not be read back.
     #[error("stored audit row is invalid: {0}")]
     Corrupt(String),
+}
+
+impl AuditError {
+    /// Whether a setting is wrong (the operator must change it; retrying
+    /// cannot help): the binary exits 2 for these.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Url(_) | Self::Journal(JournalError::Locked(_)))
+    }
+}
+
+impl From<sqlx::Error> for AuditError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for AuditError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e)
+    }
+}
+
+impl From<JournalError> for AuditError {
+    fn from(e: JournalError) -> Self {
+        Self::Journal(e)
+    }
 }
 
 /// Where audit rows are stored: one trait, a real engine and an embedded one.
@@ -107,6 +138,10 @@ pub struct AuditOptions {
     /// Rows kept in memory while the database is unreachable before they
     /// spill to the journal.
     pub buffer: usize,
+    /// Longest a row waits in memory only while the database is down.
+    pub spill_after: Duration,
+    /// How often an idle writer probes the database (for `/health`).
+    pub probe_interval: Duration,
 }
 
 impl AuditOptions {
@@ -119,6 +154,8 @@ impl AuditOptions {
             queue: config.audit_queue,
             batch: config.audit_batch,
             buffer: config.audit_buffer,
+            spill_after: Duration::from_millis(config.audit_spill_after_ms),
+            probe_interval: Duration::from_millis(config.audit_probe_interval_ms),
         }
     }
 }
@@ -212,6 +249,8 @@ impl Audit {
                 batch: opts.batch,
                 buffer: opts.buffer,
                 migrated,
+                spill_after: opts.spill_after,
+                probe_interval: opts.probe_interval,
             },
             rx,
         );
@@ -273,7 +312,9 @@ impl Audit {
     }
 
     /// `/health`'s `database` check: SQLite is embedded, so `ok` unless its
-    /// writes fail; PostgreSQL is `down` while the writer cannot reach it.
+    /// writes fail; PostgreSQL is `down` while the writer cannot reach it
+    /// (an idle writer probes every `AUDIT_PROBE_INTERVAL_MS`, so this is
+    /// current without traffic).
     pub fn health(&self) -> DependencyStatus {
         match self.health.get() {
             None => DependencyStatus::Ok,

@@ -28,7 +28,7 @@ const PARALLEL_WRITES: usize = 4;
 
 const INSERT: &str = "INSERT INTO audit_events \
     (event_id, occurred_at, instance_id, connection_id, user_id, transport, channel, vendor_id, action, client_addr, reason) \
-    SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::text[], $6::text[], \
+    SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], $6::text[], \
     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) \
     ON CONFLICT (event_id) DO NOTHING";
 
@@ -109,7 +109,7 @@ impl AuditSink for PgSink {
                 ids.push(r.event_id);
                 times.push(r.time);
                 instances.push(&*r.instance_id);
-                conns.push(i64::try_from(r.connection_id).unwrap_or(i64::MAX));
+                conns.push(r.connection_id);
                 users.push(r.user_id.as_deref());
                 transports.push(r.transport.as_str());
                 channels.push(r.channel.as_deref());
@@ -146,6 +146,9 @@ impl AuditSink for PgSink {
             if let Some(vendor) = &q.vendor_id {
                 b.push(" AND vendor_id = ").push_bind(vendor.as_str());
             }
+            if let Some(conn) = q.connection_id {
+                b.push(" AND connection_id = ").push_bind(conn);
+            }
             if let Some(since) = q.since {
                 b.push(" AND occurred_at >= ").push_bind(since);
             }
@@ -172,5 +175,5 @@ impl AuditSink for PgSink {
 }
 
 fn from_row(row: &PgRow) -> Result<AuditEvent, AuditError> {
-    AuditEvent::from_row(row, row.try_get("event_id")?, row.try_get("occurred_at")?)
+    AuditEvent::from_row(row, row.try_get("event_id")?, row.try_get("connection_id")?, row.try_get("occurred_at")?)
 }

@@ -93,7 +93,7 @@ impl AuditSink for SqliteSink {
                     v.push_bind(r.event_id.hyphenated().to_string())
                         .push_bind(format_time(r.time))
                         .push_bind(r.instance_id.to_string())
-                        .push_bind(i64::try_from(r.connection_id).unwrap_or(i64::MAX))
+                        .push_bind(r.connection_id.hyphenated().to_string())
                         .push_bind(r.user_id.clone())
                         .push_bind(r.transport.clone())
                         .push_bind(r.channel.clone())
@@ -122,6 +122,9 @@ impl AuditSink for SqliteSink {
             if let Some(vendor) = &q.vendor_id {
                 b.push(" AND vendor_id = ").push_bind(vendor.clone());
             }
+            if let Some(conn) = q.connection_id {
+                b.push(" AND connection_id = ").push_bind(conn.hyphenated().to_string());
+            }
             if let Some(since) = q.since {
                 b.push(" AND occurred_at >= ").push_bind(format_time(since));
             }
@@ -148,10 +151,14 @@ impl AuditSink for SqliteSink {
 }
 
 fn from_row(row: &SqliteRow) -> Result<AuditEvent, AuditError> {
-    let id: String = row.try_get("event_id")?;
     let time: String = row.try_get("occurred_at")?;
-    let event_id = Uuid::try_parse(&id).map_err(|e| AuditError::Corrupt(format!("event_id {id:?}: {e}")))?;
-    AuditEvent::from_row(row, event_id, parse_time(&time)?)
+    AuditEvent::from_row(row, uuid_column(row, "event_id")?, uuid_column(row, "connection_id")?, parse_time(&time)?)
+}
+
+/// A UUID stored as text.
+fn uuid_column(row: &SqliteRow, column: &'static str) -> Result<Uuid, AuditError> {
+    let text: String = row.try_get(column)?;
+    Uuid::try_parse(&text).map_err(|e| AuditError::Corrupt(format!("{column} {text:?}: {e}")))
 }
 
 #[cfg(test)]

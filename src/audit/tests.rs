@@ -68,7 +68,7 @@ pub(super) fn event(n: u64) -> AuditEvent {
         event_id: uuid::Uuid::now_v7(),
         time: next_time(None),
         instance_id: Arc::from("t"),
-        connection_id: n,
+        connection_id: legacy_connection_id(n),
         user_id: None,
         transport: "websocket".into(),
         channel: None,
@@ -87,7 +87,7 @@ impl Drop for TempDir {
     }
 }
 
-async fn start(gate: &Arc<Gate>, dir: &TempDir, queue: usize) -> Audit {
+async fn start(gate: &Arc<Gate>, dir: &TempDir, queue: usize, spill_after: Duration) -> Audit {
     let opts = AuditOptions {
         database_url: None,
         sqlite_path: dir.0.join("unused.db"),
@@ -95,12 +95,17 @@ async fn start(gate: &Arc<Gate>, dir: &TempDir, queue: usize) -> Audit {
         queue,
         batch: 16,
         buffer: 50,
+        spill_after,
+        probe_interval: Duration::from_millis(200),
     };
     let journal = Arc::new(Journal::open(&opts.journal_dir).unwrap());
     let metrics = Arc::new(Metrics::new().unwrap());
     let sink: Arc<dyn AuditSink> = Arc::new(GateSink(Arc::clone(gate)));
     Audit::start_with_sink(opts, sink, journal, "t", metrics).await.unwrap()
 }
+
+/// A spill delay no test reaches: only the other bounds act.
+const LONG: Duration = Duration::from_secs(600);
 
 async fn wait_for(gate: &Gate, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -114,7 +119,7 @@ async fn wait_for(gate: &Gate, n: usize) {
 async fn an_outage_overflowing_queue_and_memory_loses_nothing() {
     let dir = TempDir(std::env::temp_dir().join(format!("venta-audit-{}", uuid::Uuid::new_v4().simple())));
     let gate = Arc::new(Gate::default());
-    let audit = start(&gate, &dir, 4).await;
+    let audit = start(&gate, &dir, 4, LONG).await;
     gate.down.store(true, Ordering::SeqCst);
     let sent: Vec<AuditEvent> = (0..1000).map(event).collect();
     // The hot path never waits: 1000 rows into a 4-row queue, in one go,
@@ -140,7 +145,7 @@ async fn an_outage_overflowing_queue_and_memory_loses_nothing() {
 async fn memory_spills_at_its_bound_and_shutdown_journals_the_rest_for_the_next_start() {
     let dir = TempDir(std::env::temp_dir().join(format!("venta-audit-{}", uuid::Uuid::new_v4().simple())));
     let gate = Arc::new(Gate::default());
-    let audit = start(&gate, &dir, 1000).await;
+    let audit = start(&gate, &dir, 1000, LONG).await;
     gate.down.store(true, Ordering::SeqCst);
     let sent: Vec<AuditEvent> = (0..120).map(event).collect();
     for e in &sent {
@@ -158,11 +163,46 @@ async fn memory_spills_at_its_bound_and_shutdown_journals_the_rest_for_the_next_
     drop(audit);
     // The database is back: the next start replays the journal.
     gate.down.store(false, Ordering::SeqCst);
-    let audit = start(&gate, &dir, 1000).await;
+    let audit = start(&gate, &dir, 1000, LONG).await;
     wait_for(&gate, 120).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while audit.journal.has_pending() {
         assert!(tokio::time::Instant::now() < deadline, "journal not emptied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    audit.close(Duration::from_secs(1)).await;
+}
+
+/// While the database is down, a row reaches the journal within the spill
+/// delay even far below `AUDIT_BUFFER`; health follows the database with no
+/// rows flowing (the idle probe).
+#[tokio::test]
+async fn rows_reach_the_journal_promptly_while_the_database_is_down() {
+    let dir = TempDir(std::env::temp_dir().join(format!("venta-audit-{}", uuid::Uuid::new_v4().simple())));
+    let gate = Arc::new(Gate::default());
+    let audit = start(&gate, &dir, 1000, Duration::from_millis(100)).await;
+    gate.down.store(true, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while audit.health() == DependencyStatus::Ok {
+        assert!(tokio::time::Instant::now() < deadline, "the idle probe never noticed the outage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Well under the 50-row buffer, arriving after the outage was noticed.
+    let sent: Vec<AuditEvent> = (0..10).map(event).collect();
+    for e in &sent {
+        audit.record(e.clone());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while audit.journal.pending_rows() < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "{} of 10 rows journaled", audit.journal.pending_rows());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.down.store(false, Ordering::SeqCst);
+    wait_for(&gate, 10).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while audit.health() != DependencyStatus::Ok || audit.journal.has_pending() {
+        assert!(tokio::time::Instant::now() < deadline, "health or journal did not recover");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     audit.close(Duration::from_secs(1)).await;

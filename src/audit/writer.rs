@@ -3,16 +3,28 @@
 //! It takes rows from the hot-path queue into a memory backlog and writes
 //! them in batches of `AUDIT_BATCH` (a batch goes out when full, or
 //! [`FLUSH_INTERVAL`] after its first row; under load several batches are in
-//! flight at once, see [`AuditSink::parallel_writes`]). While the sink fails it retries
-//! with back-off; the backlog holds up to `AUDIT_BUFFER` rows, then spills
-//! to the journal (synced before the rows leave memory). On recovery the
-//! journal is replayed before the backlog, so rows reach the database in
-//! roughly the order they happened.
+//! flight at once, see [`AuditSink::parallel_writes`]).
+//!
+//! While the database is unreachable no row waits in memory longer than
+//! `AUDIT_SPILL_AFTER_MS` after it arrived (or beyond `AUDIT_BUFFER` rows)
+//! before the backlog goes to the journal (synced before the rows leave
+//! memory): a crash during an outage loses at most that window, not the
+//! whole outage. Meanwhile a probe (`SELECT 1`)
+//! runs with back-off, alongside the loop rather than awaited by it, so a
+//! database that takes seconds to refuse does not hold rows in memory. On
+//! recovery the journal is replayed before the backlog, so rows reach the
+//! database in roughly the order they happened. When idle, the same probe
+//! runs every `AUDIT_PROBE_INTERVAL_MS`, so `/health` follows the database
+//! without traffic.
+//!
+//! Journal appends and syncs of the writer run on the blocking pool, not on
+//! a runtime thread.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{Journal, Segment};
@@ -21,14 +33,16 @@ use crate::metrics::Metrics;
 
 /// How long a batch may wait to fill before it is written anyway.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest a single write (or ping) may take before it counts as failed.
+/// Longest a single write may take before it counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Housekeeping: journal fsync, gauges, idle health probe.
+/// Longest a health probe may take before it counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Housekeeping (journal fsync, gauges, idle probe) at least this often.
 const TICK: Duration = Duration::from_secs(1);
-/// A health probe when no row was written for this long.
-const PROBE_AFTER: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// At most one "journal not writable" error line per this period.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the writer is built from.
 pub(crate) struct Parts {
@@ -39,18 +53,37 @@ pub(crate) struct Parts {
     pub(crate) batch: usize,
     pub(crate) buffer: usize,
     pub(crate) migrated: bool,
+    /// Longest a row stays in memory only, while the database is down.
+    pub(crate) spill_after: Duration,
+    /// Probe period when no row was written.
+    pub(crate) probe_interval: Duration,
 }
+
+type Probe = BoxFuture<'static, Result<(), AuditError>>;
 
 pub(crate) struct Writer {
     p: Parts,
     rx: mpsc::Receiver<AuditEvent>,
     backlog: VecDeque<AuditEvent>,
-    /// Set while the sink is failing: when to try again.
+    /// When the oldest row now in the backlog arrived.
+    backlog_since: Option<Instant>,
+    /// Set while the sink is failing: when to probe again.
     retry_at: Option<Instant>,
     backoff: Duration,
     /// The journal segment being replayed, if one is half done.
     replay: Option<Segment>,
     last_contact: Instant,
+    /// A probe in flight, polled by the loop (never awaited on its own).
+    probe: Option<Probe>,
+    journal_error_logged_at: Option<Instant>,
+}
+
+/// The probe's result once it finishes; pending forever without one.
+async fn probe_result(probe: &mut Option<Probe>) -> Result<(), AuditError> {
+    match probe.as_mut() {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Writer {
@@ -60,10 +93,13 @@ impl Writer {
             p,
             rx,
             backlog: VecDeque::new(),
+            backlog_since: None,
             retry_at,
             backoff: BACKOFF_MIN,
             replay: None,
             last_contact: Instant::now(),
+            probe: None,
+            journal_error_logged_at: None,
         }
     }
 
@@ -71,33 +107,55 @@ impl Writer {
     /// gone), then flushes.
     pub(crate) async fn run(mut self, mut stop: oneshot::Receiver<Instant>) {
         let mut buf = Vec::with_capacity(self.p.batch * self.p.sink.parallel_writes().max(1));
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(TICK.min(self.p.probe_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A journal left by an earlier run is replayed at once.
         self.pump().await;
         loop {
-            let retry = self.retry_at.map(tokio::time::Instant::from_std);
+            let retry = self.retry_at.filter(|_| self.probe.is_none()).map(tokio::time::Instant::from_std);
+            let spill = self.spill_deadline().map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 deadline = &mut stop => {
                     let deadline = deadline.unwrap_or_else(|_| Instant::now());
                     return self.shutdown(deadline).await;
                 }
+                r = probe_result(&mut self.probe) => {
+                    self.probe = None;
+                    match r {
+                        Ok(()) => {
+                            self.last_contact = Instant::now();
+                            self.mark_up();
+                        }
+                        Err(e) => self.went_down(&e),
+                    }
+                }
                 n = self.rx.recv_many(&mut buf, self.p.batch * self.p.sink.parallel_writes().max(1)) => {
                     if n == 0 {
                         return self.shutdown(Instant::now() + Duration::from_secs(1)).await;
                     }
-                    self.backlog.extend(buf.drain(..));
+                    self.take(&mut buf);
                     if self.retry_at.is_none() {
                         self.fill(&mut buf).await;
                     }
                 }
-                () = async { if let Some(at) = retry { tokio::time::sleep_until(at).await } }, if retry.is_some() => {}
+                () = async { if let Some(at) = retry { tokio::time::sleep_until(at).await } }, if retry.is_some() => {
+                    self.start_probe();
+                }
+                () = async { if let Some(at) = spill { tokio::time::sleep_until(at).await } }, if spill.is_some() => {}
                 _ = tick.tick() => self.housekeeping().await,
             }
             self.pump().await;
             self.update_gauges();
         }
+    }
+
+    /// Moves received rows into the backlog.
+    fn take(&mut self, buf: &mut Vec<AuditEvent>) {
+        if self.backlog.is_empty() && !buf.is_empty() {
+            self.backlog_since = Some(Instant::now());
+        }
+        self.backlog.extend(buf.drain(..));
     }
 
     /// Batches by time: waits up to [`FLUSH_INTERVAL`] for a full batch.
@@ -106,32 +164,48 @@ impl Writer {
         while self.backlog.len() < self.p.batch {
             let want = self.p.batch - self.backlog.len();
             match tokio::time::timeout_at(deadline, self.rx.recv_many(buf, want)).await {
-                Ok(n) if n > 0 => self.backlog.extend(buf.drain(..)),
+                Ok(n) if n > 0 => self.take(buf),
                 _ => break,
             }
         }
     }
 
-    /// Writes what is pending if the sink is (believed) up or a retry is
-    /// due; spills the backlog when it is over its bound.
+    /// Writes what is pending while the sink is (believed) up; journals the
+    /// backlog when it is due (see [`Writer::spill_due`]).
     async fn pump(&mut self) {
-        let due = self.retry_at.is_none_or(|t| Instant::now() >= t);
-        let pending = !self.backlog.is_empty() || self.replay.is_some() || self.p.journal.has_pending();
-        if due && (pending || self.retry_at.is_some()) {
+        let pending =
+            !self.backlog.is_empty() || self.replay.is_some() || self.p.journal.has_pending() || !self.p.migrated;
+        if self.retry_at.is_none() && pending {
             match self.write_pending().await {
                 Ok(()) => self.mark_up(),
-                Err(e) => self.mark_down(&e),
+                Err(e) => self.went_down(&e),
             }
         }
-        self.spill_if_full();
+        if self.spill_due() {
+            let reason = if self.backlog.len() >= self.p.buffer { "buffer_full" } else { "database_down" };
+            self.spill(reason).await;
+        }
+    }
+
+    /// Whether the backlog must go to the journal now: it reached
+    /// `AUDIT_BUFFER`, or the database is down and its oldest row has waited
+    /// `AUDIT_SPILL_AFTER_MS`.
+    fn spill_due(&self) -> bool {
+        !self.backlog.is_empty()
+            && (self.backlog.len() >= self.p.buffer || self.spill_deadline().is_some_and(|t| Instant::now() >= t))
+    }
+
+    /// When the backlog is due for the journal while the database is down.
+    fn spill_deadline(&self) -> Option<Instant> {
+        if self.retry_at.is_none() || self.backlog.is_empty() {
+            return None;
+        }
+        self.backlog_since.map(|t| t + self.p.spill_after)
     }
 
     /// Journal first, then the backlog, batch by batch; stops at the first
     /// failure with everything unwritten still in place.
     async fn write_pending(&mut self) -> Result<(), AuditError> {
-        if self.retry_at.is_some() {
-            timed(self.p.sink.ping()).await?;
-        }
         if !self.p.migrated {
             timed(self.p.sink.migrate()).await?;
             self.p.migrated = true;
@@ -142,9 +216,16 @@ impl Writer {
             let rows = &self.backlog.make_contiguous()[..n];
             write_batches(&*self.p.sink, &self.p.metrics, rows, self.p.batch).await?;
             self.backlog.drain(..n);
-            self.last_contact = Instant::now();
+            self.contact();
         }
+        self.backlog_since = None;
         Ok(())
+    }
+
+    /// A write went through: the database is up, an idle probe is moot.
+    fn contact(&mut self) {
+        self.last_contact = Instant::now();
+        self.probe = None;
     }
 
     async fn replay_journal(&mut self) -> Result<(), AuditError> {
@@ -163,7 +244,7 @@ impl Writer {
                 self.replay = Some(segment);
                 return Err(e);
             }
-            self.last_contact = Instant::now();
+            self.contact();
             self.p.journal.confirm(batch.rows.len() as u64 + batch.invalid);
             if batch.invalid > 0 {
                 self.p.metrics.audit_dropped.with_label_values(&["journal_unreadable"]).inc_by(batch.invalid);
@@ -177,62 +258,95 @@ impl Writer {
         }
     }
 
-    /// Moves the backlog to the journal once it reaches `AUDIT_BUFFER`.
-    fn spill_if_full(&mut self) {
-        if self.backlog.len() < self.p.buffer {
+    /// Moves the whole backlog to the journal (append and fdatasync, on the
+    /// blocking pool). If the journal fails, the rows stay in memory up to
+    /// `AUDIT_BUFFER`; the oldest beyond it are dropped and counted.
+    async fn spill(&mut self, reason: &'static str) {
+        if self.backlog.is_empty() {
             return;
         }
         let n = self.backlog.len();
-        let rows = self.backlog.make_contiguous();
-        match self.p.journal.append(rows).and_then(|()| self.p.journal.sync()) {
-            Ok(()) => {
+        // A copy goes to the blocking thread; the rows leave memory only
+        // once the journal has them on disk.
+        let rows: Vec<AuditEvent> = self.backlog.iter().cloned().collect();
+        let journal = Arc::clone(&self.p.journal);
+        let result = tokio::task::spawn_blocking(move || journal.append(&rows).and_then(|()| journal.sync())).await;
+        match result {
+            Ok(Ok(())) => {
                 self.backlog.clear();
-                self.p.metrics.audit_spilled.with_label_values(&["buffer_full"]).inc_by(n as u64);
-                tracing::info!(rows = n, "audit buffer full; rows spilled to the journal");
+                self.backlog_since = None;
+                self.p.metrics.audit_spilled.with_label_values(&[reason]).inc_by(n as u64);
+                tracing::debug!(rows = n, reason, "audit rows spilled to the journal");
             }
-            Err(e) => {
-                // Memory stays bounded: the oldest rows beyond the bound go.
-                let lost = n.saturating_sub(self.p.buffer);
-                self.backlog.drain(..lost);
-                self.p.metrics.audit_dropped.with_label_values(&["journal_error"]).inc_by(lost as u64);
-                tracing::error!(error = %e, lost, "audit journal not writable while the database is down");
-            }
+            Ok(Err(e)) => self.journal_failed(&e.to_string()),
+            Err(e) => self.journal_failed(&e.to_string()),
+        }
+    }
+
+    fn journal_failed(&mut self, error: &str) {
+        // Memory stays bounded: the oldest rows beyond the bound go.
+        let lost = self.backlog.len().saturating_sub(self.p.buffer);
+        self.backlog.drain(..lost);
+        self.p.metrics.audit_dropped.with_label_values(&["journal_error"]).inc_by(lost as u64);
+        if self.journal_error_logged_at.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {
+            self.journal_error_logged_at = Some(Instant::now());
+            tracing::error!(
+                error,
+                lost,
+                kept = self.backlog.len(),
+                "audit journal not writable while the database is down"
+            );
         }
     }
 
     async fn housekeeping(&mut self) {
-        if let Err(e) = self.p.journal.sync() {
-            tracing::error!(error = %e, "audit journal sync failed");
+        let journal = Arc::clone(&self.p.journal);
+        match tokio::task::spawn_blocking(move || journal.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit journal sync failed"),
+            Err(e) => tracing::error!(error = %e, "audit journal sync failed"),
         }
-        if self.retry_at.is_none() && self.last_contact.elapsed() >= PROBE_AFTER {
-            self.last_contact = Instant::now();
-            match timed(self.p.sink.ping()).await {
-                Ok(()) => self.mark_up(),
-                Err(e) => self.mark_down(&e),
-            }
+        if self.retry_at.is_none() && self.probe.is_none() && self.last_contact.elapsed() >= self.p.probe_interval {
+            self.start_probe();
         }
         self.update_gauges();
     }
 
+    /// Starts a `SELECT 1` (bounded by [`PROBE_TIMEOUT`]) that the loop
+    /// polls alongside everything else.
+    fn start_probe(&mut self) {
+        if self.probe.is_some() {
+            return;
+        }
+        let sink = Arc::clone(&self.p.sink);
+        self.probe = Some(Box::pin(async move {
+            tokio::time::timeout(PROBE_TIMEOUT, sink.ping()).await.map_err(|_| AuditError::Timeout(PROBE_TIMEOUT))?
+        }));
+    }
+
     fn mark_up(&mut self) {
         if self.retry_at.take().is_some() {
-            tracing::info!(engine = self.p.sink.engine(), "audit database reachable again; buffered rows written");
+            tracing::info!(engine = self.p.sink.engine(), "audit database reachable again; writing journaled rows");
         }
         self.backoff = BACKOFF_MIN;
         self.p.health.set(None);
         self.p.metrics.audit_database_up.set(1);
     }
 
-    fn mark_down(&mut self, e: &AuditError) {
+    /// A write or probe failed: health says so and probes back off; the
+    /// rows in memory go to the journal by [`Writer::spill_due`].
+    fn went_down(&mut self, e: &AuditError) {
         if self.retry_at.is_none() {
-            tracing::warn!(engine = self.p.sink.engine(), error = %e, "audit database unreachable; keeping rows until it returns");
+            tracing::warn!(engine = self.p.sink.engine(), error = %e, "audit database unreachable; journaling rows until it returns");
         } else {
             tracing::debug!(error = %e, "audit database still unreachable");
         }
         self.p.health.set(Some(e.to_string()));
         self.p.metrics.audit_database_up.set(0);
         self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        // While down, probe at least every probe interval.
+        let max = BACKOFF_MAX.min(self.p.probe_interval).max(BACKOFF_MIN);
+        self.backoff = (self.backoff * 2).min(max);
     }
 
     fn update_gauges(&self) {
@@ -245,6 +359,7 @@ impl Writer {
     /// Final flush: take what is queued, write it (and the journal) until
     /// `deadline` if the sink is up, journal whatever is left.
     async fn shutdown(mut self, deadline: Instant) {
+        self.probe = None;
         self.rx.close();
         while let Ok(row) = self.rx.try_recv() {
             self.backlog.push_back(row);
