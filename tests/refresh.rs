@@ -107,3 +107,68 @@ async fn refresh_with_auth_off_is_answered_without_an_expiry() {
     assert_eq!(ack, json!({"type": "refreshed", "data": {}, "id": "r"}));
     gw.shutdown().await;
 }
+
+/// The JS client's `getToken`: it refreshes before expiry, so the
+/// connection outlives several tokens without a reconnect.
+#[tokio::test]
+async fn the_js_client_refreshes_its_token_in_place() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    let node_ok = Command::new("node").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(node_ok, "node (20+) is required for the JS client test: apt-get install nodejs");
+    let gw = common::GatewayProcess::spawn(common::free_port(), &[("JWT_SECRET", SECRET), ("JWT_LEEWAY", "0")]).await;
+    let mut child = Command::new("node")
+        .arg("--experimental-websocket")
+        .arg(common::root().join("clients/js/test/driver.mjs"))
+        .args([gw.url("/ws/location").as_str(), "jsr1", "u1", "200", "3"])
+        .env("VENTA_DRIVER_JWT_SECRET", SECRET)
+        .env("VENTA_DRIVER_TOKEN_TTL", "3")
+        .env("VENTA_DRIVER_REFRESH_LEAD_MS", "2000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let started = now_secs();
+    let mut refreshed = 0;
+    let mut opens = 0;
+    // Until well past the first token's expiry (3 s): every event but
+    // refreshes, pings and the first open/subscribe would be a failure.
+    while refreshed < 3 || now_secs() <= started + 4 {
+        let v = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("driver silent")
+            .expect("driver ended");
+        match v["event"].as_str() {
+            Some("refreshed") => refreshed += 1,
+            Some("open") => opens += 1,
+            Some("subscribed" | "ping") => {}
+            _ => panic!("unexpected event while refreshing: {v}"),
+        }
+    }
+    assert_eq!(opens, 1, "the client reconnected instead of refreshing");
+    common::publish(
+        &gw.http("/api/v1/publish/location"),
+        &json!({"vendorId": "jsr1", "location": {"lat": 1.0, "long": 2.0}}),
+    )
+    .await;
+    loop {
+        let v = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await.expect("driver silent").expect("ended");
+        match v["event"].as_str() {
+            Some("refreshed" | "ping") => {}
+            Some("location") => break,
+            _ => panic!("unexpected event: {v}"),
+        }
+    }
+    drop(child.stdin.take());
+    assert!(child.wait().expect("wait").success());
+}

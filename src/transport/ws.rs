@@ -218,7 +218,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, sh
         };
         let close = match inbound {
             None => return ReadEnd::ClientGone,
-            Some(Ok(Message::Close(frame))) => return ReadEnd::ClientClosed(frame.map(|f| f.code.into())),
+            Some(Ok(Message::Close(frame))) => return ReadEnd::ClientClosed(frame.map(|f| f.code)),
             // Boxed: handling a message (decode, rate limit, bus) needs ~600
             // bytes of future, which would otherwise sit in every idle
             // connection's task; clients send few messages (subscribes, a

@@ -114,6 +114,14 @@ export interface VentaClientOptions {
   WebSocket?: new (url: string, protocols?: string | string[]) => unknown;
   /** WebSocket sub-protocols. */
   protocols?: string | string[];
+  /**
+   * Returns a JWT. Asked before every connect (it replaces the URL's `token`)
+   * and `refreshLeadMs` before the current token expires: the client then
+   * sends `refresh` and the connection lives on instead of closing with 4001.
+   */
+  getToken?: () => string | Promise<string>;
+  /** How long before a token's `exp` to refresh it. Default 60000. */
+  refreshLeadMs?: number;
 }
 
 export interface ReconnectInfo {
@@ -168,6 +176,8 @@ export class VentaClient {
   onReconnecting(info: ReconnectInfo): void;
   onGiveUp(): void;
   onUnknownMessage(message: { type?: unknown; [field: string]: unknown }): void;
+  /** The gateway accepted a refreshed token; `expiresAt` is its new expiry (RFC 3339). */
+  onRefreshed(data: { expiresAt?: string }, message: { type: 'refreshed'; data: { expiresAt?: string }; id?: string }): void;
 }
 
 export class VentaWebSocketClient extends VentaClient {

@@ -259,6 +259,27 @@ function webSocketUrlFor(webTransportUrl) {
   return u.toString();
 }
 
+// -------------------------------------------------------------------- tokens
+
+/** `url` with its `token` query parameter set to `token` (others kept). */
+function withToken(url, token) {
+  if (token === undefined || token === null) return url;
+  const u = new URL(url);
+  u.searchParams.set('token', token);
+  return u.toString();
+}
+
+/** A JWT's `exp` in milliseconds since the epoch, or null if it has none. */
+function tokenExpiryMs(token) {
+  try {
+    const part = token.split('.')[1];
+    const json = JSON.parse(atob(part.replace(/-/g, '+').replace(/_/g, '/')));
+    return typeof json.exp === 'number' ? json.exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
 // -------------------------------------------------------------------- client
 
 /**
@@ -300,6 +321,13 @@ export class VentaClient {
    */
   #subscriptions = new Map();
   #pingCounter = 0;
+  /** `options.getToken`: asked for a token before every connect and before expiry. */
+  #getToken = null;
+  /** The latest token from `getToken`, put in the URL of every connect. */
+  #token = null;
+  #refreshLeadMs;
+  #refreshTimer = null;
+  #refreshCounter = 0;
 
   /**
    * @param {string} url
@@ -315,6 +343,8 @@ export class VentaClient {
     this.#maxDelayMs = options.reconnectMaxDelayMs ?? 30000;
     this.#maxQueue = options.maxQueuedMessages ?? 100;
     this.#log = makeLogger(options.logger);
+    this.#getToken = typeof options.getToken === 'function' ? options.getToken : null;
+    this.#refreshLeadMs = options.refreshLeadMs ?? 60000;
     this.#connect();
   }
 
@@ -391,6 +421,8 @@ export class VentaClient {
    */
   close(code = 1000, reason = '') {
     this.#closed = true;
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
     for (const timer of this.#retryTimers) clearTimeout(timer);
@@ -450,9 +482,40 @@ export class VentaClient {
   /** A message of a type this client does not know (forward compatibility). */
   onUnknownMessage(message) {}
 
+  /**
+   * The gateway accepted a fresh token from `getToken`: `data.expiresAt` is
+   * the new expiry. Without `getToken` the gateway closes the connection with
+   * 4001 when its token expires (the client then reconnects with the URL's token).
+   */
+  onRefreshed(data, message) {}
+
   // --------------------------------------------------------------- internals
 
+  /**
+   * With `getToken`, asks it for a token first (every connect: the last one
+   * may have expired while disconnected); a failure counts as a failed attempt.
+   */
   #connect() {
+    if (!this.#getToken) {
+      this.#openConnection();
+      return;
+    }
+    Promise.resolve()
+      .then(() => this.#getToken())
+      .then(
+        (token) => {
+          if (this.#closed) return;
+          this.#token = token;
+          this.#openConnection();
+        },
+        (err) => {
+          this.#log.error('getToken failed:', err);
+          if (!this.#closed) this.#handleReconnect();
+        },
+      );
+  }
+
+  #openConnection() {
     let opened = false;
     let conn = null;
     const on = {
@@ -460,6 +523,7 @@ export class VentaClient {
         opened = true;
         this.#log.log(`Connected to ${this.#name(conn)}`);
         this.#reconnectAttempts = 0;
+        this.#scheduleRefresh();
         // A new connection starts with no subscriptions on the server: send them
         // all, before queued messages, so updates flow again as soon as possible.
         for (const sub of this.#subscriptions.values()) this.#sendSubscribe(sub);
@@ -475,6 +539,8 @@ export class VentaClient {
       onEnd: (event) => {
         if (this.#conn !== conn) return;
         this.#conn = null;
+        clearTimeout(this.#refreshTimer);
+        this.#refreshTimer = null;
         this.#log.log(`${this.#name(conn)} connection closed`);
         this.#attemptEnded(conn, opened);
         if (opened) this.#emit('onClose', event);
@@ -482,13 +548,43 @@ export class VentaClient {
       },
     };
     try {
-      conn = this.#open(on, this.#log);
+      conn = this.#open(on, this.#log, (url) => withToken(url, this.#token));
     } catch (err) {
       // A malformed URL throws synchronously; retrying cannot fix it.
       this.#log.error(`${this.#name(null)} error:`, err);
       throw err;
     }
     this.#conn = conn;
+  }
+
+  /** Sends `refresh` with a new token `refreshLeadMs` before the current one expires. */
+  #scheduleRefresh() {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    if (!this.#getToken || this.#token === null) return;
+    const expiry = tokenExpiryMs(this.#token);
+    if (expiry === null) return;
+    const delay = Math.max(0, expiry - Date.now() - this.#refreshLeadMs);
+    this.#refreshTimer = setTimeout(() => this.#refresh(), delay);
+  }
+
+  #refresh() {
+    this.#refreshTimer = null;
+    Promise.resolve()
+      .then(() => this.#getToken())
+      .then(
+        (token) => {
+          if (this.#closed || !this.connected) return;
+          this.#token = token;
+          this.#conn.send({ type: 'refresh', data: { token }, id: `refresh:${++this.#refreshCounter}` });
+        },
+        (err) => {
+          // Try again shortly; at expiry the gateway closes with 4001 and
+          // the reconnect asks getToken again.
+          this.#log.error('getToken failed:', err);
+          if (!this.#closed) this.#refreshTimer = setTimeout(() => this.#refresh(), 5000);
+        },
+      );
   }
 
   #handleReconnect() {
@@ -540,6 +636,10 @@ export class VentaClient {
         break;
       case 'unsubscribed':
         this.#emit('onUnsubscribed', data, message);
+        break;
+      case 'refreshed':
+        this.#scheduleRefresh();
+        this.#emit('onRefreshed', data, message);
         break;
       case 'error':
         this.#handleSubscribeError(data, message.id);
@@ -637,6 +737,10 @@ export class VentaWebSocketClient extends VentaClient {
    * @param {{log?: Function, warn?: Function, error?: Function} | null | false} [options.logger=console] where to log; `null` or `false` silences the client
    * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (defaults to the global one; e.g. the `ws` package on older Node)
    * @param {string | string[]} [options.protocols] WebSocket sub-protocols
+   * @param {() => string | Promise<string>} [options.getToken] returns a JWT; asked before every connect
+   *   (it replaces the URL's `token`) and `refreshLeadMs` before the current token expires, so the
+   *   connection is refreshed in place instead of being closed with 4001
+   * @param {number} [options.refreshLeadMs=60000] how long before expiry to refresh
    */
   constructor(url, options = {}) {
     const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
@@ -648,7 +752,7 @@ export class VentaWebSocketClient extends VentaClient {
     }
     super(url, options, {
       name: () => 'WebSocket',
-      open: (on, log) => openWebSocket(WebSocketImpl, url, options.protocols, log, on),
+      open: (on, log, tokenUrl) => openWebSocket(WebSocketImpl, tokenUrl(url), options.protocols, log, on),
     });
   }
 }
@@ -692,9 +796,9 @@ export class VentaWebTransportClient extends VentaClient {
       name: (conn) => ((conn?.kind ?? (state.useWebTransport ? 'webtransport' : 'websocket')) === 'webtransport'
         ? 'WebTransport'
         : 'WebSocket'),
-      open: (on, connLog) => (state.useWebTransport
-        ? openWebTransport(WebTransportImpl, url, options, connLog, on)
-        : openWebSocket(WebSocketImpl, fallbackUrl, options.protocols, connLog, on)),
+      open: (on, connLog, tokenUrl) => (state.useWebTransport
+        ? openWebTransport(WebTransportImpl, tokenUrl(url), options, connLog, on)
+        : openWebSocket(WebSocketImpl, tokenUrl(fallbackUrl), options.protocols, connLog, on)),
       attemptEnded: (conn, opened) => {
         if (conn.kind !== 'webtransport') return;
         if (opened) {

@@ -17,6 +17,11 @@
 //   {"event":"error","data":{...}}       a gateway error message's data
 //   {"event":"ping"}                     the server pinged and the client answered pong
 //   {"event":"gave_up"}                  reconnect attempts exhausted (the test is failing by then)
+//   {"event":"refreshed","data":{...}}   the gateway accepted a token from getToken
+//
+// With VENTA_DRIVER_JWT_SECRET set, the client gets `getToken`: each call
+// signs a fresh HS256 token for <userId> valid VENTA_DRIVER_TOKEN_TTL seconds
+// (default 3), refreshed VENTA_DRIVER_REFRESH_LEAD_MS before expiry (default 2000).
 // Failed reconnect attempts print nothing on stdout (a line on stderr), so a
 // restart reads exactly: close, open, subscribed.
 //
@@ -24,6 +29,7 @@
 // closes the client (a last {"event":"close","code":1000} if it was open) and
 // exits 0. Bad arguments: usage on stderr, exit 2. Diagnostics go to stderr.
 
+import { createHmac } from 'node:crypto';
 import { VentaWebSocketClient, VentaWebTransportClient } from '../src/venta-client.js';
 
 const RUN_FOR_MS = 60_000;
@@ -44,6 +50,16 @@ const note = (text) => process.stderr.write(`driver: ${text}\n`);
 const options = { logger: null };
 if (baseArg !== undefined) options.reconnectBaseDelayMs = Number(baseArg);
 if (maxArg !== undefined) options.maxReconnectAttempts = Number(maxArg);
+const secret = process.env.VENTA_DRIVER_JWT_SECRET;
+if (secret) {
+  const ttl = Number(process.env.VENTA_DRIVER_TOKEN_TTL ?? 3);
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  options.getToken = () => {
+    const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: userId, exp: Math.floor(Date.now() / 1000) + ttl })}`;
+    return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+  };
+  options.refreshLeadMs = Number(process.env.VENTA_DRIVER_REFRESH_LEAD_MS ?? 2000);
+}
 
 const Client = url.startsWith('https:') ? VentaWebTransportClient : VentaWebSocketClient;
 const client = new Client(url, options);
@@ -56,6 +72,7 @@ client.onVendorUpdate = (data) => emit({ event: 'vendor', data });
 client.onError = (data) => emit({ event: 'error', data });
 client.onPing = () => emit({ event: 'ping' });
 client.onGiveUp = () => emit({ event: 'gave_up' });
+client.onRefreshed = (data) => emit({ event: 'refreshed', data });
 client.onReconnecting = ({ attempt, delayMs }) => note(`reconnect attempt ${attempt} in ${delayMs} ms`);
 
 // Sent on open, and again by the client after every reconnect.
