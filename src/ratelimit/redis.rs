@@ -142,7 +142,10 @@ async fn probe(inner: Weak<Inner>, client: redis::Client, stop: CancellationToke
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(CHECK_TIMEOUT))
-        .set_max_delay(Duration::from_secs(2));
+        .set_max_delay(Duration::from_secs(2))
+        // Fail the attempt fast: this loop retries every probe interval,
+        // and says once that Redis is unreachable.
+        .set_number_of_retries(1);
     loop {
         let Some(me) = inner.upgrade() else { return };
         let interval = me.probe_interval;
