@@ -230,10 +230,11 @@ impl NatsBus {
             .connect(servers)
             .await
             .map_err(|e| ConnectError::Client { url: link.url.clone(), reason: e.to_string() })?;
+        let stop = CancellationToken::new();
         let barrier = format!("{}.barrier", client.new_inbox());
         let barrier = match client.subscribe(barrier.clone()).await {
             Ok(sub) => {
-                tokio::spawn(answer_barriers(client.clone(), sub));
+                tokio::spawn(answer_barriers(client.clone(), sub, stop.clone()));
                 Some(barrier)
             }
             Err(e) => {
@@ -262,7 +263,6 @@ impl NatsBus {
             started: Instant::now(),
             barrier,
         });
-        let stop = CancellationToken::new();
         tokio::spawn(reap_lingering(Arc::downgrade(&inner), stop.clone()));
         if inner.opts.jetstream {
             tokio::spawn(supervise_jetstream(Arc::downgrade(&inner), stop.clone()));
@@ -390,6 +390,8 @@ impl Inner {
     fn connected(&self) -> Result<(), BusError> {
         match self.client.connection_state() {
             State::Connected => Ok(()),
+            // The Connected event can be seen a moment before the state.
+            State::Pending if *self.link.state.borrow() == LinkState::Up => Ok(()),
             _ => Err(BusError::Unavailable(format!("NATS at {} is not connected", self.link.url))),
         }
     }
@@ -598,14 +600,21 @@ fn shrink<T>(q: &mut VecDeque<T>) {
     }
 }
 
-/// Answers [`Inner::round_trip`] requests (empty replies).
-async fn answer_barriers(client: Client, mut sub: Subscriber) {
-    while let Some(msg) = sub.next().await {
+/// Answers [`Inner::round_trip`] requests (empty replies) until the bus
+/// stops (its client clone would otherwise keep the connection open).
+async fn answer_barriers(client: Client, mut sub: Subscriber, stop: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            msg = sub.next() => msg,
+        };
+        let Some(msg) = msg else { break };
         if let Some(reply) = msg.reply {
             // A lost reply makes that subscribe time out and be retried.
             let _ = client.publish(reply, bytes::Bytes::new()).await;
         }
     }
+    let _ = sub.unsubscribe().await;
 }
 
 async fn read_subscription(inner: Arc<Inner>, topic: Topic, mut sub: Subscriber, cancel: CancellationToken) {
