@@ -768,6 +768,8 @@ mod tests {
             let msg = e.to_string();
             assert!(e.is_config(), "{msg}");
             assert!(msg.contains("NATS_URL") && !msg.contains("hunter2"), "{msg}");
+            // Said once: loggers that walk the source chain must not repeat it.
+            assert!(std::error::Error::source(&e).is_none(), "{msg}");
         }
         assert_eq!(redact("nats://u:p@h:1,tls://t@h2"), "nats://***@h:1,tls://***@h2");
     }

@@ -264,6 +264,7 @@ mod tests {
             let Err(e) = RedisLimiter::new(bad, "p:", 10) else { panic!("{bad} accepted") };
             let msg = e.to_string();
             assert!(e.is_config() && msg.contains("REDIS_URL") && !msg.contains("hunter2"), "{msg}");
+            assert!(std::error::Error::source(&e).is_none(), "said once: {msg}");
         }
     }
 }
