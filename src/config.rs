@@ -435,6 +435,22 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(100..=60_000)
     )]
     pub audit_probe_interval_ms: u64,
+
+    /// Bytes (estimated heap) of last values kept in process: by the
+    /// in-process bus, and by the NATS bus while JetStream is off or down.
+    /// When full, the least recently updated vendors are dropped first.
+    #[arg(long = "last-value-max-bytes", env = "LAST_VALUE_MAX_BYTES", value_name = "LAST_VALUE_MAX_BYTES", default_value = "67108864", value_parser = crate::bus::parse_store_bytes)]
+    pub last_value_max_bytes: usize,
+
+    /// Bytes the JetStream last-value stream may hold on the NATS server;
+    /// past it, the oldest messages go. Applied to an existing stream too.
+    #[arg(long = "nats-last-value-max-bytes", env = "NATS_LAST_VALUE_MAX_BYTES", value_name = "NATS_LAST_VALUE_MAX_BYTES", default_value = "1073741824", value_parser = crate::bus::parse_store_bytes)]
+    pub nats_last_value_max_bytes: usize,
+
+    /// Milliseconds between background checks of Redis and NATS/JetStream
+    /// (100 to 60000), so /health is true on an idle gateway.
+    #[arg(long = "health-probe-interval", env = "HEALTH_PROBE_INTERVAL_MS", value_name = "HEALTH_PROBE_INTERVAL_MS", default_value = "2000", value_parser = crate::bus::parse_probe_interval_ms)]
+    pub health_probe_interval_ms: u64,
 }
 
 /// A setting that parsed but cannot work (the binary exits 2).
@@ -602,6 +618,9 @@ impl Config {
             log_format: LogFormat::Text,
             audit_spill_after_ms: 500,
             audit_probe_interval_ms: 2000,
+            last_value_max_bytes: 64 << 20,
+            nats_last_value_max_bytes: 1 << 30,
+            health_probe_interval_ms: 2000,
         }
     }
 }

@@ -73,8 +73,14 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter =
-        EnvFilter::try_new(&config.log_level).with_context(|| format!("invalid LOG_LEVEL {:?}", config.log_level))?;
+    // async-nats logs every failed reconnect attempt at info, without the
+    // address; the bus logs the outage once, naming it. Unless asked for.
+    let level = if config.log_level.contains("async_nats") {
+        config.log_level.clone()
+    } else {
+        format!("{},async_nats=warn", config.log_level)
+    };
+    let filter = EnvFilter::try_new(&level).with_context(|| format!("invalid LOG_LEVEL {:?}", config.log_level))?;
     let no_secrets = tracing_subscriber::filter::filter_fn(|meta| {
         *meta.level() <= tracing::Level::INFO || !CAPPED_AT_INFO.iter().any(|c| meta.target().starts_with(c))
     });

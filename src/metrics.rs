@@ -80,6 +80,8 @@ pub struct Metrics {
     pub audit_spilled: IntCounterVec,
     /// Audit rows lost, by reason (the journal could not be written).
     pub audit_dropped: IntCounterVec,
+    /// Last values dropped from the in-process store to stay within its bytes.
+    pub last_value_evictions: IntCounter,
     in_total: AtomicU64,
     out_total: AtomicU64,
 }
@@ -145,7 +147,10 @@ impl Metrics {
         )?;
         let subscriptions = IntGauge::new("venta_subscriptions", "Current subscriptions")?;
         let topics = IntGauge::new("venta_topics", "Topics with at least one subscriber")?;
-        let bus_connected = IntGauge::new("venta_bus_connected", "1 while the NATS bus is connected")?;
+        let bus_connected = IntGauge::new(
+            "venta_bus_connected",
+            "1 while the bus is connected (NATS; always 1 with the in-process bus of a single instance)",
+        )?;
         let bus_disconnects = IntCounter::new("venta_bus_disconnects_total", "NATS connection losses")?;
         let bus_outage_seconds =
             Counter::new("venta_bus_outage_seconds_total", "Seconds spent without a NATS connection")?;
@@ -191,6 +196,11 @@ impl Metrics {
         for reason in ["journal_error", "journal_unreadable"] {
             audit_dropped.with_label_values(&[reason]);
         }
+        let last_value_evictions = IntCounter::new(
+            "venta_last_value_evictions_total",
+            "Last values dropped from the in-process store to stay within LAST_VALUE_MAX_BYTES",
+        )?;
+        reg(Box::new(last_value_evictions.clone()))?;
         reg(Box::new(bus_connected.clone()))?;
         reg(Box::new(bus_disconnects.clone()))?;
         reg(Box::new(bus_outage_seconds.clone()))?;
@@ -248,6 +258,7 @@ impl Metrics {
             audit_write_errors,
             audit_spilled,
             audit_dropped,
+            last_value_evictions,
             in_total: AtomicU64::new(0),
             out_total: AtomicU64::new(0),
         })

@@ -71,7 +71,9 @@ impl StartError {
     /// dependency that is down.
     pub fn is_config(&self) -> bool {
         match self {
-            Self::Auth(_) | Self::Redis(_) => true,
+            Self::Auth(_) => true,
+            Self::Redis(e) => e.is_config(),
+            Self::Nats(e) => e.is_config(),
             Self::Audit(e) => e.is_config(),
             _ => false,
         }
@@ -122,12 +124,16 @@ impl Gateway {
                     linger: Duration::from_millis(config.nats_interest_linger_ms),
                     jetstream: config.nats_jetstream,
                     last_value_max_age: Duration::from_secs(config.last_value_max_age_secs),
+                    last_value_max_bytes: config.last_value_max_bytes,
+                    stream_max_bytes: config.nats_last_value_max_bytes,
+                    max_message_size: ingest::http::MAX_BODY,
+                    probe_interval: Duration::from_millis(config.health_probe_interval_ms),
                 };
                 Arc::new(NatsBus::connect(opts, deliver, Arc::clone(&metrics)).await?)
             }
             None => {
                 tracing::info!("no NATS_URL: in-process bus (this instance alone)");
-                Arc::new(LocalBus::new(deliver))
+                Arc::new(LocalBus::new(deliver, config.last_value_max_bytes))
             }
         };
         let auth = Authenticator::from_config(
@@ -142,7 +148,12 @@ impl Gateway {
             tracing::warn!("AUTH IS OFF: no JWT_SECRET or JWT_PUBLIC_KEY; any client may connect as any user");
         }
         let limiter: Arc<dyn RateLimiter> = match &config.redis_url {
-            Some(url) => Arc::new(RedisLimiter::new(url, &config.redis_key_prefix, config.rate_limit)?),
+            Some(url) => Arc::new(RedisLimiter::start(
+                url,
+                &config.redis_key_prefix,
+                config.rate_limit,
+                Duration::from_millis(config.health_probe_interval_ms),
+            )?),
             None => Arc::new(MemoryLimiter::new(config.rate_limit)),
         };
         let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());

@@ -136,3 +136,32 @@ async fn operator_endpoints() {
     let _ = url;
     gw.shutdown().await;
 }
+
+/// The in-process last values are bounded by bytes: past the bound the
+/// least recently updated vendors go, one at a time (reaching the bound used
+/// to wipe every snapshot, and the bound was 100,000 entries of any size).
+#[tokio::test]
+async fn in_process_last_values_are_bounded_by_bytes_and_evict_the_oldest() {
+    let mut config = common::test_config();
+    config.last_value_max_bytes = 256 * 1024;
+    let gw = TestGateway::start_with(config).await;
+    let pad = "p".repeat(2000);
+    for i in 0..500 {
+        gw.publish_vendor(&format!("b{i}"), json!({"name": "n", "pad": pad})).await;
+    }
+    let stats = gw.shared.bus.stats();
+    assert!(stats.last_value_bytes <= 256 * 1024, "{stats:?}");
+    assert!(stats.last_values > 50 && stats.last_values < 500, "{stats:?}");
+    let mut c = WsClient::connect(&gw.url("/ws/vendor")).await;
+    c.subscribe("vendor", "b499").await;
+    let snap = c.recv().await;
+    assert_eq!((snap["data"]["vendorId"].as_str(), &snap["data"]["snapshot"]), (Some("b499"), &json!(true)));
+    // The oldest went: its subscribe is answered, and no snapshot follows.
+    c.subscribe("vendor", "b0").await;
+    c.send_json(json!({"type": "ping", "id": "after"})).await;
+    assert_eq!(c.recv().await, json!({"type": "pong", "id": "after"}));
+    let metrics = reqwest::get(gw.http("/metrics")).await.unwrap().text().await.unwrap();
+    let evicted = format!("venta_last_value_evictions_total {}", 500 - stats.last_values);
+    assert!(metrics.contains(&evicted), "{evicted} in\n{metrics}");
+    gw.shutdown().await;
+}

@@ -242,3 +242,154 @@ async fn nats_outage_keeps_clients_and_recovers_without_them_reconnecting() {
     assert!(!metrics.contains("venta_bus_outage_seconds_total 0\n"), "the gap is visible: {metrics}");
     gw.shutdown().await;
 }
+
+/// A nats-server of the test's own on a port the test chooses, so it can be
+/// killed and started again on the same address, with a fresh store.
+struct PortNats {
+    child: std::process::Child,
+    _dir: common::nats::tempdir::Dir,
+}
+
+impl PortNats {
+    async fn start(port: u16, jetstream: bool) -> Self {
+        let dir = common::nats::tempdir::Dir::new();
+        let monitor = common::free_port();
+        let mut cmd = std::process::Command::new(common::nats::nats_server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()]);
+        if jetstream {
+            cmd.arg("-js").arg("-sd").arg(&dir.0);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let me = Self { child, _dir: dir };
+        wait_until("nats-server up", async || {
+            reqwest::get(format!("http://127.0.0.1:{monitor}/healthz")).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        me
+    }
+}
+
+impl Drop for PortNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A NATS that comes back without its state (a fresh server, empty store,
+/// same address): while the stream is missing `/health` says JetStream is
+/// down, and once it is back the gateway has set the stream up again, so
+/// new subscribers get snapshots again.
+#[tokio::test]
+async fn jetstream_is_set_up_again_when_nats_returns_without_its_state() {
+    let port = common::free_port();
+    let prefix = unique_prefix();
+    let mut config = nats_config(&format!("nats://127.0.0.1:{port}"), &prefix);
+    config.health_probe_interval_ms = 200;
+    let js = async |gw: &TestGateway| gw.health().await.1["checks"]["jetstream"]["status"].as_str().map(str::to_owned);
+    let server = PortNats::start(port, true).await;
+    let gw = TestGateway::start_with(config).await;
+    wait_until("JetStream ready", async || js(&gw).await.as_deref() == Some("ok")).await;
+    gw.publish_location("v1", 1.5, 2.5).await;
+    drop(server);
+    // Back without JetStream at all: the stream cannot exist.
+    let server = PortNats::start(port, false).await;
+    wait_until("NATS reconnected", async || gw.is_ready().await).await;
+    wait_until("JetStream reported down", async || js(&gw).await.as_deref() == Some("down")).await;
+    drop(server);
+    // Back with JetStream and an empty store.
+    let _server = PortNats::start(port, true).await;
+    wait_until("JetStream ok again", async || js(&gw).await.as_deref() == Some("ok")).await;
+    gw.publish_location("v1", 3.5, 4.5).await;
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    c.subscribe("location", "v1").await;
+    let snap = c.recv().await;
+    assert_eq!(
+        (&snap["data"]["location"], &snap["data"]["snapshot"]),
+        (&json!({"lat": 3.5, "long": 4.5}), &json!(true))
+    );
+    gw.shutdown().await;
+}
+
+/// A stream made by an older gateway (no byte limits) gets the configured
+/// limits instead of being taken as it is.
+#[tokio::test]
+async fn an_existing_stream_is_updated_to_the_byte_limits() {
+    let own = OwnNats::start().await;
+    let prefix = unique_prefix();
+    let name = format!("{}_LAST_VALUES", prefix.to_uppercase());
+    let js = async_nats::jetstream::new(async_nats::connect(own.url()).await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        max_messages_per_subject: 1,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut config = nats_config(&own.url(), &prefix);
+    config.nats_last_value_max_bytes = 1 << 20;
+    let gw = TestGateway::start_with(config).await;
+    wait_until("JetStream ready", async || gw.health().await.1["checks"]["jetstream"]["status"] == "ok").await;
+    let info = js.get_stream(&name).await.unwrap().info().await.unwrap().config.clone();
+    assert_eq!((info.max_bytes, info.max_message_size), (1 << 20, 64 * 1024));
+    gw.shutdown().await;
+}
+
+/// Subscribing to and leaving many distinct vendors leaves nothing behind
+/// once the linger is over: no interest, no pending linger. A watch whose
+/// caller went away mid-subscribe counts as never made.
+#[tokio::test]
+async fn distinct_subscribe_unsubscribe_pairs_leave_no_state_behind() {
+    require_machine_nats();
+    let mut config = nats_config(MACHINE_NATS, &unique_prefix());
+    config.rate_limit = 100_000;
+    let gw = TestGateway::start_with(config).await;
+    wait_until("gateway ready", async || gw.is_ready().await).await;
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    for i in 0..300 {
+        let vendor = format!("d{i}");
+        c.subscribe("location", &vendor).await;
+        c.send_json(json!({"type": "unsubscribe_location", "data": {"vendorId": vendor}})).await;
+        assert_eq!(c.recv().await["type"], "unsubscribed");
+    }
+    let bus = gw.shared.bus.clone();
+    for i in 0..50 {
+        let topic = venta_gateway::protocol::Topic::new(
+            venta_gateway::protocol::Channel::Vendor,
+            venta_gateway::protocol::VendorId::parse(&format!("abandoned{i}")).unwrap(),
+        );
+        // Dropped after its first poll, before NATS confirmed the SUB.
+        if let Some(done) = futures_util::FutureExt::now_or_never(bus.watch(&topic)) {
+            panic!("a watch resolved without a round trip: {done:?}");
+        }
+    }
+    assert!(bus.stats().interests > 0, "held right after: {:?}", bus.stats());
+    wait_until("no interest left", async || {
+        let s = bus.stats();
+        s.interests == 0 && s.lingering == 0
+    })
+    .await;
+    drop(c);
+    gw.shutdown().await;
+}
+
+/// `NATS_URL` may list several servers; an unreachable one is skipped.
+#[tokio::test]
+async fn a_comma_separated_nats_url_is_a_server_list() {
+    require_machine_nats();
+    let prefix = unique_prefix();
+    let dead = common::free_port();
+    let gw = TestGateway::start_with(nats_config(&format!("nats://127.0.0.1:{dead}, {MACHINE_NATS}"), &prefix)).await;
+    wait_until("gateway ready", async || gw.is_ready().await).await;
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    c.subscribe("location", "v1").await;
+    gw.publish_location("v1", 1.0, 2.0).await;
+    assert_eq!(c.recv().await["data"]["location"], json!({"lat": 1.0, "long": 2.0}));
+    gw.shutdown().await;
+}

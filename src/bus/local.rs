@@ -1,44 +1,38 @@
 //! The in-process bus: publishing is delivering. Used when no `NATS_URL` is
 //! set, so a single gateway is useful on its own.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use parking_lot::Mutex;
 
-use super::{Bus, BusError, Deliver, DependencyStatus};
+use super::last::LastValues;
+use super::{Bus, BusError, BusStats, Deliver, DependencyStatus};
 use crate::protocol::{Topic, Update};
-
-/// Topics whose last value is remembered; past this, the cache is cleared
-/// rather than grown (a snapshot is a convenience, not a store).
-const MAX_LAST_VALUES: usize = 100_000;
 
 /// A bus that only reaches this process.
 #[derive(Debug)]
 pub struct LocalBus {
     deliver: Deliver,
-    last: Mutex<HashMap<Topic, Update>>,
+    last: LastValues,
 }
 
 impl LocalBus {
-    /// A bus delivering straight into this instance's hub.
-    pub fn new(deliver: Deliver) -> Self {
-        Self { deliver, last: Mutex::new(HashMap::new()) }
+    /// A bus delivering straight into this instance's hub, keeping at most
+    /// `last_value_max_bytes` of last values.
+    pub fn new(deliver: Deliver, last_value_max_bytes: usize) -> Self {
+        let metrics = deliver.metrics();
+        // Always connected: a 0 here would read as an outage on dashboards.
+        metrics.bus_connected.set(1);
+        let last = LastValues::new(last_value_max_bytes, metrics.last_value_evictions.clone());
+        Self { deliver, last }
     }
 }
 
 impl Bus for LocalBus {
     fn publish(&self, update: Update) -> BoxFuture<'_, Result<(), BusError>> {
         let received = Instant::now();
-        {
-            let mut last = self.last.lock();
-            if last.len() >= MAX_LAST_VALUES && !last.contains_key(&update.topic()) {
-                last.clear();
-            }
-            last.insert(update.topic(), update.clone());
-        }
+        self.last.insert(&update);
         self.deliver.deliver(&update, received);
         futures_util::future::ready(Ok(())).boxed()
     }
@@ -51,10 +45,15 @@ impl Bus for LocalBus {
     fn unwatch(&self, _topic: &Topic) {}
 
     fn last_value(&self, topic: &Topic) -> BoxFuture<'_, Option<Update>> {
-        futures_util::future::ready(self.last.lock().get(topic).cloned()).boxed()
+        futures_util::future::ready(self.last.get(topic)).boxed()
     }
 
     fn health(&self) -> DependencyStatus {
         DependencyStatus::Disabled
+    }
+
+    fn stats(&self) -> BusStats {
+        let (last_values, last_value_bytes) = self.last.usage();
+        BusStats { last_values, last_value_bytes, ..BusStats::default() }
     }
 }

@@ -4,6 +4,7 @@
 //! default) and NATS (a cluster). Publishers call [`Bus::publish`]; whatever
 //! the bus receives is handed to [`deliver`], which fans it out via the hub.
 
+pub mod last;
 pub mod local;
 pub mod nats;
 
@@ -35,6 +36,20 @@ pub enum DependencyStatus {
     Disabled,
 }
 
+/// Sizes of a bus's internal state (see [`Bus::stats`]): on an idle bus
+/// whose clients all left, everything but the bounded last values is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Topics with interest held (subscribed, or lingering).
+    pub interests: usize,
+    /// Released interests waiting for their linger to end.
+    pub lingering: usize,
+    /// Topics with a last value held in process.
+    pub last_values: usize,
+    /// Estimated bytes of those last values.
+    pub last_value_bytes: usize,
+}
+
 /// The transport of updates between publishers and gateway instances.
 pub trait Bus: Send + Sync + 'static {
     /// Sends an update to every instance (this one included).
@@ -60,6 +75,11 @@ pub trait Bus: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Sizes of the bus's internal state: what a leak would grow.
+    fn stats(&self) -> BusStats {
+        BusStats::default()
+    }
+
     /// Flushes what is buffered and stops; called once on shutdown.
     fn drain(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -79,6 +99,11 @@ impl Deliver {
         Self { hub, metrics }
     }
 
+    /// The metrics deliveries are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Fans an update out to this instance's subscribers.
     pub fn deliver(&self, update: &Update, received_at: Instant) {
         let fanout = self.hub.publish(update, received_at);
@@ -89,4 +114,24 @@ impl Deliver {
             self.metrics.slow_consumers_closed.inc_by(fanout.overflowed as u64);
         }
     }
+}
+
+/// `LAST_VALUE_MAX_BYTES` and `NATS_LAST_VALUE_MAX_BYTES`: a store that
+/// cannot hold one largest update (64 KiB) is a mistake, not a setting.
+pub fn parse_store_bytes(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if v < 65_536 {
+        return Err("must be at least 65536 (bytes)".into());
+    }
+    Ok(v)
+}
+
+/// `HEALTH_PROBE_INTERVAL_MS`: faster than 100 ms is load on the
+/// dependencies for nothing; slower than a minute leaves /health stale.
+pub fn parse_probe_interval_ms(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(100..=60_000).contains(&v) {
+        return Err("must be between 100 and 60000 (milliseconds)".into());
+    }
+    Ok(v)
 }

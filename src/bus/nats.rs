@@ -5,36 +5,37 @@
 //! linger so flapping clients do not churn NATS). Payloads are validated
 //! like every other entry point; bad ones are counted and dropped. With
 //! JetStream, a stream over `<prefix>.>` keeps the last message per subject,
-//! which new subscribers receive first.
+//! which new subscribers receive first. The stream is checked in the
+//! background and set up again whenever it is gone (a NATS that came back
+//! without its state), so `/health` says what a new subscriber will get.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, stream};
-use async_nats::{Client, Event, Subscriber};
+use async_nats::{Client, Event, ServerAddr, Subscriber};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Bus, BusError, Deliver, DependencyStatus};
+use super::last::LastValues;
+use super::{Bus, BusError, BusStats, Deliver, DependencyStatus};
 use crate::metrics::Metrics;
 use crate::protocol::{Topic, Update};
 
-/// How long a NATS round trip (subscribe confirmation, last-value lookup)
-/// may take before the request is answered `unavailable`.
+/// How long a NATS round trip (subscribe confirmation, last-value lookup,
+/// stream check) may take before it counts as failed.
 const ROUND_TRIP: Duration = Duration::from_secs(5);
-/// Longest pause between JetStream setup attempts while it fails.
-const JETSTREAM_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Settings of the NATS bus.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
-    /// `nats://host:port` (comma-separated for several servers).
+    /// `nats://host:port`, or several comma-separated (`nats://a:1,nats://b:2`).
     pub url: String,
     /// Subject prefix (`venta`).
     pub prefix: String,
@@ -44,11 +45,39 @@ pub struct NatsOptions {
     pub jetstream: bool,
     /// How long JetStream keeps a vendor's last update.
     pub last_value_max_age: Duration,
+    /// Bytes of last values kept in process while JetStream is off or down.
+    pub last_value_max_bytes: usize,
+    /// Bytes the JetStream stream may hold (its `max_bytes`).
+    pub stream_max_bytes: usize,
+    /// Largest message the stream takes (its `max_msg_size`): the publish limit.
+    pub max_message_size: usize,
+    /// How often the connection (NATS PING) and the stream are checked.
+    pub probe_interval: Duration,
+}
+
+impl NatsOptions {
+    /// Options with the documented defaults for everything but the address
+    /// and prefix.
+    pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: prefix.into(),
+            linger: Duration::from_secs(2),
+            jetstream: true,
+            last_value_max_age: Duration::from_secs(86_400),
+            last_value_max_bytes: 64 << 20,
+            stream_max_bytes: 1 << 30,
+            max_message_size: crate::ingest::http::MAX_BODY,
+            probe_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// The NATS-backed bus.
 pub struct NatsBus {
     inner: Arc<Inner>,
+    /// Ends the background tasks (linger reaper, JetStream supervisor).
+    stop: CancellationToken,
 }
 
 struct Inner {
@@ -56,11 +85,17 @@ struct Inner {
     opts: NatsOptions,
     deliver: Deliver,
     metrics: Arc<Metrics>,
+    link: Arc<Link>,
     topics: Mutex<HashMap<Topic, Interest>>,
-    stream: OnceCell<stream::Stream>,
-    jetstream_error: Mutex<Option<String>>,
-    /// In-process last values, used when JetStream is off or unavailable.
-    last: Mutex<HashMap<Topic, Update>>,
+    /// Interests whose last client left, oldest first (the linger is the
+    /// same for all, so deadlines are in order): one reaper task, not a
+    /// sleeping task per unwatch.
+    lingering: Mutex<VecDeque<(Instant, Topic, u64)>>,
+    linger_wake: Arc<Notify>,
+    /// Handle on the JetStream stream (no server state; see [`Link::js_ok`]).
+    stream: Option<stream::Stream<()>>,
+    /// In-process last values, used while JetStream is off or unusable.
+    last: LastValues,
     invalid_logged_at: AtomicU64,
     started: Instant,
     /// Subject this connection answers itself on (see [`Inner::round_trip`]);
@@ -68,43 +103,138 @@ struct Inner {
     barrier: Option<String>,
 }
 
+/// What the NATS event callback and the bus share.
+struct Link {
+    metrics: Arc<Metrics>,
+    /// The servers, credentials removed: for logs and `/health`.
+    url: String,
+    state: watch::Sender<LinkState>,
+    outage_started: Mutex<Option<Instant>>,
+    /// Whether the current outage (or the failing start) was logged.
+    outage_logged: AtomicBool,
+    /// Whether the JetStream stream was found usable by the last check.
+    js_ok: AtomicBool,
+    js_error: Mutex<String>,
+    /// Asks the JetStream supervisor to check now (reconnected, or a lookup
+    /// failed).
+    js_recheck: Notify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    /// No connection attempt has finished yet.
+    Starting,
+    Up,
+    Down,
+}
+
 struct Interest {
     refs: usize,
     /// Bumped on every watch, so a pending linger knows it was overtaken.
     generation: u64,
-    sub: Arc<OnceCell<CancellationToken>>,
+    /// Cancelled when the interest is released, also mid-subscribe: a
+    /// subscription completing after its release ends at once.
+    cancel: CancellationToken,
+    ready: Arc<OnceCell<()>>,
 }
 
-/// The connection to NATS could not be set up.
+/// The NATS bus could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("NATS at {url}: {source}")]
-pub struct ConnectError {
-    url: String,
-    source: async_nats::ConnectError,
+pub enum ConnectError {
+    /// `NATS_URL` is not a list of NATS server addresses.
+    #[error("invalid NATS_URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The value, credentials removed.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The client could not be created.
+    #[error("NATS at {url}: {reason}")]
+    Client {
+        /// The servers, credentials removed.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ConnectError {
+    /// Whether this is a configuration mistake (exit status 2), not an
+    /// environment failure.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::InvalidUrl { .. })
+    }
+}
+
+/// Parses `NATS_URL`: one address or a comma-separated list.
+pub fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, ConnectError> {
+    let invalid = |reason: String| ConnectError::InvalidUrl { url: redact(url), reason };
+    let mut servers = Vec::new();
+    for one in url.split(',').map(str::trim) {
+        if one.is_empty() {
+            return Err(invalid("an empty server address in the list".into()));
+        }
+        let addr: ServerAddr = one.parse().map_err(|e: std::io::Error| invalid(format!("{}: {e}", redact(one))))?;
+        if addr.host().is_empty() {
+            return Err(invalid(format!("{}: no host", redact(one))));
+        }
+        servers.push(addr);
+    }
+    Ok(servers)
+}
+
+/// The server list with any `user:password@` replaced by `***@`.
+pub fn redact(url: &str) -> String {
+    let one = |s: &str| -> String {
+        let (scheme, rest) = match s.find("://") {
+            Some(i) => s.split_at(i + 3),
+            None => ("", s),
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+            None => s.to_owned(),
+        }
+    };
+    url.split(',').map(one).collect::<Vec<_>>().join(",")
 }
 
 impl NatsBus {
     /// Connects (in the background: an unreachable NATS at start leaves the
     /// gateway serving, not ready, and retrying).
     pub async fn connect(opts: NatsOptions, deliver: Deliver, metrics: Arc<Metrics>) -> Result<Self, ConnectError> {
-        let outage_started: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
-        let m = Arc::clone(&metrics);
+        let servers = parse_servers(&opts.url)?;
+        let link = Arc::new(Link {
+            metrics: Arc::clone(&metrics),
+            url: redact(&opts.url),
+            state: watch::Sender::new(LinkState::Starting),
+            outage_started: Mutex::new(None),
+            outage_logged: AtomicBool::new(false),
+            js_ok: AtomicBool::new(false),
+            js_error: Mutex::new(if opts.jetstream { "starting".into() } else { String::new() }),
+            js_recheck: Notify::new(),
+        });
+        metrics.bus_connected.set(0);
+        let callback_link = Arc::clone(&link);
         let client = async_nats::ConnectOptions::new()
             .name("venta-gateway")
             .retry_on_initial_connect()
             .subscription_capacity(8192)
+            // A dead connection (no RST) is noticed after two unanswered PINGs.
+            .ping_interval(opts.probe_interval)
             .event_callback(move |event| {
-                let m = Arc::clone(&m);
-                let outage_started = Arc::clone(&outage_started);
-                async move { on_event(&event, &m, &outage_started) }
+                let link = Arc::clone(&callback_link);
+                async move { link.on_event(&event) }
             })
-            .connect(opts.url.as_str())
+            .connect(servers)
             .await
-            .map_err(|source| ConnectError { url: opts.url.clone(), source })?;
+            .map_err(|e| ConnectError::Client { url: link.url.clone(), reason: e.to_string() })?;
+        let stop = CancellationToken::new();
         let barrier = format!("{}.barrier", client.new_inbox());
         let barrier = match client.subscribe(barrier.clone()).await {
             Ok(sub) => {
-                tokio::spawn(answer_barriers(client.clone(), sub));
+                tokio::spawn(answer_barriers(client.clone(), sub, stop.clone()));
                 Some(barrier)
             }
             Err(e) => {
@@ -112,23 +242,32 @@ impl NatsBus {
                 None
             }
         };
+        let stream = if opts.jetstream {
+            jetstream::new(client.clone()).get_stream_no_info(stream_name(&opts.prefix)).await.ok()
+        } else {
+            None
+        };
+        let last = LastValues::new(opts.last_value_max_bytes, metrics.last_value_evictions.clone());
         let inner = Arc::new(Inner {
             client,
             opts,
             deliver,
             metrics,
+            link,
             topics: Mutex::new(HashMap::new()),
-            stream: OnceCell::new(),
-            jetstream_error: Mutex::new(None),
-            last: Mutex::new(HashMap::new()),
+            lingering: Mutex::new(VecDeque::new()),
+            linger_wake: Arc::new(Notify::new()),
+            stream,
+            last,
             invalid_logged_at: AtomicU64::new(0),
             started: Instant::now(),
             barrier,
         });
+        tokio::spawn(reap_lingering(Arc::downgrade(&inner), stop.clone()));
         if inner.opts.jetstream {
-            tokio::spawn(setup_jetstream(Arc::downgrade(&inner)));
+            tokio::spawn(supervise_jetstream(Arc::downgrade(&inner), stop.clone()));
         }
-        Ok(Self { inner })
+        Ok(Self { inner, stop })
     }
 
     /// The subject of a topic.
@@ -137,72 +276,106 @@ impl NatsBus {
     }
 }
 
-fn on_event(event: &Event, metrics: &Metrics, outage_started: &Mutex<Option<Instant>>) {
-    match event {
-        Event::Connected => {
-            metrics.bus_connected.set(1);
-            if let Some(since) = outage_started.lock().take() {
-                let gap = since.elapsed();
-                metrics.bus_outage_seconds.inc_by(gap.as_secs_f64());
-                tracing::info!(gap_ms = gap.as_millis() as u64, "NATS connection restored; subscriptions replayed");
-            } else {
-                tracing::info!("connected to NATS");
-            }
-        }
-        Event::Disconnected => {
-            metrics.bus_connected.set(0);
-            metrics.bus_disconnects.inc();
-            outage_started.lock().get_or_insert_with(Instant::now);
-            tracing::warn!("NATS connection lost; reconnecting");
-        }
-        Event::SlowConsumer(sid) => {
-            metrics.bus_slow_consumer.inc();
-            tracing::warn!(sid, "NATS dropped messages for a slow subscription");
-        }
-        other => tracing::debug!(event = %other, "NATS event"),
+impl Drop for NatsBus {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
-async fn setup_jetstream(inner: std::sync::Weak<Inner>) {
-    let mut pause = Duration::from_millis(100);
+impl Link {
+    fn on_event(&self, event: &Event) {
+        match event {
+            Event::Connected => {
+                self.metrics.bus_connected.set(1);
+                self.state.send_replace(LinkState::Up);
+                self.outage_logged.store(false, Ordering::Relaxed);
+                if let Some(since) = self.outage_started.lock().take() {
+                    let gap = since.elapsed();
+                    self.metrics.bus_outage_seconds.inc_by(gap.as_secs_f64());
+                    tracing::info!(nats = %self.url, gap_ms = gap.as_millis() as u64, "NATS connection restored; subscriptions replayed");
+                } else {
+                    tracing::info!(nats = %self.url, "connected to NATS");
+                }
+                // The server may have come back without its JetStream state.
+                self.js_recheck.notify_one();
+            }
+            Event::Disconnected => {
+                self.metrics.bus_connected.set(0);
+                self.metrics.bus_disconnects.inc();
+                self.state.send_replace(LinkState::Down);
+                self.js_down("NATS not connected");
+                self.outage_started.lock().get_or_insert_with(Instant::now);
+                self.outage_logged.store(true, Ordering::Relaxed);
+                tracing::warn!(nats = %self.url, "NATS connection lost: serving, not ready, reconnecting");
+            }
+            Event::ClientError(e) if *self.state.borrow() != LinkState::Up => {
+                // A failed connection attempt: once per outage, with where
+                // and what the gateway does meanwhile.
+                self.state.send_if_modified(|s| std::mem::replace(s, LinkState::Down) == LinkState::Starting);
+                self.js_down("NATS not connected");
+                self.outage_started.lock().get_or_insert_with(Instant::now);
+                if !self.outage_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(nats = %self.url, error = %e, "NATS unreachable: serving, not ready, retrying");
+                } else {
+                    tracing::debug!(nats = %self.url, error = %e, "NATS still unreachable");
+                }
+            }
+            Event::SlowConsumer(sid) => {
+                self.metrics.bus_slow_consumer.inc();
+                tracing::warn!(sid, "NATS dropped messages for a slow subscription");
+            }
+            other => tracing::debug!(event = %other, "NATS event"),
+        }
+    }
+
+    fn js_down(&self, why: &str) {
+        *self.js_error.lock() = why.to_owned();
+        self.js_ok.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Keeps the JetStream stream set up with the current limits: created or
+/// updated at start and after every reconnect, checked every probe
+/// interval, and set up again when it is gone.
+async fn supervise_jetstream(inner: Weak<Inner>, stop: CancellationToken) {
     let mut warned = false;
     loop {
         let Some(me) = inner.upgrade() else { return };
-        if me.client.connection_state() == State::Connected {
-            let js = jetstream::new(me.client.clone());
-            let name = stream_name(&me.opts.prefix);
-            let config = stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("{}.>", me.opts.prefix)],
-                max_messages_per_subject: 1,
-                max_age: me.opts.last_value_max_age,
-                allow_direct: true,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            };
-            match tokio::time::timeout(ROUND_TRIP, js.get_or_create_stream(config)).await {
-                Ok(Ok(stream)) => {
-                    tracing::info!(stream = %name, "JetStream last-value stream ready");
-                    *me.jetstream_error.lock() = None;
-                    let _ = me.stream.set(stream);
-                    return;
-                }
-                Ok(Err(e)) => {
-                    if !std::mem::replace(&mut warned, true) {
-                        tracing::warn!(error = %e, "JetStream unavailable (needs nats-server 2.10+ with -js); last values are per instance; retrying quietly");
-                    } else {
-                        tracing::debug!(error = %e, "JetStream still unavailable");
-                    }
-                    *me.jetstream_error.lock() = Some(e.to_string());
-                }
-                Err(_) => *me.jetstream_error.lock() = Some("timed out".into()),
-            }
-        } else {
-            *me.jetstream_error.lock() = Some("NATS not connected".into());
+        let link = Arc::clone(&me.link);
+        let interval = me.opts.probe_interval;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = me.check_jetstream(&mut warned) => {}
         }
         drop(me);
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(JETSTREAM_RETRY_MAX);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            () = link.js_recheck.notified() => {}
+        }
+    }
+}
+
+/// Releases interests whose linger ran out.
+async fn reap_lingering(inner: Weak<Inner>, stop: CancellationToken) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let next = me.reap(Instant::now());
+        let wake = Arc::clone(&me.linger_wake);
+        // Not holding the bus while asleep: dropping it ends this task.
+        drop(me);
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = due => {}
+            // A permit is kept if the wake-up came before this wait began.
+            () = wake.notified() => {}
+        }
     }
 }
 
@@ -217,8 +390,75 @@ impl Inner {
     fn connected(&self) -> Result<(), BusError> {
         match self.client.connection_state() {
             State::Connected => Ok(()),
-            _ => Err(BusError::Unavailable("NATS is not connected".into())),
+            // The Connected event can be seen a moment before the state.
+            State::Pending if *self.link.state.borrow() == LinkState::Up => Ok(()),
+            _ => Err(BusError::Unavailable(format!("NATS at {} is not connected", self.link.url))),
         }
+    }
+
+    fn js_ok(&self) -> bool {
+        self.stream.is_some() && self.link.js_ok.load(Ordering::Relaxed)
+    }
+
+    fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: stream_name(&self.opts.prefix),
+            subjects: vec![format!("{}.>", self.opts.prefix)],
+            max_messages_per_subject: 1,
+            max_age: self.opts.last_value_max_age,
+            max_bytes: i64::try_from(self.opts.stream_max_bytes).unwrap_or(i64::MAX),
+            max_message_size: i32::try_from(self.opts.max_message_size).unwrap_or(i32::MAX),
+            discard: stream::DiscardPolicy::Old,
+            allow_direct: true,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+
+    /// One JetStream check: a usable stream stays usable if it still
+    /// exists; otherwise it is created, or updated to the current limits.
+    async fn check_jetstream(&self, warned: &mut bool) {
+        if self.client.connection_state() != State::Connected {
+            self.link.js_down("NATS not connected");
+            return;
+        }
+        let Some(stream) = &self.stream else { return };
+        if self.js_ok() {
+            match tokio::time::timeout(ROUND_TRIP, stream.get_info()).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => tracing::debug!(error = %e, "JetStream stream check failed; setting it up again"),
+                Err(_) => {
+                    self.js_failed("stream check timed out".into(), warned);
+                    return;
+                }
+            }
+        }
+        let js = jetstream::new(self.client.clone());
+        match tokio::time::timeout(ROUND_TRIP, js.create_or_update_stream(self.stream_config())).await {
+            Ok(Ok(info)) => {
+                tracing::info!(
+                    stream = %info.config.name,
+                    max_bytes = info.config.max_bytes,
+                    "JetStream last-value stream ready"
+                );
+                *warned = false;
+                // JetStream holds the values from now on; what the fallback
+                // has would only go stale.
+                self.last.clear();
+                self.link.js_ok.store(true, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => self.js_failed(e.to_string(), warned),
+            Err(_) => self.js_failed("timed out".into(), warned),
+        }
+    }
+
+    fn js_failed(&self, why: String, warned: &mut bool) {
+        if !std::mem::replace(warned, true) {
+            tracing::warn!(error = %why, "JetStream unavailable (needs nats-server 2.10+ with -js): last values are per instance until it is back; retrying");
+        } else {
+            tracing::debug!(error = %why, "JetStream still unavailable");
+        }
+        self.link.js_down(&why);
     }
 
     fn parse(&self, topic: &Topic, payload: &[u8]) -> Option<Update> {
@@ -242,34 +482,40 @@ impl Inner {
         if let Some(update) = self.parse(topic, payload) {
             self.metrics.updates_published.with_label_values(&[topic.channel.as_str(), "nats"]).inc();
             self.deliver.deliver(&update, received);
-            if self.stream.get().is_none() {
-                self.last.lock().insert(topic.clone(), update);
+            if !self.js_ok() {
+                self.last.insert(&update);
             }
         }
     }
 
-    /// While the first connection is still being made (startup), waits for
-    /// it briefly; after a loss, fails fast so clients hear `unavailable`.
+    /// While the first connection attempt is still under way (startup),
+    /// waits for it briefly; once NATS is known to be unreachable, fails
+    /// fast so clients and publishers hear `unavailable` at once.
     async fn connected_soon(&self) -> Result<(), BusError> {
-        let deadline = Instant::now() + ROUND_TRIP;
-        while self.client.connection_state() == State::Pending && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut state = self.link.state.subscribe();
+        let _ = tokio::time::timeout(ROUND_TRIP, state.wait_for(|s| *s != LinkState::Starting)).await;
         self.connected()
     }
 
-    async fn subscribe(self: &Arc<Self>, topic: &Topic) -> Result<CancellationToken, BusError> {
+    async fn subscribe(self: &Arc<Self>, topic: &Topic, cancel: CancellationToken) -> Result<(), BusError> {
         self.connected_soon().await?;
         let subject = NatsBus::subject(&self.opts.prefix, topic);
         let unavailable = |e: String| BusError::Unavailable(format!("subscribing to {subject}: {e}"));
-        let sub = self.client.subscribe(subject.clone()).await.map_err(|e| unavailable(e.to_string()))?;
+        let mut sub = self.client.subscribe(subject.clone()).await.map_err(|e| unavailable(e.to_string()))?;
         // Once the server has our SUB, updates published after the client's
         // ack reach us: the ack waits for that.
-        self.round_trip().await.map_err(unavailable)?;
-        let cancel = CancellationToken::new();
-        tokio::spawn(read_subscription(Arc::clone(self), topic.clone(), sub, cancel.clone()));
+        if let Err(e) = self.round_trip().await {
+            let _ = sub.unsubscribe().await;
+            return Err(unavailable(e));
+        }
+        if cancel.is_cancelled() {
+            // Released while subscribing: nobody is left to unwatch it.
+            let _ = sub.unsubscribe().await;
+            return Err(unavailable("interest dropped while subscribing".into()));
+        }
+        tokio::spawn(read_subscription(Arc::clone(self), topic.clone(), sub, cancel));
         tracing::debug!(%subject, "NATS interest added");
-        Ok(cancel)
+        Ok(())
     }
 
     /// Returns once the server has processed everything this connection sent
@@ -290,29 +536,85 @@ impl Inner {
         sent.unwrap_or_else(|_| Err("timed out".into()))
     }
 
-    fn release(self: &Arc<Self>, topic: &Topic, generation: u64) {
+    /// One less unit of interest; at zero, released now or after the linger.
+    fn unwatch(&self, topic: &Topic) {
+        let generation = {
+            let mut topics = self.topics.lock();
+            let Some(entry) = topics.get_mut(topic) else { return };
+            entry.refs = entry.refs.saturating_sub(1);
+            if entry.refs > 0 {
+                return;
+            }
+            entry.generation
+        };
+        if self.opts.linger.is_zero() {
+            self.release(topic, generation);
+            return;
+        }
+        self.lingering.lock().push_back((Instant::now() + self.opts.linger, topic.clone(), generation));
+        self.linger_wake.notify_one();
+    }
+
+    /// Releases every interest whose linger ended by `now`; returns when
+    /// the next one ends.
+    fn reap(&self, now: Instant) -> Option<Instant> {
+        loop {
+            let due = {
+                let mut lingering = self.lingering.lock();
+                match lingering.front() {
+                    Some((at, _, _)) if *at <= now => lingering.pop_front(),
+                    Some((at, _, _)) => return Some(*at),
+                    None => {
+                        shrink(&mut lingering);
+                        return None;
+                    }
+                }
+            };
+            if let Some((_, topic, generation)) = due {
+                self.release(&topic, generation);
+            }
+        }
+    }
+
+    fn release(&self, topic: &Topic, generation: u64) {
         let mut topics = self.topics.lock();
         if let Some(entry) = topics.get(topic)
             && entry.refs == 0
             && entry.generation == generation
         {
-            if let Some(cancel) = entry.sub.get() {
-                cancel.cancel();
-            }
+            entry.cancel.cancel();
             topics.remove(topic);
             tracing::debug!(%topic, "NATS interest dropped");
+            if topics.capacity() > 1024 && topics.len() < topics.capacity() / 4 {
+                // A burst of distinct vendors must not keep its peak table.
+                let keep = topics.len() * 2;
+                topics.shrink_to(keep);
+            }
         }
     }
 }
 
-/// Answers [`Inner::round_trip`] requests (empty replies).
-async fn answer_barriers(client: Client, mut sub: Subscriber) {
-    while let Some(msg) = sub.next().await {
+fn shrink<T>(q: &mut VecDeque<T>) {
+    if q.capacity() > 1024 {
+        q.shrink_to(64);
+    }
+}
+
+/// Answers [`Inner::round_trip`] requests (empty replies) until the bus
+/// stops (its client clone would otherwise keep the connection open).
+async fn answer_barriers(client: Client, mut sub: Subscriber, stop: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            msg = sub.next() => msg,
+        };
+        let Some(msg) = msg else { break };
         if let Some(reply) = msg.reply {
             // A lost reply makes that subscribe time out and be retried.
             let _ = client.publish(reply, bytes::Bytes::new()).await;
         }
     }
+    let _ = sub.unsubscribe().await;
 }
 
 async fn read_subscription(inner: Arc<Inner>, topic: Topic, mut sub: Subscriber, cancel: CancellationToken) {
@@ -326,6 +628,22 @@ async fn read_subscription(inner: Arc<Inner>, topic: Topic, mut sub: Subscriber,
         }
     }
     let _ = sub.unsubscribe().await;
+}
+
+/// Undoes a watch whose future was dropped before it resolved (the client
+/// went away mid-subscribe): such a watch counts as never made.
+struct WatchGuard<'a> {
+    inner: &'a Inner,
+    topic: &'a Topic,
+    armed: bool,
+}
+
+impl Drop for WatchGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.unwatch(self.topic);
+        }
+    }
 }
 
 impl Bus for NatsBus {
@@ -344,59 +662,49 @@ impl Bus for NatsBus {
     fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
         let topic = topic.clone();
         Box::pin(async move {
-            let cell = {
+            let (ready, cancel) = {
                 let mut topics = self.inner.topics.lock();
                 let entry = topics.entry(topic.clone()).or_insert_with(|| Interest {
                     refs: 0,
                     generation: 0,
-                    sub: Arc::new(OnceCell::new()),
+                    cancel: CancellationToken::new(),
+                    ready: Arc::new(OnceCell::new()),
                 });
                 entry.refs += 1;
                 entry.generation += 1;
-                Arc::clone(&entry.sub)
+                (Arc::clone(&entry.ready), entry.cancel.clone())
             };
-            cell.get_or_try_init(|| self.inner.subscribe(&topic)).await.map(|_| ())
+            let mut guard = WatchGuard { inner: &self.inner, topic: &topic, armed: true };
+            let result = ready.get_or_try_init(|| self.inner.subscribe(&topic, cancel)).await.map(|_| ());
+            // Resolved: from here the caller owes the unwatch, as documented.
+            guard.armed = false;
+            result
         })
     }
 
     fn unwatch(&self, topic: &Topic) {
-        let generation = {
-            let mut topics = self.inner.topics.lock();
-            let Some(entry) = topics.get_mut(topic) else { return };
-            entry.refs = entry.refs.saturating_sub(1);
-            if entry.refs > 0 {
-                return;
-            }
-            entry.generation
-        };
-        let linger = self.inner.opts.linger;
-        if linger.is_zero() {
-            self.inner.release(topic, generation);
-            return;
-        }
-        let inner = Arc::clone(&self.inner);
-        let topic = topic.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(linger).await;
-            inner.release(&topic, generation);
-        });
+        self.inner.unwatch(topic);
     }
 
     fn last_value(&self, topic: &Topic) -> BoxFuture<'_, Option<Update>> {
         let topic = topic.clone();
         Box::pin(async move {
-            let Some(stream) = self.inner.stream.get() else {
-                return self.inner.last.lock().get(&topic).cloned();
+            let stream = match &self.inner.stream {
+                Some(stream) if self.inner.js_ok() => stream,
+                _ => return self.inner.last.get(&topic),
             };
             let subject = Self::subject(&self.inner.opts.prefix, &topic);
             match tokio::time::timeout(ROUND_TRIP, stream.direct_get_last_for_subject(subject)).await {
                 Ok(Ok(msg)) => self.inner.parse(&topic, &msg.payload),
                 Ok(Err(e)) if e.kind() == stream::DirectGetErrorKind::NotFound => None,
                 Ok(Err(e)) => {
+                    // The stream may be gone (a NATS without its state):
+                    // check now rather than at the next interval.
                     tracing::debug!(error = %e, %topic, "last value lookup failed");
-                    None
+                    self.inner.link.js_recheck.notify_one();
+                    self.inner.last.get(&topic)
                 }
-                Err(_) => None,
+                Err(_) => self.inner.last.get(&topic),
             }
         })
     }
@@ -404,28 +712,65 @@ impl Bus for NatsBus {
     fn health(&self) -> DependencyStatus {
         match self.inner.client.connection_state() {
             State::Connected => DependencyStatus::Ok,
-            State::Pending => DependencyStatus::Down(format!("connecting to {}", self.inner.opts.url)),
-            State::Disconnected => DependencyStatus::Down(format!("disconnected from {}", self.inner.opts.url)),
+            State::Pending => DependencyStatus::Down(format!("connecting to {}", self.inner.link.url)),
+            State::Disconnected => DependencyStatus::Down(format!("disconnected from {}", self.inner.link.url)),
         }
     }
 
     fn extra_checks(&self) -> Vec<(&'static str, DependencyStatus)> {
         let js = if !self.inner.opts.jetstream {
             DependencyStatus::Disabled
-        } else if self.inner.stream.get().is_some() {
+        } else if self.inner.js_ok() {
             DependencyStatus::Ok
+        } else if self.inner.stream.is_none() {
+            DependencyStatus::Down("no stream handle".into())
         } else {
-            let why = self.inner.jetstream_error.lock().clone().unwrap_or_else(|| "starting".into());
-            DependencyStatus::Down(why)
+            DependencyStatus::Down(self.inner.link.js_error.lock().clone())
         };
         vec![("jetstream", js)]
     }
 
+    fn stats(&self) -> BusStats {
+        let (last_values, last_value_bytes) = self.inner.last.usage();
+        BusStats {
+            interests: self.inner.topics.lock().len(),
+            lingering: self.inner.lingering.lock().len(),
+            last_values,
+            last_value_bytes,
+        }
+    }
+
     fn drain(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            self.stop.cancel();
             if let Err(e) = self.inner.client.drain().await {
                 tracing::debug!(error = %e, "NATS drain");
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separated_list_is_several_servers() {
+        let servers = parse_servers("nats://a:1, nats://b:2,c").map_err(|e| e.to_string());
+        let ports: Vec<u16> = servers.iter().flatten().map(ServerAddr::port).collect();
+        assert_eq!(ports, vec![1, 2, 4222]);
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors_without_the_password() {
+        for bad in ["nats://u:hunter2@host:99999", "http://u:hunter2@host:4222", "nats://a:1,,nats://b:2", "nats://"] {
+            let Err(e) = parse_servers(bad) else { panic!("{bad} accepted") };
+            let msg = e.to_string();
+            assert!(e.is_config(), "{msg}");
+            assert!(msg.contains("NATS_URL") && !msg.contains("hunter2"), "{msg}");
+            // Said once: loggers that walk the source chain must not repeat it.
+            assert!(std::error::Error::source(&e).is_none(), "{msg}");
+        }
+        assert_eq!(redact("nats://u:p@h:1,tls://t@h2"), "nats://***@h:1,tls://***@h2");
     }
 }

@@ -2,13 +2,14 @@
 //! by a Lua script in one round trip, so every instance spends one budget.
 //! While Redis is unreachable the in-process limiter holds the line.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
 use super::memory::MemoryLimiter;
 use super::{Decision, RateLimiter};
@@ -35,77 +36,128 @@ const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failure, how long checks go straight to the local limiter before
 /// Redis is tried again (so an outage does not add a timeout per message).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// The background probe's interval unless told otherwise.
+const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Redis-backed limiter with a local fallback.
 pub struct RedisLimiter {
     inner: Arc<Inner>,
+    /// Ends the background connect-and-probe task.
+    stop: CancellationToken,
 }
 
 struct Inner {
+    /// The address, credentials removed: for logs and `/health`.
     url: String,
     prefix: String,
     interval_us: u64,
     per_minute: u32,
+    probe_interval: Duration,
     conn: OnceCell<ConnectionManager>,
     script: redis::Script,
     fallback: MemoryLimiter,
     healthy: AtomicBool,
+    /// Whether the current outage (or a failing start) was logged.
+    outage_logged: AtomicBool,
+    /// Whether Redis ever answered (the first success logs differently).
+    ever_up: AtomicBool,
     /// Earliest time (µs since `started`) to try Redis again after a failure.
     retry_at_us: AtomicU64,
     started: Instant,
     last_error: parking_lot::Mutex<String>,
 }
 
-/// The Redis URL is malformed.
+/// `REDIS_URL` is unusable.
 #[derive(Debug, thiserror::Error)]
-#[error("REDIS_URL: {0}")]
-pub struct RedisConfigError(String);
+pub enum RedisConfigError {
+    /// Not a Redis URL.
+    #[error("invalid REDIS_URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The value, credentials removed.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl RedisConfigError {
+    /// Whether this is a configuration mistake (exit status 2): always.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::InvalidUrl { .. })
+    }
+}
 
 impl RedisLimiter {
     /// Starts connecting in the background; checks use the local limiter
-    /// until Redis answers.
+    /// until Redis answers. Redis is probed every 2 s.
     pub fn new(url: &str, key_prefix: &str, per_minute: u32) -> Result<Self, RedisConfigError> {
-        let client = redis::Client::open(url).map_err(|e| RedisConfigError(e.to_string()))?;
+        Self::start(url, key_prefix, per_minute, DEFAULT_PROBE_INTERVAL)
+    }
+
+    /// Like [`RedisLimiter::new`], probing Redis (PING) every
+    /// `probe_interval` so `/health` is true with no client traffic. The
+    /// probe ends when the limiter is dropped.
+    pub fn start(
+        url: &str,
+        key_prefix: &str,
+        per_minute: u32,
+        probe_interval: Duration,
+    ) -> Result<Self, RedisConfigError> {
+        let shown = crate::bus::nats::redact(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| RedisConfigError::InvalidUrl { url: shown.clone(), reason: e.to_string() })?;
         let per_minute = per_minute.max(1);
         let inner = Arc::new(Inner {
-            url: url.to_owned(),
+            url: shown,
             prefix: key_prefix.to_owned(),
             interval_us: 60_000_000 / u64::from(per_minute),
             per_minute,
+            probe_interval,
             conn: OnceCell::new(),
             script: redis::Script::new(GCRA),
             fallback: MemoryLimiter::new(per_minute),
             healthy: AtomicBool::new(false),
+            outage_logged: AtomicBool::new(false),
+            ever_up: AtomicBool::new(false),
             retry_at_us: AtomicU64::new(0),
             started: Instant::now(),
             last_error: parking_lot::Mutex::new("connecting".into()),
         });
-        tokio::spawn(connect(Arc::downgrade(&inner), client));
-        Ok(Self { inner })
+        let stop = CancellationToken::new();
+        tokio::spawn(probe(Arc::downgrade(&inner), client, stop.clone()));
+        Ok(Self { inner, stop })
     }
 }
 
-async fn connect(inner: std::sync::Weak<Inner>, client: redis::Client) {
+impl Drop for RedisLimiter {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Connects, then PINGs every probe interval: health follows Redis on an
+/// idle gateway too, and the connection is re-made after an outage without
+/// waiting for a client message.
+async fn probe(inner: Weak<Inner>, client: redis::Client, stop: CancellationToken) {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(CHECK_TIMEOUT))
-        .set_max_delay(Duration::from_secs(2));
+        .set_max_delay(Duration::from_secs(2))
+        // Fail the attempt fast: this loop retries every probe interval,
+        // and says once that Redis is unreachable.
+        .set_number_of_retries(1);
     loop {
         let Some(me) = inner.upgrade() else { return };
-        match client.get_connection_manager_with_config(config.clone()).await {
-            Ok(conn) => {
-                let _ = me.conn.set(conn);
-                me.healthy.store(true, Ordering::Relaxed);
-                tracing::info!("rate limits shared through Redis");
-                return;
-            }
-            Err(e) => {
-                *me.last_error.lock() = e.to_string();
-                tracing::debug!(error = %e, url = %me.url, "Redis not reachable yet; local rate limiter in use");
-            }
+        let interval = me.probe_interval;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = me.probe_once(&client, &config) => {}
         }
         drop(me);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 
@@ -114,9 +166,46 @@ impl Inner {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
+    async fn probe_once(&self, client: &redis::Client, config: &ConnectionManagerConfig) {
+        let mut conn = match self.conn.get() {
+            Some(conn) => conn.clone(),
+            None => match client.get_connection_manager_with_config(config.clone()).await {
+                Ok(conn) => {
+                    let _ = self.conn.set(conn.clone());
+                    conn
+                }
+                Err(e) => {
+                    self.failed(e.to_string());
+                    return;
+                }
+            },
+        };
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(CHECK_TIMEOUT * 4, ping.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => self.succeeded(),
+            Ok(Err(e)) => self.failed(e.to_string()),
+            Err(_) => self.failed("PING timed out".into()),
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.healthy.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.outage_logged.store(false, Ordering::Relaxed);
+        if self.ever_up.swap(true, Ordering::Relaxed) {
+            tracing::info!(redis = %self.url, "Redis is back: rate limits shared again");
+        } else {
+            tracing::info!(redis = %self.url, "rate limits shared through Redis");
+        }
+    }
+
     fn failed(&self, why: String) {
-        if self.healthy.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %why, "Redis unreachable: rate limits are per instance until it returns");
+        self.healthy.store(false, Ordering::Relaxed);
+        if !self.outage_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(redis = %self.url, error = %why, "Redis unreachable: rate limits are per instance until it answers; retrying");
+        } else {
+            tracing::debug!(redis = %self.url, error = %why, "Redis still unreachable");
         }
         *self.last_error.lock() = why;
         let retry = self.now_us() + u64::try_from(PROBE_EVERY.as_micros()).unwrap_or(1_000_000);
@@ -133,9 +222,7 @@ impl Inner {
         call.arg(self.interval_us).arg(self.per_minute);
         match tokio::time::timeout(CHECK_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(wait_us)) => {
-                if !self.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!("Redis is back: rate limits shared again");
-                }
+                self.succeeded();
                 match u64::try_from(wait_us) {
                     Ok(0) | Err(_) => Decision::Allow,
                     Ok(us) => Decision::Deny { retry_after: Duration::from_micros(us) },
@@ -163,6 +250,21 @@ impl RateLimiter for RedisLimiter {
             DependencyStatus::Ok
         } else {
             DependencyStatus::Down(self.inner.last_error.lock().clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_url_that_is_not_one_is_a_config_error_without_the_password() {
+        for bad in ["notaurl", "http://u:hunter2@host:6379"] {
+            let Err(e) = RedisLimiter::new(bad, "p:", 10) else { panic!("{bad} accepted") };
+            let msg = e.to_string();
+            assert!(e.is_config() && msg.contains("REDIS_URL") && !msg.contains("hunter2"), "{msg}");
+            assert!(std::error::Error::source(&e).is_none(), "said once: {msg}");
         }
     }
 }
