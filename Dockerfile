@@ -1,7 +1,15 @@
 # venta-gateway container image.
 #
 #   docker build -t venta-gateway .
-#   docker run --rm -p 5006:5006/tcp -p 5006:5006/udp -p 5007:5007 venta-gateway
+#   docker run --rm -p 127.0.0.1:5006:5006/tcp -p 127.0.0.1:5006:5006/udp \
+#       -p 127.0.0.1:5007:5007 venta-gateway
+#
+# Publish on 127.0.0.1 until auth is configured: without JWT_SECRET /
+# JWT_PUBLIC_KEY and INGEST_TOKEN anyone who reaches the ports can subscribe
+# and publish (see docker-compose.yml and README "Containers").
+#
+# Base images are pinned to exact versions (RUST_VERSION, DEBIAN_VERSION);
+# the builder and the runtime are the same Debian release (same glibc).
 #
 # Works with BuildKit and with the classic builder (docker-compose v1 builds
 # with it by default): no `# syntax=` line, no heredocs, no RUN --mount.
@@ -16,13 +24,14 @@
 #              changes when the manifest, the lock file or the set of targets
 #              changes, so the dependency layer below stays cached otherwise.
 #   builder  - builds all dependencies from the skeleton (cached layer), then
-#              the real crate.
-#   runtime  - debian:bookworm-slim (same glibc 2.36 as the builder), non-root.
+#              the real crate, and the health probe (examples/healthcheck.rs).
+#   runtime  - debian:${DEBIAN_VERSION}-slim (the builder's release), non-root.
 
-ARG RUST_VERSION=1.95
+ARG RUST_VERSION=1.95.0
+ARG DEBIAN_VERSION=13.6
 
 # ---------------------------------------------------------------------------
-FROM rust:${RUST_VERSION}-bookworm AS base
+FROM rust:${RUST_VERSION}-trixie AS base
 
 # No system packages needed: protoc comes from the protoc-bin-vendored crate
 # (build.rs), SQLite is bundled by sqlx.
@@ -78,9 +87,15 @@ RUN rm -rf target/release/.fingerprint/venta-gateway-* \
  && cargo build --release --locked --bin venta-gateway \
  && install -D -m 0755 target/release/venta-gateway /out/venta-gateway
 
-# ---------------------------------------------------------------------------
-FROM debian:bookworm-slim AS runtime
+# The container's health probe: the standard library only, so plain rustc
+# builds it in seconds, without the crate's dependencies.
+COPY examples/healthcheck.rs ./examples/healthcheck.rs
+RUN rustc --edition 2024 -O -C strip=symbols examples/healthcheck.rs -o /out/venta-healthcheck
 
+# ---------------------------------------------------------------------------
+FROM debian:${DEBIAN_VERSION}-slim AS runtime
+
+ARG DEBIAN_VERSION
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -93,7 +108,7 @@ LABEL org.opencontainers.image.title="venta-gateway" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
+      org.opencontainers.image.base.name="docker.io/library/debian:${DEBIAN_VERSION}-slim"
 
 # ca-certificates: TLS to NATS/Redis/PostgreSQL (rustls + webpki/native roots).
 # Non-root user with a fixed uid/gid; its home is the working directory, where
@@ -108,6 +123,7 @@ RUN apt-get update \
  && install -d -o venta -g venta -m 0750 /var/lib/venta-gateway
 
 COPY --from=builder /out/venta-gateway /usr/local/bin/venta-gateway
+COPY --from=builder /out/venta-healthcheck /usr/local/bin/venta-healthcheck
 
 WORKDIR /var/lib/venta-gateway
 USER 10001:10001
@@ -125,13 +141,14 @@ EXPOSE 5006/tcp 5006/udp 5007/tcp
 # give `docker stop -t` / stop_grace_period more than that).
 STOPSIGNAL SIGTERM
 
-# Liveness probe using only bash builtins (no curl/wget in the image).
+# Liveness probe: venta-healthcheck (examples/healthcheck.rs) GETs
+# /health/live on 127.0.0.1:$WEBSOCKET_GATEWAY_PORT and exits 0 on 200,
+# 1 otherwise; every step has a timeout. Exec form: no shell involved.
 # /health/live rather than /health/ready: Docker (and Swarm) restart or drop
 # unhealthy containers, and a NATS outage makes every instance "not ready" at
-# once. docker-compose.yml overrides this with the readiness probe.
-# When the binary gains its `healthcheck` subcommand, replace with:
-#   HEALTHCHECK ... CMD ["/usr/local/bin/venta-gateway", "healthcheck"]
+# once. docker-compose.yml probes readiness instead
+# (`venta-healthcheck /health/ready`), for depends_on and operators.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${WEBSOCKET_GATEWAY_PORT:-5006} && printf 'GET /health/live HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && read -r -t 4 _ code _ <&3 && [ \"$code\" = 200 ]"]
+    CMD ["/usr/local/bin/venta-healthcheck"]
 
 ENTRYPOINT ["/usr/local/bin/venta-gateway"]
