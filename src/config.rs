@@ -249,7 +249,9 @@ pub struct Config {
 
     /// Connections on the HTTP port that are not WebSocket (plain HTTP,
     /// keep-alive, handshakes in progress). Over: 503 and closed at once.
-    #[arg(long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS", default_value = "1024", value_parser = positive)]
+    /// Room for a reconnect storm's handshakes (each takes milliseconds);
+    /// with `HTTP_MAX_HEADER_BYTES` it bounds what idle sockets can hold.
+    #[arg(long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS", default_value = "4096", value_parser = positive)]
     pub http_max_connections: usize,
 
     /// Largest HTTP request head (request line and headers), bytes; over: 431.
@@ -585,7 +587,7 @@ impl Config {
             accept_backlog: 4096,
             http_header_timeout_ms: 10_000,
             http_request_timeout_ms: 30_000,
-            http_max_connections: 1024,
+            http_max_connections: 4096,
             http_max_header_bytes: 16_384,
             allowed_origins: None,
             send_buffer_bytes: 65_536,
