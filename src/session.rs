@@ -1,26 +1,37 @@
 //! One client's state machine, written once and driven by every transport.
 //!
-//! The transport feeds it frames and timer ticks; the session answers by
-//! pushing frames into the connection's [`Outbox`] and, when the connection
-//! must end, by returning a [`Close`]. It knows nothing of sockets.
+//! In the manner of quinn-proto, the session does no I/O and never waits:
+//! the transport feeds it frames, timer ticks and the results of the
+//! dependency calls it asked for ([`Call`]: a rate-limit check, a bus
+//! subscribe, a last-value lookup), and it answers by pushing frames into
+//! the connection's [`Outbox`], by asking for the next call, or by
+//! returning a [`Close`]. The transport drives all of that in one
+//! `select!` with its socket, its timers and shutdown, so a dependency
+//! that hangs never stops the heartbeat, other traffic or the 1001 on
+//! shutdown. Requests are answered in the order they came; while a call is
+//! in flight later requests wait in a short queue, and when that is full
+//! the transport stops reading (backpressure, not loss).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use parking_lot::RwLock;
 use time::OffsetDateTime;
 
-use crate::audit::{Action, AuditEvent};
-use crate::auth::Verified;
-use crate::hub::{ConnId, Frame, Outbox, OutboxLimits, Push};
+use crate::audit::{Action, Audit, AuditEvent};
+use crate::auth::{Authenticator, Verified};
+use crate::bus::{Bus, BusError};
+use crate::hub::{ConnId, Frame, Hub, Outbox, OutboxLimits, Push};
+use crate::metrics::Metrics;
 use crate::protocol::{
-    Channel, Close, Codec, Command, Delivery, ErrorCode, Rejection, Request, ServerMessage, Topic, UserId, encode,
-    type_label,
+    Channel, Close, Codec, Command, Delivery, ErrorCode, Rejection, Request, ServerMessage, Topic, Update, UserId,
+    VendorId, encode, type_label,
 };
-use crate::ratelimit::Decision;
-use crate::state::Shared;
+use crate::ratelimit::{Decision, RateLimiter};
 
 /// The path a client connected on; it names its main interest only, both
 /// accept every message type.
@@ -126,13 +137,170 @@ pub enum Inbound<'a> {
 /// as abusive, in units of the per-minute limit.
 const ABUSE_FACTOR: u32 = 2;
 
+/// Requests held while a dependency call is in flight; past this the
+/// transport stops reading the socket until the session catches up.
+pub const MAX_QUEUED_REQUESTS: usize = 16;
+
+/// The limits a session enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Server `ping` interval; two silent intervals close with 4000.
+    pub heartbeat: Duration,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Client messages per minute (for the abuse close).
+    pub rate_limit: u32,
+    /// Largest client frame, bytes (for the error text).
+    pub max_message_bytes: usize,
+    /// The outbound queue's bounds.
+    pub outbox: OutboxLimits,
+}
+
+impl SessionLimits {
+    /// The limits of a configuration.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            heartbeat: config.heartbeat_interval(),
+            max_subscriptions: config.max_subscriptions,
+            rate_limit: config.rate_limit,
+            max_message_bytes: config.max_message_bytes,
+            outbox: OutboxLimits { max_messages: config.max_queue_messages, max_bytes: config.max_queue_bytes },
+        }
+    }
+}
+
+/// What every session of an instance shares: exactly what a session needs,
+/// nothing of the listeners or the configuration at large.
+pub struct SessionContext {
+    /// Subscriptions and fan-out.
+    pub hub: Arc<Hub>,
+    /// Only for [`Bus::unwatch`], which never waits; watching goes through
+    /// [`Call::Watch`].
+    pub bus: Arc<dyn Bus>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The audit trail (never waits).
+    pub audit: Arc<Audit>,
+    /// Verifies `refresh` tokens (CPU only).
+    pub auth: Authenticator,
+    /// The limits.
+    pub limits: SessionLimits,
+    next_conn: AtomicU64,
+}
+
+impl SessionContext {
+    /// A context for the sessions of one instance.
+    pub fn new(
+        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+        audit: Arc<Audit>,
+        auth: Authenticator,
+        limits: SessionLimits,
+    ) -> Self {
+        Self { hub, bus, metrics, audit, auth, limits, next_conn: AtomicU64::new(1) }
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A dependency call the session needs made; the transport runs it (see
+/// [`Deps::start`]) and hands the result back to [`Session::on_completion`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// Spend one unit of this rate-limit key's budget.
+    Budget(String),
+    /// Make the bus deliver this topic to this instance.
+    Watch(Topic),
+    /// The topic's last known value.
+    LastValue(Topic),
+}
+
+/// A finished [`Call`].
+#[derive(Debug)]
+pub enum Completion {
+    /// The rate limiter's answer.
+    Budget(Decision),
+    /// Whether the bus now delivers the topic.
+    Watch(Result<(), BusError>),
+    /// The topic's last known value, if any.
+    LastValue(Option<Update>),
+}
+
+/// The engines behind [`Call`]s.
+#[derive(Clone)]
+pub struct Deps {
+    /// Client message budgets.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Updates between publishers and instances.
+    pub bus: Arc<dyn Bus>,
+}
+
+impl Deps {
+    /// Starts a call; the future owns what it needs, so the transport can
+    /// keep it beside its socket in one `select!`.
+    pub fn start(&self, call: Call) -> BoxFuture<'static, Completion> {
+        match call {
+            Call::Budget(key) => {
+                let limiter = Arc::clone(&self.limiter);
+                Box::pin(async move { Completion::Budget(limiter.check(&key).await) })
+            }
+            Call::Watch(topic) => {
+                let bus = Arc::clone(&self.bus);
+                Box::pin(async move { Completion::Watch(bus.watch(&topic).await) })
+            }
+            Call::LastValue(topic) => {
+                let bus = Arc::clone(&self.bus);
+                Box::pin(async move { Completion::LastValue(bus.last_value(&topic).await) })
+            }
+        }
+    }
+}
+
+/// A client message waiting its turn.
+#[derive(Debug)]
+enum Item {
+    Request(Request),
+    /// Refused while decoding; still charged to the budget.
+    Rejected(Rejection),
+}
+
+impl Item {
+    fn request_type(&self) -> Option<&str> {
+        match self {
+            Self::Request(r) => Some(r.command.type_name()),
+            Self::Rejected(r) => r.request_type.as_deref(),
+        }
+    }
+
+    fn id(&self) -> Option<&str> {
+        match self {
+            Self::Request(r) => r.id.as_deref(),
+            Self::Rejected(r) => r.id.as_deref(),
+        }
+    }
+}
+
+/// What the call in flight is for.
+#[derive(Debug)]
+enum Waiting {
+    /// The budget check of this message.
+    Budget(Item),
+    /// The bus subscribe of a new subscription (already in the hub).
+    Watch { topic: Topic, channel: Channel, vendor: VendorId, id: Option<String>, request_type: &'static str },
+    /// The snapshot after a `subscribed` ack.
+    LastValue(Topic),
+}
+
 /// One connected client.
 pub struct Session {
     id: ConnId,
     /// Globally unique (UUIDv7): the id in logs and the audit trail. `id`
     /// is the hub's compact per-process key and never leaves the process.
     uid: uuid::Uuid,
-    shared: Arc<Shared>,
+    ctx: Arc<SessionContext>,
     transport: Transport,
     endpoint: Endpoint,
     remote: SocketAddr,
@@ -146,7 +314,6 @@ pub struct Session {
     denied_in_a_row: u32,
     last_seen: Instant,
     next_ping: Instant,
-    interval: Duration,
     /// When the token stops being good (`exp` + leeway): the connection is
     /// closed with 4001 then, unless a `refresh` moved it.
     token_deadline: Option<Instant>,
@@ -155,35 +322,40 @@ pub struct Session {
     audit_user: Option<UserId>,
     /// Time of the last audit row, so rows of one connection never tie.
     audit_clock: Option<OffsetDateTime>,
+    /// Messages waiting behind the call in flight, in arrival order.
+    queued: VecDeque<Item>,
+    /// The call in flight, if any.
+    waiting: Option<Waiting>,
+    /// A call asked for and not yet taken by the transport.
+    call: Option<Call>,
+    finished: bool,
 }
 
 impl Session {
     /// Opens a session; returns it with the outbox its writer drains.
     /// `token` is the connect token's verdict (`None` while auth is off).
     pub fn open(
-        shared: Arc<Shared>,
+        ctx: Arc<SessionContext>,
         transport: Transport,
         endpoint: Endpoint,
         remote: SocketAddr,
         token: Option<Verified>,
+        now: Instant,
     ) -> Self {
-        let limits =
-            OutboxLimits { max_messages: shared.config.max_queue_messages, max_bytes: shared.config.max_queue_bytes };
-        let outbox = Arc::new(Outbox::new(transport.codec(), limits));
-        let interval = shared.config.heartbeat_interval();
-        let now = Instant::now();
-        let id = shared.next_conn_id();
+        let outbox = Arc::new(Outbox::new(transport.codec(), ctx.limits.outbox));
+        let id = ctx.next_conn_id();
         let uid = uuid::Uuid::now_v7();
         let labels = [transport.as_str(), endpoint.as_str()];
-        shared.metrics.connections.with_label_values(&labels).inc();
-        shared.metrics.connections_total.with_label_values(&labels).inc();
+        ctx.metrics.connections.with_label_values(&labels).inc();
+        ctx.metrics.connections_total.with_label_values(&labels).inc();
         tracing::debug!(conn = %uid, %remote, transport = transport.as_str(), endpoint = endpoint.as_str(), "connected");
         let token_deadline = token.as_ref().map(|t| deadline_of(t.good_until, now));
         let user = token.map(|t| t.user);
         let budget_key = match &user {
             Some(u) => format!("user:{u}"),
-            None => format!("conn:{}:{id}", shared.instance_id),
+            None => format!("conn:{}:{uid}", ctx.audit.instance_id()),
         };
+        let next_ping = now + ctx.limits.heartbeat;
         let mut session = Self {
             id,
             uid,
@@ -191,7 +363,7 @@ impl Session {
             audit_user: user.clone(),
             user,
             budget_key,
-            shared,
+            ctx,
             transport,
             endpoint,
             remote,
@@ -200,9 +372,12 @@ impl Session {
             subscriptions: HashSet::new(),
             denied_in_a_row: 0,
             last_seen: now,
-            next_ping: now + interval,
-            interval,
+            next_ping,
             audit_clock: None,
+            queued: VecDeque::new(),
+            waiting: None,
+            call: None,
+            finished: false,
         };
         session.audit(Action::Connect, None, None);
         session
@@ -234,62 +409,110 @@ impl Session {
         self.subscriptions.len()
     }
 
+    /// Whether the transport may read another frame: false while
+    /// [`MAX_QUEUED_REQUESTS`] messages wait behind a dependency call.
+    pub fn can_read(&self) -> bool {
+        self.queued.len() < MAX_QUEUED_REQUESTS
+    }
+
+    /// Whether every message received so far has been answered.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_none() && self.queued.is_empty() && self.call.is_none()
+    }
+
+    /// The next dependency call to make, if one is due; the transport runs
+    /// it and returns its result to [`Session::on_completion`].
+    pub fn next_call(&mut self) -> Option<Call> {
+        self.call.take()
+    }
+
     /// Handles one inbound event; `Some(close)` ends the connection.
-    pub async fn on_inbound(&mut self, inbound: Inbound<'_>) -> Option<Close> {
-        self.last_seen = Instant::now();
+    pub fn on_inbound(&mut self, inbound: Inbound<'_>, now: Instant) -> Option<Close> {
+        self.last_seen = now;
         // A slow consumer's 1013 is pending while its writer is stuck on a
         // socket the client does not read: end it here, however much the
         // client keeps sending.
         if let Some(close) = self.outbox.pending_close() {
             return Some(close);
         }
-        match inbound {
-            Inbound::Heartbeat => None,
+        let item = match inbound {
+            Inbound::Heartbeat => return None,
             Inbound::Binary => {
                 self.count_in(Some("binary"));
-                self.reject(&Rejection::new(ErrorCode::InvalidJson, "binary frames are not supported; send JSON text"))
+                return self.reject(&Rejection::new(
+                    ErrorCode::InvalidJson,
+                    "binary frames are not supported; send JSON text",
+                ));
             }
-            Inbound::Text(bytes) => self.on_decoded(crate::protocol::decode_json(bytes)).await,
-            Inbound::MsgPack(bytes) => self.on_decoded(crate::protocol::decode_msgpack(bytes)).await,
+            Inbound::Text(bytes) => crate::protocol::decode_json(bytes),
+            Inbound::MsgPack(bytes) => crate::protocol::decode_msgpack(bytes),
             Inbound::Oversized { len } => {
                 self.count_in(None);
-                let max = self.shared.config.max_message_bytes;
+                let max = self.ctx.limits.max_message_bytes;
                 let msg = format!("frame of {len} bytes exceeds WS_MAX_MESSAGE_BYTES ({max}); closing");
                 self.reject(&Rejection::new(ErrorCode::MessageTooLarge, msg));
-                Some(Close::new(Close::TOO_BIG, "message too large (WS_MAX_MESSAGE_BYTES)"))
+                return Some(Close::new(Close::TOO_BIG, "message too large (WS_MAX_MESSAGE_BYTES)"));
             }
             Inbound::Truncated => {
                 self.count_in(None);
                 self.reject(&Rejection::new(ErrorCode::InvalidFrame, "stream ended inside a frame; closing"));
-                Some(Close::new(Close::INVALID_PAYLOAD, "stream ended inside a frame"))
+                return Some(Close::new(Close::INVALID_PAYLOAD, "stream ended inside a frame"));
             }
-        }
-    }
-
-    async fn on_decoded(&mut self, decoded: Result<Request, Rejection>) -> Option<Close> {
-        match decoded {
+        };
+        let item = match item {
             Ok(req) => {
                 self.count_in(Some(req.command.type_name()));
-                self.on_request(req).await
+                // A pong is free and answers nothing: no budget, no queue.
+                if matches!(req.command, Command::Pong) {
+                    return None;
+                }
+                Item::Request(req)
             }
             Err(rej) => {
                 self.count_in(rej.request_type.as_deref());
-                if let Some(close) = self.spend_budget(rej.request_type.as_deref(), rej.id.as_deref()).await {
-                    return close;
-                }
-                self.reject(&rej)
+                Item::Rejected(rej)
             }
+        };
+        if self.queued.len() >= MAX_QUEUED_REQUESTS {
+            // The transport stops reading at this depth; a frame past it
+            // means a transport that ignored `can_read`.
+            return Some(Close::new(Close::POLICY, "too many requests in flight"));
         }
+        self.queued.push_back(item);
+        self.advance(now)
+    }
+
+    /// Handles the result of the call from [`Session::next_call`].
+    pub fn on_completion(&mut self, done: Completion, now: Instant) -> Option<Close> {
+        let close = match (self.waiting.take(), done) {
+            (Some(Waiting::Budget(item)), Completion::Budget(decision)) => self.on_budget(item, decision, now),
+            (Some(Waiting::Watch { topic, channel, vendor, id, request_type }), Completion::Watch(result)) => {
+                self.on_watched(topic, channel, &vendor, id.as_deref(), request_type, result)
+            }
+            (Some(Waiting::LastValue(topic)), Completion::LastValue(last)) => {
+                self.on_last_value(&topic, last.as_ref());
+                None
+            }
+            (waiting, done) => {
+                // A transport bug; say so rather than guess.
+                tracing::error!(conn = %self.uid, ?waiting, ?done, "session got a completion it did not ask for");
+                return Some(Close::new(Close::INTERNAL, "internal error"));
+            }
+        };
+        if close.is_some() {
+            return close;
+        }
+        self.advance(now)
     }
 
     /// When [`Session::on_timer`] must next run.
     pub fn next_deadline(&self) -> Instant {
-        let heartbeat = self.next_ping.min(self.last_seen + 2 * self.interval);
+        let heartbeat = self.next_ping.min(self.last_seen + 2 * self.ctx.limits.heartbeat);
         self.token_deadline.map_or(heartbeat, |t| heartbeat.min(t))
     }
 
     /// Sends the heartbeat `ping` when due; closes a client silent for two
-    /// intervals with 4000.
+    /// intervals with 4000, and one whose token expired with 4001.
     pub fn on_timer(&mut self, now: Instant) -> Option<Close> {
         if let Some(close) = self.outbox.pending_close() {
             return Some(close);
@@ -298,12 +521,18 @@ impl Session {
             tracing::debug!(conn = %self.uid, "token expired");
             return Some(Close::new(Close::TOKEN_EXPIRED, "token expired"));
         }
-        if now >= self.last_seen + 2 * self.interval {
+        let interval = self.ctx.limits.heartbeat;
+        if !self.can_read() {
+            // The transport is not reading because we are behind: the
+            // client's silence is ours, not its.
+            self.last_seen = now;
+        }
+        if now >= self.last_seen + 2 * interval {
             tracing::debug!(conn = %self.uid, "heartbeat timeout");
             return Some(Close::new(Close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
         }
         if now >= self.next_ping {
-            self.next_ping = now + self.interval;
+            self.next_ping = now + interval;
             return self.send(&ServerMessage::Ping);
         }
         None
@@ -313,41 +542,93 @@ impl Session {
     /// `reason` goes into the audit trail: the close code and reason the
     /// server sent (`1001 server shutting down`), or `client closed`.
     pub fn finish(mut self, reason: &str) {
+        self.release("disconnect");
+        self.audit(Action::Disconnect, None, Some(reason));
+        self.finished = true;
+    }
+
+    /// Gives back the hub and bus interest of every subscription, including
+    /// one whose bus subscribe was in flight (its future was dropped).
+    fn release(&mut self, why: &str) {
+        if let Some(Waiting::Watch { topic, .. }) = &self.waiting {
+            self.ctx.hub.unsubscribe(topic, self.id);
+            self.datagram_topics.set(topic, false);
+        }
+        self.waiting = None;
         let mut held: Vec<Topic> = std::mem::take(&mut self.subscriptions).into_iter().collect();
         held.sort();
         for topic in held {
-            self.shared.hub.unsubscribe(&topic, self.id);
-            self.shared.bus.unwatch(&topic);
-            self.audit(Action::Unsubscribe, Some(&topic), Some("disconnect"));
+            self.ctx.hub.unsubscribe(&topic, self.id);
+            self.ctx.bus.unwatch(&topic);
+            self.audit(Action::Unsubscribe, Some(&topic), Some(why));
         }
-        self.audit(Action::Disconnect, None, Some(reason));
-        let labels = [self.transport.as_str(), self.endpoint.as_str()];
-        self.shared.metrics.connections.with_label_values(&labels).dec();
-        tracing::debug!(conn = %self.uid, remote = %self.remote, "disconnected");
     }
 
-    async fn on_request(&mut self, req: Request) -> Option<Close> {
-        let id = req.id.as_deref();
-        if !matches!(req.command, Command::Pong)
-            && let Some(close) = self.spend_budget(Some(req.command.type_name()), id).await
-        {
-            return close;
+    /// Starts the next queued message's budget check, unless a call is in
+    /// flight.
+    fn advance(&mut self, _now: Instant) -> Option<Close> {
+        if self.waiting.is_some() {
+            return None;
         }
+        let item = self.queued.pop_front()?;
+        self.call = Some(Call::Budget(self.budget_key.clone()));
+        self.waiting = Some(Waiting::Budget(item));
+        None
+    }
+
+    fn on_budget(&mut self, item: Item, decision: Decision, now: Instant) -> Option<Close> {
+        match decision {
+            Decision::Allow => {
+                self.denied_in_a_row = 0;
+                match item {
+                    Item::Rejected(rej) => self.reject(&rej),
+                    Item::Request(req) => self.on_request(req, now),
+                }
+            }
+            Decision::Deny { retry_after } => {
+                self.denied_in_a_row += 1;
+                if self.denied_in_a_row > self.ctx.limits.rate_limit.saturating_mul(ABUSE_FACTOR) {
+                    return Some(Close::new(Close::POLICY, "rate limit abuse"));
+                }
+                let retry_ms = u64::try_from(retry_after.as_millis()).unwrap_or(60_000).clamp(1, 60_000);
+                self.ctx.metrics.errors.with_label_values(&[ErrorCode::RateLimited.as_str()]).inc();
+                self.send(&ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    message: "too many messages; slow down",
+                    request_type: item.request_type(),
+                    retry_after_ms: Some(retry_ms),
+                    id: item.id(),
+                })
+            }
+        }
+    }
+
+    fn forbidden(&self, req: &Request) -> Option<Close> {
+        self.reject(&Rejection {
+            code: ErrorCode::Forbidden,
+            message: "userId differs from the token's user".into(),
+            request_type: Some(req.command.type_name().into()),
+            id: req.id.clone(),
+        })
+    }
+
+    /// Whether `user` may act on this connection (always while auth is off).
+    fn acts_as_self(&self, user: Option<&UserId>) -> bool {
+        match (&self.user, user) {
+            (Some(sub), Some(user)) => sub == user,
+            _ => true,
+        }
+    }
+
+    fn on_request(&mut self, req: Request, now: Instant) -> Option<Close> {
+        let id = req.id.as_deref();
         match &req.command {
             Command::Pong => None,
             Command::Ping => self.send(&ServerMessage::Pong { id }),
-            Command::Refresh { token } => self.on_refresh(token, id),
+            Command::Refresh { token } => self.on_refresh(token, id, now),
+            Command::Subscribe { user, .. } if !self.acts_as_self(Some(user)) => self.forbidden(&req),
+            Command::Unsubscribe { user, .. } if !self.acts_as_self(user.as_ref()) => self.forbidden(&req),
             Command::Subscribe { channel, vendor, user, delivery } => {
-                if let Some(sub) = &self.user
-                    && sub != user
-                {
-                    return self.reject(&Rejection {
-                        code: ErrorCode::Forbidden,
-                        message: "userId differs from the token's user".into(),
-                        request_type: Some(req.command.type_name().into()),
-                        id: req.id.clone(),
-                    });
-                }
                 let topic = Topic::new(*channel, vendor.clone());
                 self.audit_user = Some(user.clone());
                 // Datagrams are for location updates (latest position wins);
@@ -356,71 +637,40 @@ impl Session {
                 // latest request decides.
                 let datagram =
                     self.transport.has_datagrams() && *channel == Channel::Location && *delivery == Delivery::Datagram;
-                if !self.subscriptions.contains(&topic) {
-                    if self.subscriptions.len() >= self.shared.config.max_subscriptions {
-                        let msg =
-                            format!("at most {} subscriptions per connection", self.shared.config.max_subscriptions);
-                        return self.reject(&Rejection {
-                            code: ErrorCode::TooManySubscriptions,
-                            message: msg,
-                            request_type: Some(req.command.type_name().into()),
-                            id: req.id.clone(),
-                        });
-                    }
+                if self.subscriptions.contains(&topic) {
                     self.datagram_topics.set(&topic, datagram);
-                    // Hub first, then the bus: an update that arrives while
-                    // the bus interest settles is already routed to us.
-                    self.outbox.arm_snapshot(&topic);
-                    self.shared.hub.subscribe(&topic, self.id, &self.outbox);
-                    if let Err(e) = self.shared.bus.watch(&topic).await {
-                        self.datagram_topics.set(&topic, false);
-                        self.shared.hub.unsubscribe(&topic, self.id);
-                        self.shared.bus.unwatch(&topic);
-                        self.outbox.push_snapshot(&topic, None);
-                        return self.reject(&Rejection {
-                            code: ErrorCode::Unavailable,
-                            message: e.to_string(),
-                            request_type: Some(req.command.type_name().into()),
-                            id: req.id.clone(),
-                        });
-                    }
-                    self.subscriptions.insert(topic.clone());
-                    self.audit(Action::Subscribe, Some(&topic), None);
-                    let close = self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id });
-                    // The last known value comes right after the ack, unless
-                    // a live update got there first.
-                    let last = self.shared.bus.last_value(&topic).await;
-                    let frame = last.as_ref().map(|u| {
-                        let msg = ServerMessage::Snapshot(u);
-                        Frame {
-                            bytes: encode(&msg, self.outbox.codec()),
-                            ty: msg.type_name(),
-                            topic: Some(topic.clone()),
-                            published_at: None,
-                        }
-                    });
-                    self.outbox.push_snapshot(&topic, frame);
-                    return close;
+                    return self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id });
                 }
-                self.datagram_topics.set(&topic, datagram);
-                self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id })
-            }
-            Command::Unsubscribe { channel, vendor, user } => {
-                if let (Some(sub), Some(user)) = (&self.user, user)
-                    && sub != user
-                {
+                if self.subscriptions.len() >= self.ctx.limits.max_subscriptions {
+                    let msg = format!("at most {} subscriptions per connection", self.ctx.limits.max_subscriptions);
                     return self.reject(&Rejection {
-                        code: ErrorCode::Forbidden,
-                        message: "userId differs from the token's user".into(),
+                        code: ErrorCode::TooManySubscriptions,
+                        message: msg,
                         request_type: Some(req.command.type_name().into()),
                         id: req.id.clone(),
                     });
                 }
+                self.datagram_topics.set(&topic, datagram);
+                // Hub first, then the bus: an update that arrives while the
+                // bus interest settles is already routed to us.
+                self.outbox.arm_snapshot(&topic);
+                self.ctx.hub.subscribe(&topic, self.id, &self.outbox);
+                self.call = Some(Call::Watch(topic.clone()));
+                self.waiting = Some(Waiting::Watch {
+                    topic,
+                    channel: *channel,
+                    vendor: vendor.clone(),
+                    id: req.id.clone(),
+                    request_type: req.command.type_name(),
+                });
+                None
+            }
+            Command::Unsubscribe { channel, vendor, .. } => {
                 let topic = Topic::new(*channel, vendor.clone());
                 self.datagram_topics.set(&topic, false);
                 if self.subscriptions.remove(&topic) {
-                    self.shared.hub.unsubscribe(&topic, self.id);
-                    self.shared.bus.unwatch(&topic);
+                    self.ctx.hub.unsubscribe(&topic, self.id);
+                    self.ctx.bus.unwatch(&topic);
                     self.audit(Action::Unsubscribe, Some(&topic), None);
                 }
                 self.send(&ServerMessage::Unsubscribed { channel: *channel, vendor, id })
@@ -428,15 +678,59 @@ impl Session {
         }
     }
 
+    fn on_watched(
+        &mut self,
+        topic: Topic,
+        channel: Channel,
+        vendor: &VendorId,
+        id: Option<&str>,
+        request_type: &str,
+        result: Result<(), BusError>,
+    ) -> Option<Close> {
+        if let Err(e) = result {
+            self.datagram_topics.set(&topic, false);
+            self.ctx.hub.unsubscribe(&topic, self.id);
+            self.ctx.bus.unwatch(&topic);
+            self.outbox.push_snapshot(&topic, None);
+            return self.reject(&Rejection {
+                code: ErrorCode::Unavailable,
+                message: e.to_string(),
+                request_type: Some(request_type.into()),
+                id: id.map(str::to_owned),
+            });
+        }
+        self.subscriptions.insert(topic.clone());
+        self.audit(Action::Subscribe, Some(&topic), None);
+        let close = self.send(&ServerMessage::Subscribed { channel, vendor, id });
+        // The last known value comes right after the ack, unless a live
+        // update got there first.
+        self.call = Some(Call::LastValue(topic.clone()));
+        self.waiting = Some(Waiting::LastValue(topic));
+        close
+    }
+
+    fn on_last_value(&mut self, topic: &Topic, last: Option<&Update>) {
+        let frame = last.map(|u| {
+            let msg = ServerMessage::Snapshot(u);
+            Frame {
+                bytes: encode(&msg, self.outbox.codec()),
+                ty: msg.type_name(),
+                topic: Some(topic.clone()),
+                published_at: None,
+            }
+        });
+        self.outbox.push_snapshot(topic, frame);
+    }
+
     /// `refresh`: a valid token of the same user moves the 4001 deadline.
-    fn on_refresh(&mut self, token: &str, id: Option<&str>) -> Option<Close> {
+    fn on_refresh(&mut self, token: &str, id: Option<&str>, now: Instant) -> Option<Close> {
         let rejection = |code, message: String| Rejection {
             code,
             message,
             request_type: Some("refresh".into()),
             id: id.map(str::to_owned),
         };
-        match self.shared.auth.verify(Some(token)) {
+        match self.ctx.auth.verify(Some(token)) {
             // Auth off: nothing expires; say so rather than fail a client
             // that refreshes by habit.
             Ok(None) => self.send(&ServerMessage::Refreshed { expires_at: None, id }),
@@ -444,7 +738,7 @@ impl Session {
                 self.reject(&rejection(ErrorCode::Forbidden, "the new token is for another user".into()))
             }
             Ok(Some(v)) => {
-                self.token_deadline = Some(deadline_of(v.good_until, Instant::now()));
+                self.token_deadline = Some(deadline_of(v.good_until, now));
                 let expires = rfc3339_of(v.expires_at);
                 self.send(&ServerMessage::Refreshed { expires_at: expires.as_deref(), id })
             }
@@ -452,36 +746,8 @@ impl Session {
         }
     }
 
-    /// Charges one message to the rate budget. `Some(..)` means it was
-    /// refused: `Some(None)` after an error reply, `Some(Some(close))` when
-    /// the client is far over the limit and must go.
-    #[allow(clippy::option_option)]
-    async fn spend_budget(&mut self, request_type: Option<&str>, id: Option<&str>) -> Option<Option<Close>> {
-        match self.shared.limiter.check(&self.budget_key).await {
-            Decision::Allow => {
-                self.denied_in_a_row = 0;
-                None
-            }
-            Decision::Deny { retry_after } => {
-                self.denied_in_a_row += 1;
-                if self.denied_in_a_row > self.shared.config.rate_limit.saturating_mul(ABUSE_FACTOR) {
-                    return Some(Some(Close::new(Close::POLICY, "rate limit abuse")));
-                }
-                let retry_ms = u64::try_from(retry_after.as_millis()).unwrap_or(60_000).clamp(1, 60_000);
-                self.shared.metrics.errors.with_label_values(&[ErrorCode::RateLimited.as_str()]).inc();
-                Some(self.send(&ServerMessage::Error {
-                    code: ErrorCode::RateLimited,
-                    message: "too many messages; slow down",
-                    request_type,
-                    retry_after_ms: Some(retry_ms),
-                    id,
-                }))
-            }
-        }
-    }
-
     fn reject(&self, rej: &Rejection) -> Option<Close> {
-        self.shared.metrics.errors.with_label_values(&[rej.code.as_str()]).inc();
+        self.ctx.metrics.errors.with_label_values(&[rej.code.as_str()]).inc();
         self.send(&ServerMessage::Error {
             code: rej.code,
             message: &rej.message,
@@ -496,7 +762,7 @@ impl Session {
         match self.outbox.push(frame) {
             Push::Queued | Push::Conflated | Push::Closed => None,
             Push::Overflow => {
-                self.shared.metrics.slow_consumers_closed.inc();
+                self.ctx.metrics.slow_consumers_closed.inc();
                 None // The writer sends the pending 1013 close.
             }
         }
@@ -506,10 +772,10 @@ impl Session {
     fn audit(&mut self, action: Action, topic: Option<&Topic>, reason: Option<&str>) {
         let time = crate::audit::next_time(self.audit_clock);
         self.audit_clock = Some(time);
-        self.shared.audit.record(AuditEvent {
+        self.ctx.audit.record(AuditEvent {
             event_id: uuid::Uuid::now_v7(),
             time,
-            instance_id: std::sync::Arc::clone(self.shared.audit.instance_id()),
+            instance_id: Arc::clone(self.ctx.audit.instance_id()),
             connection_id: self.uid,
             user_id: self.audit_user.as_ref().map(|u| u.as_str().to_owned()),
             transport: self.transport.as_str().to_owned(),
@@ -522,7 +788,22 @@ impl Session {
     }
 
     fn count_in(&self, ty: Option<&str>) {
-        self.shared.metrics.message_in(self.transport.as_str(), type_label(ty));
+        self.ctx.metrics.message_in(self.transport.as_str(), type_label(ty));
+    }
+}
+
+impl Drop for Session {
+    /// A safety net: a session dropped without [`Session::finish`] (a
+    /// panicking or cancelled transport task) still leaves no subscriber
+    /// in the hub and no bus interest behind.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.release("dropped");
+            self.audit(Action::Disconnect, None, Some("connection task ended"));
+        }
+        let labels = [self.transport.as_str(), self.endpoint.as_str()];
+        self.ctx.metrics.connections.with_label_values(&labels).dec();
+        tracing::debug!(conn = %self.uid, remote = %self.remote, "disconnected");
     }
 }
 
@@ -538,3 +819,6 @@ fn rfc3339_of(unix_secs: u64) -> Option<String> {
     let t = OffsetDateTime::from_unix_timestamp(i64::try_from(unix_secs).ok()?).ok()?;
     t.format(&time::format_description::well_known::Rfc3339).ok()
 }
+
+#[cfg(test)]
+mod tests;

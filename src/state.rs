@@ -1,7 +1,7 @@
 //! What every part of a running gateway shares.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use std::collections::HashMap;
@@ -14,11 +14,12 @@ use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::hub::{ConnId, Hub};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::UserId;
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::memory::MemoryLimiter;
+use crate::session::{Deps, SessionContext, SessionLimits};
 use crate::transport::wt::cert::CertStore;
 
 /// Shared state of one gateway instance.
@@ -42,6 +43,10 @@ pub struct Shared {
     /// Connect attempts per IP (when `WS_CONNECT_RATE_LIMIT` > 0).
     pub connect_limiter: Option<MemoryLimiter>,
     per_user: Mutex<HashMap<UserId, usize>>,
+    /// What every client session shares.
+    pub sessions: Arc<SessionContext>,
+    /// The engines behind the sessions' dependency calls.
+    pub deps: Deps,
     /// Cancelled when shutdown begins; every connection watches it.
     pub shutdown: CancellationToken,
     /// Client connection tasks, awaited on shutdown.
@@ -50,7 +55,6 @@ pub struct Shared {
     pub wt_certs: Arc<CertStore>,
     started: Instant,
     ready: AtomicBool,
-    next_conn: AtomicU64,
     open: AtomicUsize,
 }
 
@@ -67,7 +71,18 @@ impl Shared {
     ) -> Self {
         let instance_id = audit.instance_id().to_string();
         let connect_limiter = (config.connect_rate_limit > 0).then(|| MemoryLimiter::new(config.connect_rate_limit));
+        let sessions = Arc::new(SessionContext::new(
+            Arc::clone(&hub),
+            Arc::clone(&bus),
+            Arc::clone(&metrics),
+            Arc::clone(&audit),
+            auth.clone(),
+            SessionLimits::from_config(&config),
+        ));
+        let deps = Deps { limiter: Arc::clone(&limiter), bus: Arc::clone(&bus) };
         Self {
+            sessions,
+            deps,
             config,
             instance_id,
             hub,
@@ -83,7 +98,6 @@ impl Shared {
             wt_certs: Arc::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
-            next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         }
     }
@@ -101,11 +115,6 @@ impl Shared {
     /// Marks the instance ready (after its listeners are up).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    /// A fresh connection id.
-    pub fn next_conn_id(&self) -> ConnId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Takes a connection slot if fewer than `WS_MAX_CONNECTIONS` are open.

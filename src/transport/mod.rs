@@ -4,6 +4,37 @@
 pub mod ws;
 pub mod wt;
 
+/// Now, on tokio's clock (which tests can pause and advance), as the
+/// session's `std` instant.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The dependency call in flight beside a connection's socket.
+pub(crate) type PendingCall = Option<futures_util::future::BoxFuture<'static, crate::session::Completion>>;
+
+/// Waits for the call in flight (forever when there is none) and clears it;
+/// a branch of the transport's `select!`, so cancelling it loses nothing.
+pub(crate) async fn completion(pending: &mut PendingCall) -> crate::session::Completion {
+    let Some(call) = pending.as_mut() else { return std::future::pending().await };
+    let done = call.await;
+    *pending = None;
+    done
+}
+
+/// Starts the session's next dependency call, unless one is in flight.
+pub(crate) fn start_call(
+    pending: &mut PendingCall,
+    session: &mut crate::session::Session,
+    deps: &crate::session::Deps,
+) {
+    if pending.is_none()
+        && let Some(call) = session.next_call()
+    {
+        *pending = Some(deps.start(call));
+    }
+}
+
 /// The audit trail's reason for a close: code and reason.
 pub(crate) fn close_reason(close: &crate::protocol::Close) -> String {
     format!("{} {}", close.code, close.reason)

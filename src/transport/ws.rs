@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -153,7 +153,8 @@ async fn serve(
         return;
     }
     let _admission = admission;
-    let mut session = Session::open(Arc::clone(&shared), Transport::WebSocket, endpoint, remote, user);
+    let now = crate::transport::now();
+    let mut session = Session::open(Arc::clone(&shared.sessions), Transport::WebSocket, endpoint, remote, user, now);
     let outbox = Arc::clone(session.outbox());
     let writer = write_loop(sink, &outbox, &shared);
     tokio::pin!(writer);
@@ -200,33 +201,29 @@ enum ReadEnd {
 }
 
 /// Reads client frames until the client leaves or the session decides to
-/// close it.
+/// close it. One `select!` over the socket, the session's timers, the
+/// dependency call it asked for, and shutdown: none waits for another.
 async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, shared: &Shared) -> ReadEnd {
+    use crate::transport::{completion, now, start_call};
+    let mut pending: crate::transport::PendingCall = None;
     loop {
+        start_call(&mut pending, session, &shared.deps);
         let deadline = tokio::time::Instant::from_std(session.next_deadline());
-        let inbound = tokio::select! {
-            msg = stream.next() => msg,
-            () = tokio::time::sleep_until(deadline) => {
-                match session.on_timer(Instant::now()) {
-                    Some(close) => return ReadEnd::Close(close),
-                    None => continue,
-                }
-            }
+        let can_read = session.can_read();
+        let close = tokio::select! {
+            msg = stream.next(), if can_read => match msg {
+                None => return ReadEnd::ClientGone,
+                Some(Ok(Message::Close(frame))) => return ReadEnd::ClientClosed(frame.map(|f| f.code)),
+                Some(Ok(Message::Text(text))) => session.on_inbound(Inbound::Text(text.as_bytes()), now()),
+                Some(Ok(Message::Binary(_))) => session.on_inbound(Inbound::Binary, now()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => session.on_inbound(Inbound::Heartbeat, now()),
+                Some(Err(e)) => return close_for_error(&e).map_or(ReadEnd::Lost, ReadEnd::Close),
+            },
+            done = completion(&mut pending) => session.on_completion(done, now()),
+            () = tokio::time::sleep_until(deadline) => session.on_timer(now()),
             () = shared.shutdown.cancelled() => {
                 return ReadEnd::Close(Close::new(Close::GOING_AWAY, "server shutting down"));
             }
-        };
-        let close = match inbound {
-            None => return ReadEnd::ClientGone,
-            Some(Ok(Message::Close(frame))) => return ReadEnd::ClientClosed(frame.map(|f| f.code)),
-            // Boxed: handling a message (decode, rate limit, bus) needs ~600
-            // bytes of future, which would otherwise sit in every idle
-            // connection's task; clients send few messages (subscribes, a
-            // pong per heartbeat), so one allocation each is cheap.
-            Some(Ok(Message::Text(text))) => Box::pin(session.on_inbound(Inbound::Text(text.as_bytes()))).await,
-            Some(Ok(Message::Binary(_))) => Box::pin(session.on_inbound(Inbound::Binary)).await,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Box::pin(session.on_inbound(Inbound::Heartbeat)).await,
-            Some(Err(e)) => return close_for_error(&e).map_or(ReadEnd::Lost, ReadEnd::Close),
         };
         if let Some(close) = close {
             return ReadEnd::Close(close);

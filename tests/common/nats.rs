@@ -131,10 +131,12 @@ impl Drop for OwnNats {
 }
 
 /// A TCP proxy the test can cut (close every connection and refuse new
-/// ones) and restore.
+/// ones), stall (keep connections open but forward nothing: a server that
+/// hangs) and restore.
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     generation: Arc<parking_lot::Mutex<CancellationToken>>,
     stop: CancellationToken,
 }
@@ -144,6 +146,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let st = stalled.clone();
         let generation = Arc::new(parking_lot::Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
         let (c, g, s) = (cut.clone(), generation.clone(), stop.clone());
@@ -153,22 +157,26 @@ impl Proxy {
                     () = s.cancelled() => return,
                     a = listener.accept() => a,
                 };
-                let Ok((mut inbound, _)) = accepted else { continue };
+                let Ok((inbound, _)) = accepted else { continue };
                 if c.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let token = g.lock().clone();
+                let st = st.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
                     tokio::select! {
                         () = token.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = pump(ri, wo, st.clone()) => {}
+                        () = pump(ro, wi, st) => {}
                     }
                 });
             }
         });
-        Self { addr, cut, generation, stop }
+        Self { addr, cut, stalled, generation, stop }
     }
 
     pub fn cut(&self) {
@@ -180,6 +188,12 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+
+    /// Connections stay open, nothing passes (either way) until `restore`.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
     }
 }
 
@@ -187,5 +201,27 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.cancel();
         self.generation.lock().cancel();
+    }
+}
+
+/// Copies one direction, holding bytes back while `stalled`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }

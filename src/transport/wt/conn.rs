@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
@@ -40,7 +40,8 @@ pub(super) async fn serve(
     user: Option<Verified>,
     _admission: (Admission, Option<UserAdmission>),
 ) {
-    let mut session = Session::open(Arc::clone(&shared), Transport::WebTransport, endpoint, remote, user);
+    let now = crate::transport::now();
+    let mut session = Session::open(Arc::clone(&shared.sessions), Transport::WebTransport, endpoint, remote, user, now);
     // The protocol starts when the client opens its stream; a client that
     // never does is as silent as one that stops answering pings.
     let wait = 2 * shared.config.heartbeat_interval();
@@ -89,61 +90,69 @@ pub(super) async fn serve(
 }
 
 /// Reads client frames until the client leaves (`None`) or the session
-/// decides to close it.
+/// decides to close it. One `select!` over the stream, datagrams, the
+/// session's timers, the dependency call it asked for, and shutdown.
 async fn read_loop(mut recv: RecvStream, conn: &Connection, session: &mut Session, shared: &Shared) -> Option<Close> {
+    use crate::transport::{completion, now, start_call};
     let mut frames = FrameReader::new(shared.config.max_message_bytes);
     let mut chunk = [0u8; READ_CHUNK];
+    let mut pending: crate::transport::PendingCall = None;
+    // The client finished its side at a frame boundary: a goodbye, once
+    // what it sent before has been answered.
+    let mut finished = false;
     loop {
+        // Frames already buffered go first, as far as the session takes them.
+        while session.can_read() {
+            let close = match frames.next_frame() {
+                Ok(Some(payload)) => session.on_inbound(Inbound::MsgPack(&payload), now()),
+                Ok(None) => break,
+                Err(FrameError::TooLarge { len, .. }) => session.on_inbound(Inbound::Oversized { len }, now()),
+                Err(FrameError::Truncated { .. }) => session.on_inbound(Inbound::Truncated, now()),
+            };
+            if close.is_some() {
+                return close;
+            }
+        }
+        start_call(&mut pending, session, &shared.deps);
+        if finished && pending.is_none() && session.is_idle() {
+            return Some(Close::new(Close::NORMAL, "client finished its stream"));
+        }
         let deadline = tokio::time::Instant::from_std(session.next_deadline());
-        let read = tokio::select! {
-            read = recv.read(&mut chunk) => read,
+        let can_read = session.can_read() && !finished;
+        let close = tokio::select! {
+            read = recv.read(&mut chunk), if can_read => match read {
+                Ok(Some(n)) => {
+                    frames.push(chunk.get(..n).unwrap_or_default());
+                    None
+                }
+                // Inside a frame the stream was cut.
+                Ok(None) => match frames.finish() {
+                    Ok(()) => {
+                        finished = true;
+                        None
+                    }
+                    Err(_) => session.on_inbound(Inbound::Truncated, now()),
+                },
+                Err(e) => {
+                    tracing::debug!(conn = %session.uid(), error = %e, "WebTransport read ended");
+                    return None;
+                }
+            },
             datagram = conn.receive_datagram() => {
                 // Client datagrams carry no requests; they only show life.
                 if datagram.is_err() {
                     return None;
                 }
-                if let Some(close) = session.on_inbound(Inbound::Heartbeat).await {
-                    return Some(close);
-                }
-                continue;
+                session.on_inbound(Inbound::Heartbeat, now())
             }
-            () = tokio::time::sleep_until(deadline) => {
-                match session.on_timer(Instant::now()) {
-                    Some(close) => return Some(close),
-                    None => continue,
-                }
-            }
+            done = completion(&mut pending) => session.on_completion(done, now()),
+            () = tokio::time::sleep_until(deadline) => session.on_timer(now()),
             () = shared.shutdown.cancelled() => {
                 return Some(Close::new(Close::GOING_AWAY, "server shutting down"));
             }
         };
-        match read {
-            Ok(Some(n)) => {
-                frames.push(chunk.get(..n).unwrap_or_default());
-                loop {
-                    let inbound = match frames.next_frame() {
-                        Ok(Some(payload)) => session.on_inbound(Inbound::MsgPack(&payload)).await,
-                        Ok(None) => break,
-                        Err(FrameError::TooLarge { len, .. }) => session.on_inbound(Inbound::Oversized { len }).await,
-                        Err(FrameError::Truncated { .. }) => session.on_inbound(Inbound::Truncated).await,
-                    };
-                    if inbound.is_some() {
-                        return inbound;
-                    }
-                }
-            }
-            // The client finished its side: at a frame boundary that is a
-            // goodbye, inside a frame the stream was cut.
-            Ok(None) => {
-                return match frames.finish() {
-                    Ok(()) => Some(Close::new(Close::NORMAL, "client finished its stream")),
-                    Err(_) => session.on_inbound(Inbound::Truncated).await,
-                };
-            }
-            Err(e) => {
-                tracing::debug!(conn = %session.uid(), error = %e, "WebTransport read ended");
-                return None;
-            }
+        if close.is_some() {
+            return close;
         }
     }
 }
