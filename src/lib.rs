@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod bus;

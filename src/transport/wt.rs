@@ -22,10 +22,10 @@ use wtransport::endpoint::endpoint_side::Server;
 use wtransport::{Endpoint, Identity, ServerConfig, VarInt};
 
 use self::cert::{CertError, CertInfo, CertSource, CertStore};
+use crate::admission::{self, Knock};
 use crate::auth;
 use crate::config::Config;
 use crate::protocol::Close;
-use crate::ratelimit::Decision;
 use crate::session::Endpoint as Path;
 use crate::state::Shared;
 
@@ -196,39 +196,26 @@ async fn handshake(incoming: IncomingSession, shared: Arc<Shared>) {
         request.not_found().await;
         return;
     };
-    if shared.shutdown.is_cancelled() {
-        request.too_many_requests().await;
-        return;
-    }
-    if !shared.origin_allowed(request.origin()) {
-        shared.metrics.connections_rejected.with_label_values(&["origin"]).inc();
-        request.forbidden().await;
-        return;
-    }
-    if let Some(limiter) = &shared.connect_limiter
-        && let Decision::Deny { .. } = limiter.check_now(&remote.ip().to_string())
-    {
-        shared.metrics.connections_rejected.with_label_values(&["connect_rate"]).inc();
-        request.too_many_requests().await;
-        return;
-    }
     // Browsers cannot set headers on WebTransport: the token rides in the
-    // URL (`?token=`); other clients may send `authorization` too. HTTP/3
-    // CONNECT has no 401 in wtransport's API, so a refusal is 403.
+    // URL (`?token=`); other clients may send `authorization` too.
     let query = request.path().split_once('?').map(|(_, q)| q.to_owned());
     let authorization = request.headers().get("authorization").cloned();
     let token = auth::token_from(query.as_deref(), authorization.as_deref());
-    let user = match shared.auth.verify(token.as_deref()) {
-        Ok(user) => user,
-        Err(e) => {
-            tracing::debug!(%remote, error = %e, "WebTransport session refused");
-            shared.metrics.connections_rejected.with_label_values(&["unauthorized"]).inc();
+    let knock = Knock { remote: remote.ip(), origin: request.origin(), token: token.as_deref() };
+    let verdict = admission::admit(&shared, knock);
+    if let Err(refusal) = &verdict
+        && !refusal.after_handshake()
+    {
+        tracing::debug!(%remote, reason = refusal.label(), "WebTransport session refused");
+        // wtransport answers the CONNECT with 403, 404 or 429 only: a
+        // refusal that is final (401, 403) is 403; "later" (429, 503) is 429.
+        if refusal.status().as_u16() == 401 || refusal.status().as_u16() == 403 {
             request.forbidden().await;
-            return;
+        } else {
+            request.too_many_requests().await;
         }
-    };
-    let admission = shared.try_admit();
-    let user_admission = user.as_ref().map(|u| shared.try_admit_user(&u.user));
+        return;
+    }
     let conn = match step(&shared, request.accept()).await {
         Some(Ok(conn)) => conn,
         Some(Err(e)) => {
@@ -237,19 +224,15 @@ async fn handshake(incoming: IncomingSession, shared: Arc<Shared>) {
         }
         None => return,
     };
-    let Some(admission) = admission else {
-        // As on WebSocket: the client learns why (1013) and may retry.
-        shared.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
-        let close = Close::new(Close::TRY_AGAIN_LATER, "server at WS_MAX_CONNECTIONS; try again later");
-        conn::close_now(&conn, &close);
-        return;
+    let admitted = match verdict {
+        Ok(admitted) => admitted,
+        // As on WebSocket: the client learns why (1013, 1008) and may retry.
+        Err(refusal) => {
+            conn::close_now(&conn, &refusal.close());
+            return;
+        }
     };
-    if let Some(None) = user_admission {
-        shared.metrics.connections_rejected.with_label_values(&["max_connections_per_user"]).inc();
-        conn::close_now(&conn, &Close::new(Close::POLICY, "too many connections for this user"));
-        return;
-    }
-    conn::serve(conn, shared, path, remote, user, (admission, user_admission.flatten())).await;
+    conn::serve(conn, shared, path, remote, admitted).await;
 }
 
 #[cfg(test)]

@@ -9,12 +9,12 @@ use std::time::Duration;
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
-use crate::auth::Verified;
+use crate::admission::Admitted;
 use crate::hub::{Batch, Frame, Outbox};
 use crate::protocol::Close;
 use crate::protocol::frame::{FrameError, FrameReader, write_frame};
 use crate::session::{DatagramTopics, Endpoint, Inbound, Session, Transport};
-use crate::state::{Admission, Shared, UserAdmission};
+use crate::state::Shared;
 
 /// How long a closing session may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -37,9 +37,9 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     endpoint: Endpoint,
     remote: SocketAddr,
-    user: Option<Verified>,
-    _admission: (Admission, Option<UserAdmission>),
+    admitted: Admitted,
 ) {
+    let Admitted { token: user, slots: _slots } = admitted;
     let now = crate::transport::now();
     let mut session = Session::open(Arc::clone(&shared.sessions), Transport::WebTransport, endpoint, remote, user, now);
     // The protocol starts when the client opens its stream; a client that
