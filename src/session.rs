@@ -33,26 +33,6 @@ use crate::protocol::{
 };
 use crate::ratelimit::{Decision, RateLimiter};
 
-/// The path a client connected on; it names its main interest only, both
-/// accept every message type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/ws/location`, `/wt/location`.
-    Location,
-    /// `/ws/vendor`, `/wt/vendor`.
-    Vendor,
-}
-
-impl Endpoint {
-    /// Metrics label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Location => "location",
-            Self::Vendor => "vendor",
-        }
-    }
-}
-
 /// How the client is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -302,7 +282,9 @@ pub struct Session {
     uid: uuid::Uuid,
     ctx: Arc<SessionContext>,
     transport: Transport,
-    endpoint: Endpoint,
+    /// The path's channel (`/ws/location`: location): the client's main
+    /// interest, for metrics; every path accepts every message.
+    endpoint: Channel,
     remote: SocketAddr,
     outbox: Arc<Outbox>,
     datagram_topics: Arc<DatagramTopics>,
@@ -337,7 +319,7 @@ impl Session {
     pub fn open(
         ctx: Arc<SessionContext>,
         transport: Transport,
-        endpoint: Endpoint,
+        endpoint: Channel,
         remote: SocketAddr,
         token: Option<Verified>,
         now: Instant,

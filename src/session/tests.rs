@@ -66,7 +66,7 @@ fn remote() -> SocketAddr {
 }
 
 fn open(f: &Fixture, token: Option<Verified>, t0: Instant) -> Session {
-    Session::open(Arc::clone(&f.ctx), Transport::WebSocket, Endpoint::Location, remote(), token, t0)
+    Session::open(Arc::clone(&f.ctx), Transport::WebSocket, Channel::Location, remote(), token, t0)
 }
 
 /// Everything the session queued for the client, as JSON.

@@ -16,8 +16,9 @@ use futures_util::{SinkExt, StreamExt};
 use crate::admission::{self, Admitted, Knock, Refusal};
 use crate::auth;
 use crate::hub::{Batch, Outbox};
+use crate::protocol::Channel;
 use crate::protocol::Close;
-use crate::session::{Endpoint, Inbound, Session, Transport};
+use crate::session::{Inbound, Session, Transport};
 use crate::state::Shared;
 
 /// Initial read buffer per connection. Client frames are small (a subscribe
@@ -46,7 +47,7 @@ pub async fn location(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    upgrade(state, Handshake { remote, query, headers }, ws, Endpoint::Location)
+    upgrade(state, Handshake { remote, query, headers }, ws, Channel::Location)
 }
 
 /// `GET /ws/vendor`.
@@ -57,7 +58,7 @@ pub async fn vendor(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    upgrade(state, Handshake { remote, query, headers }, ws, Endpoint::Vendor)
+    upgrade(state, Handshake { remote, query, headers }, ws, Channel::Vendor)
 }
 
 /// An HTTP refusal: status, the JSON error body, `Retry-After` when known.
@@ -74,7 +75,7 @@ fn upgrade(
     State(shared): State<Arc<Shared>>,
     hs: Handshake,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    endpoint: Endpoint,
+    endpoint: Channel,
 ) -> Response {
     let remote = hs.remote;
     let Ok(ws) = ws else {
@@ -113,7 +114,7 @@ fn upgrade(
 async fn serve(
     (mut sink, stream): (SplitSink<WebSocket, Message>, SplitStream<WebSocket>),
     shared: Arc<Shared>,
-    endpoint: Endpoint,
+    endpoint: Channel,
     remote: SocketAddr,
     verdict: Box<Result<Admitted, Refusal>>,
 ) {

@@ -25,8 +25,8 @@ use self::cert::{CertError, CertInfo, CertSource, CertStore};
 use crate::admission::{self, Knock};
 use crate::auth;
 use crate::config::Config;
+use crate::protocol::Channel as Path;
 use crate::protocol::Close;
-use crate::session::Endpoint as Path;
 use crate::state::Shared;
 
 /// Time a client gets for the QUIC + TLS handshake and the session request.

@@ -11,9 +11,10 @@ use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use crate::admission::Admitted;
 use crate::hub::{Batch, Frame, Outbox};
+use crate::protocol::Channel;
 use crate::protocol::Close;
 use crate::protocol::frame::{FrameError, FrameReader, write_frame};
-use crate::session::{DatagramTopics, Endpoint, Inbound, Session, Transport};
+use crate::session::{DatagramTopics, Inbound, Session, Transport};
 use crate::state::Shared;
 
 /// How long a closing session may take to flush its last frames.
@@ -35,7 +36,7 @@ pub(super) fn close_now(conn: &Connection, close: &Close) {
 pub(super) async fn serve(
     conn: Connection,
     shared: Arc<Shared>,
-    endpoint: Endpoint,
+    endpoint: Channel,
     remote: SocketAddr,
     admitted: Admitted,
 ) {
