@@ -295,7 +295,7 @@ async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next
         Err(_) => (
             StatusCode::REQUEST_TIMEOUT,
             [(axum::http::header::CONNECTION, "close")],
-            axum::Json(serde_json::json!({"error": {"code": "timeout", "message": "request took longer than HTTP_REQUEST_TIMEOUT_MS"}})),
+            axum::Json(serde_json::json!({"error": {"code": "unavailable", "message": "request took longer than HTTP_REQUEST_TIMEOUT_MS"}})),
         )
             .into_response(),
     }
