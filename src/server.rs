@@ -45,6 +45,9 @@ pub enum StartError {
     /// Auth is misconfigured.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
+    /// Ingest is open where it must not be (production without INGEST_TOKEN).
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestConfigError),
     /// Redis is misconfigured.
     #[error(transparent)]
     Redis(#[from] crate::ratelimit::redis::RedisConfigError),
@@ -116,6 +119,7 @@ impl Gateway {
         if !auth.enabled() {
             tracing::warn!("AUTH IS OFF: no JWT_SECRET or JWT_PUBLIC_KEY; any client may connect as any user");
         }
+        ingest::check_config(&config)?;
         let limiter: Arc<dyn RateLimiter> = match &config.redis_url {
             Some(url) => Arc::new(RedisLimiter::new(url, &config.redis_key_prefix, config.rate_limit)?),
             None => Arc::new(MemoryLimiter::new(config.rate_limit)),
