@@ -7,7 +7,7 @@ use std::path::Path;
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::protocol::UserId;
 
@@ -58,12 +58,13 @@ pub enum AuthConfigError {
     ProductionWithoutKey,
 }
 
-/// What the gateway reads from a verified token (`iss`, `aud`, `nbf` are
-/// checked by jsonwebtoken, which accepts strings or arrays for them).
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: String,
-}
+/// A verified token's claims, kept as JSON: jsonwebtoken checks `exp`,
+/// `nbf`, `iss`, `aud` (strings or arrays), and a claim missing from a
+/// fixed struct would fail as a parse error instead of by its name.
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// Claims the gateway may require, in the order a refusal names them.
+const SPEC_CLAIMS: [&str; 4] = ["exp", "sub", "iss", "aud"];
 
 /// What `gentoken` signs.
 #[derive(Debug, Serialize)]
@@ -87,12 +88,21 @@ pub fn check_secret(secret: &str) -> Result<(), AuthConfigError> {
 
 /// What a client is told about a refused token: the claim or check that
 /// failed, in words, without jsonwebtoken's internals.
-fn describe(e: &jsonwebtoken::errors::Error) -> String {
+fn describe(e: &jsonwebtoken::errors::Error, token: &str, required: &[&str]) -> String {
     match e.kind() {
+        // jsonwebtoken checks required claims in a set's order: name the
+        // first missing one in a fixed order. The signature was verified
+        // before this error, so reading the claims is safe.
+        ErrorKind::MissingRequiredClaim(c) => {
+            let claims = jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token).ok();
+            let first = claims.and_then(|cl| {
+                SPEC_CLAIMS.into_iter().find(|k| required.contains(k) && cl.get(*k).is_none_or(|v| v.is_null()))
+            });
+            format!("token missing claim `{}`", first.unwrap_or(c))
+        }
         ErrorKind::ExpiredSignature => "token expired".into(),
         ErrorKind::ImmatureSignature => "token not yet valid (`nbf` is in the future)".into(),
         ErrorKind::InvalidSignature => "token signature invalid".into(),
-        ErrorKind::MissingRequiredClaim(c) => format!("token missing claim `{c}`"),
         ErrorKind::InvalidClaimFormat(c) => format!("token claim `{c}` has the wrong type"),
         ErrorKind::InvalidIssuer => "token issuer (`iss`) not accepted".into(),
         ErrorKind::InvalidAudience => "token audience (`aud`) not accepted".into(),
@@ -100,7 +110,6 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
         ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm | ErrorKind::InvalidAlgorithmName => {
             "token algorithm not accepted".into()
         }
-        ErrorKind::Json(_) => "token claims are not valid (`sub` must be a string, `exp` a number)".into(),
         _ => "token malformed (not a signed JWT)".into(),
     }
 }
@@ -109,6 +118,8 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
 #[derive(Clone)]
 pub struct Authenticator {
     verify: Option<(DecodingKey, Validation)>,
+    /// The claims `verify` requires (for naming a missing one).
+    required: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -120,7 +131,7 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Auth off: every connection is anonymous.
     pub fn disabled() -> Self {
-        Self { verify: None }
+        Self { verify: None, required: Vec::new() }
     }
 
     /// Builds the verifier from the configured key (at most one).
@@ -175,7 +186,7 @@ impl Authenticator {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        Ok(Self { verify: Some((key, validation)) })
+        Ok(Self { verify: Some((key, validation)), required })
     }
 
     /// Whether tokens are required.
@@ -187,9 +198,10 @@ impl Authenticator {
     pub fn authenticate(&self, token: Option<&str>) -> Result<Option<UserId>, AuthError> {
         let Some((key, validation)) = &self.verify else { return Ok(None) };
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| AuthError::Invalid(describe(&e)))?;
-        UserId::parse(&data.claims.sub).map(Some).map_err(|_| AuthError::BadSubject)
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|e| AuthError::Invalid(describe(&e, token, &self.required)))?;
+        let sub = data.claims.get("sub").and_then(serde_json::Value::as_str).ok_or(AuthError::BadSubject)?;
+        UserId::parse(sub).map(Some).map_err(|_| AuthError::BadSubject)
     }
 }
 
