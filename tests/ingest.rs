@@ -192,3 +192,158 @@ fn development_warns_that_ingest_is_open() {
     let line = found.unwrap_or_else(|| panic!("no open-ingest warning in:\n{}", seen.join("\n")));
     assert!(line.contains("WARN") && line.contains("INGEST_TOKEN"), "{line}");
 }
+
+/// `venta-gateway publish` with only the environment a gateway shell has
+/// (async: the gateway under test shares this runtime).
+async fn publish_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"));
+    cmd.kill_on_drop(true);
+    for var in ["NATS_URL", "NATS_SUBJECT_PREFIX", "GRPC_PORT", "WEBSOCKET_GATEWAY_PORT", "INGEST_TOKEN"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let run = cmd.arg("publish").args(args).output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run).await.expect("publish hung").expect("run publish");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// NATS_URL / NATS_SUBJECT_PREFIX / GRPC_PORT / WEBSOCKET_GATEWAY_PORT /
+/// INGEST_TOKEN as the gateway reads them: a publish needs no flags to
+/// reach the gateway they describe.
+#[tokio::test]
+async fn publish_honours_the_gateways_variables() {
+    common::nats::require_machine_nats();
+    let prefix = common::nats::unique_prefix();
+    let mut config = test_config();
+    config.nats_url = Some(common::nats::MACHINE_NATS.into());
+    config.nats_subject_prefix = prefix.clone();
+    config.ingest_token = Some("cli-ingest-token".into());
+    let gw = TestGateway::start_with(config).await;
+    common::wait_until("gateway ready", async || gw.is_ready().await).await;
+    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
+    ws.subscribe("location", "env1").await;
+    let grpc_port = gw.grpc_addr.port().to_string();
+    let http_port = gw.addr.port().to_string();
+    let env = [
+        ("NATS_URL", common::nats::MACHINE_NATS),
+        ("NATS_SUBJECT_PREFIX", prefix.as_str()),
+        ("GRPC_PORT", grpc_port.as_str()),
+        ("WEBSOCKET_GATEWAY_PORT", http_port.as_str()),
+        ("INGEST_TOKEN", "cli-ingest-token"),
+    ];
+    for (i, via) in ["grpc", "http", "nats"].into_iter().enumerate() {
+        let lat = format!("{i}.5");
+        let (ok, stdout, stderr) =
+            publish_cli(&["location", "env1", "--lat", &lat, "--long", "1", "--via", via], &env).await;
+        assert!(ok, "{via}: {stdout}{stderr}");
+        assert!(!stderr.contains("warning"), "{via}: {stderr}");
+        let u = ws.recv().await;
+        assert_eq!(u["data"]["location"], json!({"lat": i as f64 + 0.5, "long": 1.0}), "via {via}");
+    }
+    let (_, stdout, _) = publish_cli(&["location", "env1", "--lat", "0", "--long", "0", "--via", "nats"], &env).await;
+    assert!(stdout.contains(&format!("{prefix}.location.env1")), "the subject is named: {stdout}");
+    ws.recv().await;
+    // The same with the flags, and with the old spellings (hidden aliases).
+    let grpc_url = format!("http://{}", gw.grpc_addr);
+    let (ok, out, err) = publish_cli(
+        &[
+            "location",
+            "env1",
+            "--lat",
+            "7",
+            "--long",
+            "7",
+            "--grpc-url",
+            &grpc_url,
+            "--ingest-token",
+            "cli-ingest-token",
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(ws.recv().await["data"]["location"]["lat"], 7.0);
+    let (ok, out, err) = publish_cli(
+        &["location", "env1", "--lat", "8", "--long", "8", "--grpc-url", &grpc_url, "--token", "cli-ingest-token"],
+        &[],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(ws.recv().await["data"]["location"]["lat"], 8.0);
+    let (ok, out, err) = publish_cli(
+        &["location", "env1", "--lat", "9", "--long", "9", "--via", "nats"]
+            .into_iter()
+            .chain(["--to-nats", common::nats::MACHINE_NATS, "--prefix", &prefix])
+            .collect::<Vec<_>>(),
+        &[],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(ws.recv().await["data"]["location"]["lat"], 9.0);
+    gw.shutdown().await;
+}
+
+/// A NATS publish no gateway takes (here: another subject prefix) names the
+/// subject and warns that nothing subscribes, instead of a bare success.
+#[tokio::test]
+async fn publish_over_nats_says_when_nothing_subscribes() {
+    common::nats::require_machine_nats();
+    let prefix = common::nats::unique_prefix();
+    let mut config = test_config();
+    config.nats_url = Some(common::nats::MACHINE_NATS.into());
+    config.nats_subject_prefix = prefix.clone();
+    let gw = TestGateway::start_with(config).await;
+    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
+    ws.subscribe("location", "lost1").await;
+    let other = common::nats::unique_prefix();
+    let env = [("NATS_URL", common::nats::MACHINE_NATS), ("NATS_SUBJECT_PREFIX", other.as_str())];
+    let (_, stdout, stderr) =
+        publish_cli(&["location", "lost1", "--lat", "1", "--long", "1", "--via", "nats"], &env).await;
+    assert!(stdout.contains(&format!("{other}.location.lost1")), "{stdout}");
+    assert!(stderr.contains("warning: nothing") && stderr.contains("NATS_SUBJECT_PREFIX"), "{stderr}");
+    ws.send_json(json!({"type": "ping", "id": "end"})).await;
+    assert_eq!(ws.recv().await["id"], "end", "nothing was delivered");
+    gw.shutdown().await;
+}
+
+/// The ingest bearer from `publish --via http` with a lower-case scheme
+/// and over gRPC with the environment's INGEST_TOKEN is covered above; a
+/// missing token is refused with 401 over HTTP and UNAUTHENTICATED over
+/// gRPC, and the CLI says so (non-zero exit).
+#[tokio::test]
+async fn publish_without_the_ingest_token_fails_loudly() {
+    let mut config = test_config();
+    config.ingest_token = Some("needed-token".into());
+    let gw = TestGateway::start_with(config).await;
+    let grpc_url = format!("http://{}", gw.grpc_addr);
+    let http_url = gw.http("");
+    for via in ["grpc", "http"] {
+        let (ok, out, err) = publish_cli(
+            &[
+                "location",
+                "v1",
+                "--lat",
+                "1",
+                "--long",
+                "1",
+                "--via",
+                via,
+                "--grpc-url",
+                &grpc_url,
+                "--http-url",
+                &http_url,
+            ],
+            &[],
+        )
+        .await;
+        assert!(!ok, "{via}: {out}");
+        assert!(err.contains("INGEST_TOKEN"), "{via}: {err}");
+    }
+    gw.shutdown().await;
+}
