@@ -12,10 +12,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     // `sqlx::migrate!` embeds migrations/ at compile time.
     println!("cargo:rerun-if-changed=migrations");
-    tonic_prost_build::configure().file_descriptor_set_path(out.join("venta_gateway_v1.bin")).compile_with_config(
-        config,
-        &[PathBuf::from("proto/venta/gateway/v1/ingest.proto")],
-        &[PathBuf::from("proto"), include],
-    )?;
+    // Undecodable requests are INVALID_ARGUMENT, not tonic-prost's INTERNAL.
+    tonic_prost_build::configure()
+        .codec_path("crate::ingest::codec::IngestCodec")
+        .file_descriptor_set_path(out.join("venta_gateway_v1.bin"))
+        .compile_with_config(
+            config,
+            &[PathBuf::from("proto/venta/gateway/v1/ingest.proto")],
+            &[PathBuf::from("proto"), include],
+        )?;
     Ok(())
 }

@@ -325,7 +325,8 @@ pub struct Config {
     )]
     pub redis_key_prefix: String,
 
-    /// Bearer token required by `POST /api/v1/publish/*`; unset: open.
+    /// Bearer token required by `POST /api/v1/publish/*` and gRPC ingest;
+    /// unset: open (logged loudly), refused with GATEWAY_ENV=production.
     #[arg(long = "ingest-token", env = "INGEST_TOKEN", value_name = "INGEST_TOKEN", hide_env_values = true)]
     pub ingest_token: Option<String>,
 

@@ -2,6 +2,7 @@
 //! else lives in the library.
 
 mod bench;
+mod gentoken_cli;
 mod publish_cli;
 
 use std::process::ExitCode;
@@ -40,27 +41,9 @@ enum Command {
     Publish(publish_cli::PublishArgs),
     // Help text lives on `BenchArgs` (a doc comment here would replace it).
     Bench(Box<bench::BenchArgs>),
-    /// Print an HS256 token signed with JWT_SECRET, for development.
-    Gentoken {
-        /// The user (`sub`).
-        #[arg(long)]
-        sub: String,
-        /// Lifetime: seconds, or with a unit: 90s, 30m, 1h, 7d.
-        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
-        ttl: u64,
-    },
-}
-
-fn parse_ttl(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.chars().last() {
-        Some('s') => (&s[..s.len() - 1], 1),
-        Some('m') => (&s[..s.len() - 1], 60),
-        Some('h') => (&s[..s.len() - 1], 3600),
-        Some('d') => (&s[..s.len() - 1], 86_400),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 1h or 7d"))?;
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("{s:?} is out of range"))
+    /// Print an HS256 token signed with JWT_SECRET (with JWT_ISSUER and
+    /// JWT_AUDIENCE as `iss`/`aud` when set), for development.
+    Gentoken(gentoken_cli::GentokenArgs),
 }
 
 /// Crates whose debug output would carry credentials: wtransport logs the
@@ -158,25 +141,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Gentoken { sub, ttl }) = &cli.command {
-        let Some(secret) = cli.config.jwt_secret.as_deref() else {
-            eprintln!("error: gentoken signs with JWT_SECRET; set it (at least 16 bytes)");
-            return ExitCode::from(2);
-        };
-        if let Err(e) = venta_gateway::protocol::UserId::parse(sub) {
-            eprintln!("error: --sub {e}");
-            return ExitCode::from(2);
-        }
-        return match venta_gateway::auth::dev_token(secret, sub, *ttl) {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(Command::Gentoken(args)) = &cli.command {
+        return gentoken_cli::run(&cli.config, args);
     }
     if let Some(Command::Publish(args)) = cli.command {
         return match runtime.block_on(publish_cli::run(args)) {

@@ -1,6 +1,8 @@
 //! `venta-gateway publish …`: publish an update by hand, over gRPC (default),
 //! HTTP or straight to NATS, and print what happened.
 
+use std::time::Duration;
+
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -15,8 +17,82 @@ pub enum Via {
     Grpc,
     /// `POST /api/v1/publish/*` on `--http-url`.
     Http,
-    /// Straight onto the NATS subject on `--nats-url`.
+    /// Straight onto the NATS subject `<--nats-subject-prefix>.<channel>.<vendorId>` on `--nats-url`.
     Nats,
+}
+
+/// Where the gateway's ingest is, named as the gateway names it: the same
+/// flags and environment variables (GRPC_PORT, WEBSOCKET_GATEWAY_PORT,
+/// NATS_URL, NATS_SUBJECT_PREFIX, INGEST_TOKEN) for `publish` and `bench`,
+/// so a shell set up for the gateway publishes where the gateway listens.
+#[derive(Debug, Clone, Args)]
+pub struct Endpoints {
+    /// gRPC endpoint [default: http://127.0.0.1:<--grpc-port>].
+    #[arg(long, global = true)]
+    pub grpc_url: Option<String>,
+    /// The gateway's gRPC port, for the default --grpc-url.
+    #[arg(long, env = "GRPC_PORT", default_value_t = 5007, global = true)]
+    pub grpc_port: u16,
+    /// HTTP base URL [default: http://127.0.0.1:<--http-port>].
+    #[arg(long, global = true)]
+    pub http_url: Option<String>,
+    /// The gateway's HTTP port, for the default --http-url.
+    #[arg(long, env = "WEBSOCKET_GATEWAY_PORT", default_value_t = 5006, global = true)]
+    pub http_port: u16,
+    /// NATS server(s) of the gateway, comma-separated, for `--via nats`.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true,
+        alias = "to-nats",
+        alias = "nats"
+    )]
+    pub nats_url: String,
+    /// The gateway's subject prefix, for `--via nats`.
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "venta", value_parser = subject_prefix, global = true, alias = "prefix")]
+    pub nats_subject_prefix: String,
+    /// The gateway's INGEST_TOKEN, sent as the bearer of HTTP and gRPC publishes.
+    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true, global = true)]
+    pub ingest_token: Option<String>,
+}
+
+impl Endpoints {
+    /// `--grpc-url`, or the local gateway's gRPC port.
+    pub fn grpc_url(&self) -> String {
+        self.grpc_url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", self.grpc_port))
+    }
+
+    /// `--http-url` without a trailing slash, or the local gateway's HTTP port.
+    pub fn http_url(&self) -> String {
+        match &self.http_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://127.0.0.1:{}", self.http_port),
+        }
+    }
+
+    /// Connects to `--nats-url` (every listed server).
+    pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
+        let servers: Vec<&str> = self.nats_url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        anyhow::ensure!(!servers.is_empty(), "--nats-url (NATS_URL) is empty");
+        let connect = async_nats::ConnectOptions::new().connect(servers);
+        tokio::time::timeout(NATS_CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting to NATS at {}: timed out", self.nats_url))?
+            .with_context(|| format!("connecting to NATS at {}", self.nats_url))
+    }
+}
+
+const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a NATS publish waits to learn whether anything subscribes.
+const INTEREST_WAIT: Duration = Duration::from_millis(500);
+
+/// As the gateway checks NATS_SUBJECT_PREFIX: dot-separated tokens, no wildcards.
+fn subject_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.split('.')
+            .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    if ok { Ok(s.to_owned()) } else { Err("must be dot-separated tokens of [A-Za-z0-9_-]".into()) }
 }
 
 /// Options of `publish`.
@@ -27,20 +103,10 @@ pub struct PublishArgs {
     /// Transport.
     #[arg(long, value_enum, default_value = "grpc", global = true)]
     via: Via,
-    /// gRPC endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:5007", global = true)]
-    grpc_url: String,
-    /// HTTP base URL.
-    #[arg(long, default_value = "http://127.0.0.1:5006", global = true)]
-    http_url: String,
-    /// NATS server for `--via nats`.
-    #[arg(long = "to-nats", default_value = "nats://127.0.0.1:4222", global = true)]
-    to_nats: String,
-    /// Subject prefix for `--via nats`.
-    #[arg(long, default_value = "venta", global = true)]
-    prefix: String,
-    /// Bearer token (`INGEST_TOKEN`) for gRPC and HTTP.
-    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true, global = true)]
+    #[command(flatten)]
+    to: Endpoints,
+    /// Old name of --ingest-token (kept so scripts do not break).
+    #[arg(long, hide = true, global = true)]
     token: Option<String>,
 }
 
@@ -84,11 +150,12 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     };
     // Validate locally first: the same rules as every entry point.
     let update = Update::from_publish_value(channel, body.clone(), None).context("invalid update")?;
+    let token = args.token.as_deref().or(args.to.ingest_token.as_deref());
     match args.via {
         Via::Grpc => {
-            let mut client = UpdateIngestClient::connect(args.grpc_url.clone())
-                .await
-                .with_context(|| format!("connecting to {}", args.grpc_url))?;
+            let url = args.to.grpc_url();
+            let mut client =
+                UpdateIngestClient::connect(url.clone()).await.with_context(|| format!("connecting to {url}"))?;
             let reply = match update {
                 Update::Location(u) => {
                     let msg = PublishLocationRequest {
@@ -96,7 +163,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
                         location: Some(Location { lat: u.location.lat, long: u.location.long }),
                         timestamp: None,
                     };
-                    client.publish_location(authorized(msg, args.token.as_deref())?).await
+                    client.publish_location(authorized(msg, token)?).await
                 }
                 Update::Vendor(u) => {
                     let msg = PublishVendorRequest {
@@ -104,16 +171,16 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
                         vendor: Some(to_struct(u.vendor)),
                         timestamp: None,
                     };
-                    client.publish_vendor(authorized(msg, args.token.as_deref())?).await
+                    client.publish_vendor(authorized(msg, token)?).await
                 }
             };
             let reply = reply.map_err(|s| anyhow::anyhow!("gRPC {:?}: {}", s.code(), s.message()))?.into_inner();
-            println!("published over gRPC (timestamp {})", reply.timestamp);
+            println!("published over gRPC to {url} (timestamp {})", reply.timestamp);
         }
         Via::Http => {
-            let url = format!("{}/api/v1/publish/{}", args.http_url.trim_end_matches('/'), channel.as_str());
+            let url = format!("{}/api/v1/publish/{}", args.to.http_url(), channel.as_str());
             let mut req = reqwest::Client::new().post(&url).json(&body);
-            if let Some(t) = &args.token {
+            if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
             let resp = req.send().await.with_context(|| format!("POST {url}"))?;
@@ -122,19 +189,58 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
             if !status.is_success() {
                 bail!("HTTP {status}: {text}");
             }
-            println!("published over HTTP ({status}): {text}");
+            println!("published over HTTP to {url} ({status}): {text}");
         }
         Via::Nats => {
-            let client = async_nats::connect(args.to_nats.as_str())
-                .await
-                .with_context(|| format!("connecting to {}", args.to_nats))?;
-            let subject = format!("{}.{}.{}", args.prefix, channel.as_str(), update.vendor());
-            client.publish(subject.clone(), update.to_publish_json().into()).await?;
-            client.flush().await?;
-            println!("published to NATS subject {subject}");
+            let client = args.to.nats().await?;
+            let subject = format!("{}.{}.{}", args.to.nats_subject_prefix, channel.as_str(), update.vendor());
+            let said = publish_nats(&client, &subject, update.to_publish_json().into()).await?;
+            match said {
+                Interest::Subscribed => println!("published to NATS subject {subject} (a gateway is subscribed)"),
+                Interest::Stored => {
+                    println!("published to NATS subject {subject} (stored by JetStream as the vendor's last value)")
+                }
+                Interest::None => {
+                    println!("published to NATS subject {subject}");
+                    eprintln!(
+                        "warning: nothing on {} subscribes to {subject}: no gateway delivers it. Either no client \
+                         follows {} right now, or the gateway uses another NATS server or NATS_SUBJECT_PREFIX \
+                         (this used {:?})",
+                        args.to.nats_url,
+                        update.vendor(),
+                        args.to.nats_subject_prefix
+                    );
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Who took a NATS publish.
+enum Interest {
+    /// A subscriber (a gateway with a client following the vendor).
+    Subscribed,
+    /// A JetStream stream (the gateway's last-value store) acknowledged it.
+    Stored,
+    /// Nothing subscribes to the subject: the update went nowhere.
+    None,
+}
+
+/// Publishes as a request, so NATS says when no one subscribes ("no
+/// responders"); a gateway never answers, a JetStream stream acknowledges.
+async fn publish_nats(client: &async_nats::Client, subject: &str, payload: bytes::Bytes) -> anyhow::Result<Interest> {
+    use async_nats::RequestErrorKind;
+    let request = async_nats::Request::new().payload(payload).timeout(Some(INTEREST_WAIT));
+    let outcome = client.send_request(subject.to_owned(), request).await;
+    let interest = match outcome {
+        Ok(_) => Interest::Stored,
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Interest::None,
+        Err(e) if e.kind() == RequestErrorKind::TimedOut => Interest::Subscribed,
+        Err(e) => return Err(anyhow::anyhow!("publishing to NATS subject {subject}: {e}")),
+    };
+    client.flush().await.with_context(|| format!("flushing the publish to {subject}"))?;
+    Ok(interest)
 }
 
 fn authorized<T>(msg: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {

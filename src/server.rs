@@ -50,6 +50,9 @@ pub enum StartError {
     /// Auth is misconfigured.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
+    /// Ingest is open where it must not be (production without INGEST_TOKEN).
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestConfigError),
     /// Redis is misconfigured.
     #[error(transparent)]
     Redis(#[from] crate::ratelimit::redis::RedisConfigError),
@@ -72,6 +75,7 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         match self {
             Self::Auth(_) => true,
+            Self::Ingest(e) => e.is_config(),
             Self::Redis(e) => e.is_config(),
             Self::Nats(e) => e.is_config(),
             Self::Audit(e) => e.is_config(),
@@ -147,6 +151,7 @@ impl Gateway {
         if !auth.enabled() {
             tracing::warn!("AUTH IS OFF: no JWT_SECRET or JWT_PUBLIC_KEY; any client may connect as any user");
         }
+        ingest::check_config(&config)?;
         let limiter: Arc<dyn RateLimiter> = match &config.redis_url {
             Some(url) => Arc::new(RedisLimiter::start(
                 url,
@@ -295,7 +300,7 @@ async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next
         Err(_) => (
             StatusCode::REQUEST_TIMEOUT,
             [(axum::http::header::CONNECTION, "close")],
-            axum::Json(serde_json::json!({"error": {"code": "timeout", "message": "request took longer than HTTP_REQUEST_TIMEOUT_MS"}})),
+            axum::Json(serde_json::json!({"error": {"code": "unavailable", "message": "request took longer than HTTP_REQUEST_TIMEOUT_MS"}})),
         )
             .into_response(),
     }

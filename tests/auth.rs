@@ -314,3 +314,126 @@ async fn webtransport_sessions_need_a_token_too() {
     assert_eq!((e["data"]["code"].as_str(), e["id"].as_str()), (Some("forbidden"), Some("m")));
     gw.shutdown().await;
 }
+
+/// Status and JSON body of a refused (or accepted) upgrade.
+async fn upgrade_answer(url: &str, authorization: Option<&str>) -> (u16, Value) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    if let Some(a) = authorization {
+        req.headers_mut().insert("authorization", a.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_, resp)) => (resp.status().as_u16(), Value::Null),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().map(|b| serde_json::from_slice(b).unwrap()).unwrap_or(Value::Null);
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_required_when_configured() {
+    let mut config = auth_config();
+    config.jwt_issuer = Some("venta-auth".into());
+    config.jwt_audience = Some("venta-gateway".into());
+    let gw = TestGateway::start_with(config).await;
+    let url = gw.url("/ws/location");
+    let exp = now() + 60;
+    for (claims, why) in [
+        (json!({"sub": "u1", "exp": exp}), "token missing claim `iss`"),
+        (json!({"sub": "u1", "exp": exp, "iss": "venta-auth"}), "token missing claim `aud`"),
+        (json!({"sub": "u1", "exp": exp, "aud": "venta-gateway"}), "token missing claim `iss`"),
+        (json!({"sub": "u1", "exp": exp, "iss": "other", "aud": "venta-gateway"}), "token issuer (`iss`) not accepted"),
+        (json!({"sub": "u1", "exp": exp, "iss": "venta-auth", "aud": "other"}), "token audience (`aud`) not accepted"),
+    ] {
+        let (status, body) = upgrade_answer(&format!("{url}?token={}", hs_token(claims.clone())), None).await;
+        assert_eq!(status, 401, "{claims}");
+        assert_eq!(body["error"]["message"], why, "{claims}");
+    }
+    let ok = hs_token(json!({"sub": "u1", "exp": exp, "iss": "venta-auth", "aud": "venta-gateway"}));
+    assert_eq!(upgrade_answer(&format!("{url}?token={ok}"), None).await.0, 101);
+    let list_aud = hs_token(json!({"sub": "u1", "exp": exp, "iss": "venta-auth", "aud": ["x", "venta-gateway"]}));
+    assert_eq!(upgrade_answer(&format!("{url}?token={list_aud}"), None).await.0, 101, "aud as a list");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_say_what_is_wrong_without_parser_internals() {
+    let gw = TestGateway::start_with(auth_config()).await;
+    let url = gw.url("/ws/location");
+    let valid = hs_token(json!({"sub": "u1", "exp": now() + 60}));
+    let other = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "u1", "exp": now() + 60}),
+        &EncodingKey::from_secret(b"some-other-secret-123").unwrap(),
+    )
+    .unwrap();
+    for (token, why) in [
+        (hs_token(json!({"sub": "u1", "exp": now() - 120})), "token expired"),
+        (other, "token signature invalid"),
+        (hs_token(json!({"sub": "u1"})), "token missing claim `exp`"),
+        (hs_token(json!({"exp": now() + 60})), "token missing claim `sub`"),
+        (
+            hs_token(json!({"sub": "u1", "exp": now() + 600, "nbf": now() + 300})),
+            "token not yet valid (`nbf` is in the future)",
+        ),
+        ("garbage".to_owned(), "token malformed (not a signed JWT)"),
+    ] {
+        let (status, body) = upgrade_answer(&format!("{url}?token={token}"), None).await;
+        assert_eq!((status, body["error"]["message"].as_str()), (401, Some(why)), "{body}");
+    }
+    assert_eq!(upgrade_answer(&format!("{url}?token={valid}"), None).await.0, 101);
+    gw.shutdown().await;
+}
+
+/// RFC 7235: the auth scheme is case-insensitive.
+#[tokio::test]
+async fn lower_case_bearer_scheme_works_for_client_tokens() {
+    let gw = TestGateway::start_with(auth_config()).await;
+    let url = gw.url("/ws/location");
+    let valid = hs_token(json!({"sub": "u1", "exp": now() + 60}));
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let (status, body) = upgrade_answer(&url, Some(&format!("{scheme} {valid}"))).await;
+        assert_eq!(status, 101, "{scheme}: {body}");
+    }
+    assert_eq!(upgrade_answer(&url, Some(&format!("Basic {valid}"))).await.0, 401);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn gentoken_adds_issuer_and_audience_and_refuses_what_the_gateway_would() {
+    let gentoken = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_venta-gateway"));
+        cmd.env_remove("JWT_ISSUER").env_remove("JWT_AUDIENCE").env_remove("JWT_PUBLIC_KEY");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.args(["gentoken", "--sub", "dev1"]).output().unwrap()
+    };
+    let out = gentoken(&[("JWT_SECRET", SECRET), ("JWT_ISSUER", "venta-auth"), ("JWT_AUDIENCE", "venta-gateway")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+    assert_eq!((claims["iss"].as_str(), claims["aud"].as_str()), (Some("venta-auth"), Some("venta-gateway")));
+    let mut config = auth_config();
+    config.jwt_issuer = Some("venta-auth".into());
+    config.jwt_audience = Some("venta-gateway".into());
+    let gw = TestGateway::start_with(config).await;
+    assert_eq!(upgrade_status(&format!("{}?token={token}", gw.url("/ws/location")), None).await, 101);
+    gw.shutdown().await;
+    // Without them set, neither claim is added.
+    let out = gentoken(&[("JWT_SECRET", SECRET)]);
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+    assert!(claims.get("iss").is_none() && claims.get("aud").is_none(), "{claims}");
+    // A secret the gateway refuses is refused here too: exit 2, no token.
+    let out = gentoken(&[("JWT_SECRET", "short-secret")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 16 bytes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -118,8 +118,17 @@ async fn bench_over_nats() {
     let mut args = small(&gw);
     // Two source addresses (both loopback) exercise --src-ips.
     args.extend(
-        ["--via", "nats", "--nats", MACHINE_NATS, "--prefix", &prefix, "--src-ips", "127.0.0.1,127.0.0.2"]
-            .map(str::to_owned),
+        [
+            "--via",
+            "nats",
+            "--nats-url",
+            MACHINE_NATS,
+            "--nats-subject-prefix",
+            &prefix,
+            "--src-ips",
+            "127.0.0.1,127.0.0.2",
+        ]
+        .map(str::to_owned),
     );
     let (ok, v, stderr) = bench(&args).await;
     assert!(ok, "{stderr}");
@@ -144,7 +153,7 @@ async fn bench_over_grpc_with_client_tokens_and_an_ingest_token() {
             "grpc",
             "--grpc-url",
             &format!("http://{}", gw.grpc_addr),
-            "--token",
+            "--jwt",
             &token,
             "--ingest-token",
             "ingest-secret",
@@ -203,6 +212,7 @@ async fn bench_over_webtransport_datagrams_with_a_token() {
     let gw = TestGateway::start_with(config).await;
     let token = venta_gateway::auth::dev_token(secret, "bench-user", 600).expect("token");
     let mut args = small_wt(&gw);
+    // `--token`: the old spelling of `--jwt`, kept as an alias.
     args.extend(["--wt-delivery", "datagram", "--token", &token].map(str::to_owned));
     let (ok, v, stderr) = bench(&args).await;
     assert!(ok, "{stderr}");
@@ -289,4 +299,89 @@ fn bad_options_exit_2_with_a_message() {
         .expect("run bench");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--conns"));
+}
+
+/// The gateway's own variables reach the bench: NATS_URL and
+/// NATS_SUBJECT_PREFIX (no flags), with the old `--nats`/`--prefix`
+/// spellings still accepted.
+#[tokio::test]
+async fn bench_over_nats_honours_the_gateways_variables() {
+    require_machine_nats();
+    let prefix = unique_prefix();
+    let mut config = test_config();
+    config.nats_url = Some(MACHINE_NATS.into());
+    config.nats_subject_prefix = prefix.clone();
+    let gw = TestGateway::start_with(config).await;
+    let mut args = small(&gw);
+    args.extend(["--via", "nats"].map(str::to_owned));
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
+        .arg("bench")
+        .args(&args)
+        .env("NATS_URL", MACHINE_NATS)
+        .env("NATS_SUBJECT_PREFIX", &prefix)
+        .env("LOG_LEVEL", "warn")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("bench timed out").expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert!(out.status.success(), "{stderr}");
+    assert_clean(&v, &stderr);
+    let mut old = small(&gw);
+    old.extend(["--via", "nats", "--nats", MACHINE_NATS, "--prefix", &prefix].map(str::to_owned));
+    let (ok, v, stderr) = bench(&old).await;
+    assert!(ok, "{stderr}");
+    assert_clean(&v, &stderr);
+    gw.shutdown().await;
+}
+
+/// A preset opens more clients than a default gateway admits: the bench
+/// says what to raise before it connects.
+#[tokio::test]
+async fn a_preset_says_up_front_what_the_gateway_must_admit() {
+    let port = common::free_port();
+    let gw = TestGateway::start().await;
+    let url = format!("ws://127.0.0.1:{port}/ws/location");
+    let args = ["--scenario", "s2", "--url", &url, "--http-url", &gw.http(""), "--rates", "10", "--duration", "1"]
+        .map(str::to_owned);
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(v["conns"], 2000, "{v}");
+    let note = stderr.lines().position(|l| l.contains("WS_MAX_CONNECTIONS=2000 or more"));
+    let connecting = stderr.lines().position(|l| l.contains("connect at"));
+    assert!(note.is_some(), "no note on what to raise:\n{stderr}");
+    assert!(connecting.is_none_or(|c| note < Some(c)), "the note came after connecting:\n{stderr}");
+    gw.shutdown().await;
+}
+
+/// At the first 1013 (gateway full) the bench stops connecting, says which
+/// limit to raise, and counts the untried clients instead of trying each.
+#[tokio::test]
+async fn the_first_1013_stops_the_connect_phase_with_a_clear_message() {
+    let mut config = test_config();
+    config.max_connections = 5;
+    let gw = TestGateway::start_with(config).await;
+    let mut args = small(&gw);
+    args.extend(
+        ["--via", "http", "--http-url", &gw.http(""), "--connect-concurrency", "1", "--step-retries", "0"]
+            .map(str::to_owned),
+    );
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_eq!((&v["connected"], &v["connect_failed"]), (&5.into(), &45.into()), "{v}");
+    let errors = v["connect_errors"].as_object().expect("errors");
+    let refused: u64 =
+        errors.iter().filter(|(k, _)| k.starts_with("closed before the ack")).filter_map(|(_, n)| n.as_u64()).sum();
+    let untried: u64 =
+        errors.iter().filter(|(k, _)| k.starts_with("not attempted")).filter_map(|(_, n)| n.as_u64()).sum();
+    assert_eq!((refused, untried), (1, 44), "{v}");
+    assert!(
+        stderr.contains("it is at WS_MAX_CONNECTIONS. No more connections are tried") && stderr.contains("at least 50"),
+        "{stderr}"
+    );
+    // The five that connected are still measured.
+    let s = &v["steps"][0];
+    assert_eq!((&s["received"], &s["lost"]), (&s["expected"], &0.into()), "{s}");
+    gw.shutdown().await;
 }

@@ -236,3 +236,157 @@ async fn health_and_unavailable_follow_a_nats_outage() {
     assert!(grpc.publish_location(loc("o1", 0.0, 0.0)).await.expect("bus back").into_inner().published);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn lower_case_bearer_scheme_is_accepted() {
+    let mut config = test_config();
+    config.ingest_token = Some("tok".into());
+    let gw = TestGateway::start_with(config).await;
+    let mut grpc = client(&gw).await;
+    for auth in ["bearer tok", "BEARER tok"] {
+        let mut req = tonic::Request::new(loc("g1", 0.0, 0.0));
+        req.metadata_mut().insert("authorization", auth.parse().unwrap());
+        assert!(grpc.publish_location(req).await.expect(auth).into_inner().published, "{auth}");
+    }
+    let mut req = tonic::Request::new(loc("g1", 0.0, 0.0));
+    req.metadata_mut().insert("authorization", "bearer nope".parse().unwrap());
+    assert_eq!(grpc.publish_location(req).await.expect_err("wrong token").code(), Code::Unauthenticated);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn timestamps_outside_the_protobuf_range_are_invalid_argument() {
+    let gw = TestGateway::start().await;
+    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
+    ws.subscribe("location", "t1").await;
+    let mut grpc = client(&gw).await;
+    let ts = |seconds: i64, nanos: i32| {
+        let mut r = loc("t1", 1.0, 1.0);
+        r.timestamp = Some(prost_types::Timestamp { seconds, nanos });
+        r
+    };
+    for (seconds, nanos, what) in [
+        (1_780_000_000, -1, "negative nanos"),
+        (1_780_000_000, -999_999_999, "negative nanos"),
+        (1_780_000_000, 1_000_000_000, "nanos of a whole second"),
+        (-62_167_219_200, 0, "year 0"),
+        (-62_135_596_801, 0, "a second before year 1"),
+        (253_402_300_800, 0, "year 10000"),
+    ] {
+        let err = grpc.publish_location(ts(seconds, nanos)).await.expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {}", err.message());
+        assert!(err.message().starts_with("timestamp"), "{what}: {}", err.message());
+    }
+    // The edges of the range pass.
+    let first = grpc.publish_location(ts(-62_135_596_800, 0)).await.expect("year 1").into_inner();
+    assert!(first.timestamp.starts_with("0001-01-01T00:00:00"), "{}", first.timestamp);
+    let last = grpc.publish_location(ts(253_402_300_799, 999_999_999)).await.expect("9999").into_inner();
+    assert!(last.timestamp.starts_with("9999-12-31T23:59:59"), "{}", last.timestamp);
+    for want in [&first.timestamp, &last.timestamp] {
+        assert_eq!(&ws.recv().await["data"]["timestamp"], want);
+    }
+    ws.send_json(json!({"type": "ping", "id": "end"})).await;
+    assert_eq!(ws.recv().await["id"], "end", "a refused timestamp was delivered");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_summary_of_many_long_rejections_still_encodes_and_counts_exactly() {
+    let gw = TestGateway::start().await;
+    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
+    ws.subscribe("location", "long0").await;
+    let mut grpc = client(&gw).await;
+    // 120 ids of 60 KB each (every message under the 64 KiB limit), each
+    // between two good updates: listed in full they would be 6 MB.
+    let long_id = "x".repeat(60_000) + ".";
+    let mut items = Vec::new();
+    for i in 0..120 {
+        items.push(loc("long0", f64::from(i) / 1000.0, 0.0));
+        items.push(loc(&long_id, 0.0, 0.0));
+    }
+    items.push(loc("long0", 0.5, 0.0));
+    let summary = grpc.stream_locations(tokio_stream::iter(items)).await.expect("summary").into_inner();
+    assert_eq!((summary.accepted, summary.rejected), (121, 120));
+    assert_eq!(summary.rejected_by_field.get("vendorId"), Some(&120));
+    // Only the first few are listed: bounded by bytes, below the count cap.
+    assert!(!summary.rejections.is_empty() && summary.rejections.len() < 100, "{}", summary.rejections.len());
+    assert_eq!(summary.rejections[0].index, 1);
+    assert!(summary.rejections.iter().all(|r| r.vendor_id.len() <= 256 && r.reason.len() <= 256));
+    assert!(prost::Message::encoded_len(&summary) < 32 * 1024, "{}", prost::Message::encoded_len(&summary));
+    // Each good update was delivered once.
+    for i in 0..120 {
+        assert_eq!(ws.recv().await["data"]["location"]["lat"].as_f64(), Some(f64::from(i) / 1000.0));
+    }
+    assert_eq!(ws.recv().await["data"]["location"]["lat"].as_f64(), Some(0.5));
+    ws.send_json(json!({"type": "ping", "id": "end"})).await;
+    assert_eq!(ws.recv().await["id"], "end");
+    gw.shutdown().await;
+}
+
+/// Sends raw bytes as a gRPC message (what a broken or hostile client may).
+mod raw {
+    use bytes::{Buf, BufMut, Bytes};
+    use tonic::Status;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Default)]
+    pub struct RawCodec;
+    pub struct RawEncoder;
+    pub struct RawDecoder;
+
+    impl Codec for RawCodec {
+        type Encode = Bytes;
+        type Decode = Bytes;
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+
+    impl Encoder for RawEncoder {
+        type Item = Bytes;
+        type Error = Status;
+        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put(item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RawDecoder {
+        type Item = Bytes;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining())))
+        }
+    }
+}
+
+#[tokio::test]
+async fn undecodable_messages_are_invalid_argument() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let gw = TestGateway::start().await;
+    let mut grpc = tonic::client::Grpc::new(channel(&gw).await);
+    // Field 1 (vendor_id) announces 5 bytes and carries 1; then a lone
+    // varint continuation byte.
+    for garbage in [&b"\x0a\x05a"[..], b"\xff"] {
+        grpc.ready().await.expect("ready");
+        let path = PathAndQuery::from_static("/venta.gateway.v1.UpdateIngest/PublishLocation");
+        let req = tonic::Request::new(bytes::Bytes::copy_from_slice(garbage));
+        let err = grpc.unary(req, path, raw::RawCodec).await.expect_err("garbage accepted");
+        assert_eq!(err.code(), Code::InvalidArgument, "{garbage:?}: {}", err.message());
+        grpc.ready().await.expect("ready");
+        let path = PathAndQuery::from_static("/venta.gateway.v1.UpdateIngest/StreamLocations");
+        let req = tonic::Request::new(tokio_stream::iter([bytes::Bytes::copy_from_slice(garbage)]));
+        let err = grpc.client_streaming(req, path, raw::RawCodec).await.expect_err("garbage stream accepted");
+        assert_eq!(err.code(), Code::InvalidArgument, "stream {garbage:?}: {}", err.message());
+    }
+    // The service still works.
+    assert!(
+        client(&gw).await.publish_location(loc("g1", 0.0, 0.0)).await.expect("after garbage").into_inner().published
+    );
+    gw.shutdown().await;
+}

@@ -123,8 +123,7 @@ pub async fn list(
     let Some(expected) = &shared.config.admin_token else {
         return error(StatusCode::NOT_FOUND, ErrorCode::Unavailable, "the audit API is off: ADMIN_TOKEN is not set");
     };
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = crate::auth::bearer_token(&headers);
     if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
         let mut resp =
             error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong bearer token (ADMIN_TOKEN)");

@@ -43,7 +43,7 @@ pub enum Via {
     Http,
     /// gRPC `UpdateIngest/PublishLocation` on `--grpc-url`.
     Grpc,
-    /// Straight onto `<prefix>.location.<vendor>` on `--nats` (the gateway must use that NATS).
+    /// Straight onto `<--nats-subject-prefix>.location.<vendor>` on `--nats-url` (the gateway must use that NATS).
     Nats,
 }
 
@@ -76,7 +76,9 @@ no TLS) or webtransport (alias wt: MessagePack frames on one bidirectional strea
 --wt-delivery datagram; --url https://HOST:WT_PORT/wt/location). WebTransport pins the certificate hash that \
 the gateway serves at GET /wt/cert-hash on --http-url (its dev certificate), or --wt-cert-hash, or validates \
 against the system's roots with --wt-system-roots (a CA-signed WT_CERT).\n\nThe gateway must admit the load: raise WS_MAX_CONNECTIONS \
-(default 1000) for more connections, and WS_MAX_CONNECTIONS_PER_USER when every client uses one --token.\n\n\
+(default 1000) for more connections, and WS_MAX_CONNECTIONS_PER_USER when every client uses one --jwt. The \
+bench says before connecting when a run needs more than a default gateway admits, and stops connecting at the \
+first 1013 refusal.\n\n\
 Exit status: 0 when the run completed and printed its result (`ok` in the JSON says whether every connection \
 and every step passed; s2 ends on purpose with a failed step), 1 when it could not run, 2 for invalid options."
 )]
@@ -87,13 +89,13 @@ pub struct BenchArgs {
     /// Client transport: websocket (ws) or webtransport (wt).
     #[arg(long, value_enum, default_value = "websocket")]
     pub transport: ClientTransport,
-    /// Session endpoint of the gateway [default: ws://127.0.0.1:5006/ws/location;
-    /// webtransport: https://127.0.0.1:5006/wt/location].
+    /// Session endpoint of the gateway [default: ws://127.0.0.1:<--http-port>/ws/location;
+    /// webtransport: https://127.0.0.1:<--http-port>/wt/location].
     #[arg(long)]
     pub url: Option<String>,
-    /// JWT for every client, sent as `?token=` (when the gateway has auth on).
-    #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// Client JWT for every client, sent as `?token=` (when the gateway has auth on).
+    #[arg(long, env = "BENCH_TOKEN", hide_env_values = true, alias = "token")]
+    pub jwt: Option<String>,
     /// `userId` in subscribes. Default: the token's `sub`, else `u<i>` per client.
     #[arg(long)]
     pub user: Option<String>,
@@ -118,21 +120,11 @@ pub struct BenchArgs {
     /// How updates are published.
     #[arg(long, value_enum, default_value = "http")]
     pub via: Via,
-    /// HTTP base URL for `--via http` (and `/wt/cert-hash` for WebTransport).
-    #[arg(long, default_value = "http://127.0.0.1:5006")]
-    pub http_url: String,
-    /// gRPC endpoint for `--via grpc`.
-    #[arg(long, default_value = "http://127.0.0.1:5007")]
-    pub grpc_url: String,
-    /// NATS server for `--via nats`.
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    pub nats: String,
-    /// NATS subject prefix for `--via nats` (the gateway's NATS_SUBJECT_PREFIX).
-    #[arg(long, default_value = "venta")]
-    pub prefix: String,
-    /// Bearer token for HTTP and gRPC publishing (the gateway's INGEST_TOKEN).
-    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
-    pub ingest_token: Option<String>,
+    /// Where to publish (the gateway's own variables: GRPC_PORT,
+    /// WEBSOCKET_GATEWAY_PORT, NATS_URL, NATS_SUBJECT_PREFIX, INGEST_TOKEN);
+    /// `--http-url` also serves `/wt/cert-hash` for WebTransport.
+    #[command(flatten)]
+    pub to: crate::publish_cli::Endpoints,
     /// HTTP/gRPC requests in flight (vendors are spread over this many
     /// sequential lanes, so each vendor's updates stay in order).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
@@ -205,12 +197,13 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// `--url`, or the default endpoint of `--transport`.
-    pub fn session_url(&self) -> &str {
+    /// `--url`, or the default endpoint of `--transport` on the local gateway.
+    pub fn session_url(&self) -> String {
+        let port = self.to.http_port;
         match (&self.url, self.transport) {
-            (Some(u), _) => u,
-            (None, ClientTransport::Websocket) => "ws://127.0.0.1:5006/ws/location",
-            (None, ClientTransport::Webtransport) => "https://127.0.0.1:5006/wt/location",
+            (Some(u), _) => u.clone(),
+            (None, ClientTransport::Websocket) => format!("ws://127.0.0.1:{port}/ws/location"),
+            (None, ClientTransport::Webtransport) => format!("https://127.0.0.1:{port}/wt/location"),
         }
     }
 }
@@ -374,17 +367,20 @@ mod tests {
     #[test]
     fn transport_aliases_and_default_urls() -> anyhow::Result<()> {
         let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()));
-        let a = parse(&[])?.bench;
-        assert_eq!((a.transport, a.session_url()), (ClientTransport::Websocket, "ws://127.0.0.1:5006/ws/location"));
-        let a = parse(&["--transport", "wt"])?.bench;
+        let a = parse(&["--http-port", "5006"])?.bench;
         assert_eq!(
-            (a.transport, a.session_url(), a.wt_delivery),
+            (a.transport, a.session_url().as_str()),
+            (ClientTransport::Websocket, "ws://127.0.0.1:5006/ws/location")
+        );
+        let a = parse(&["--transport", "wt", "--http-port", "5006"])?.bench;
+        assert_eq!(
+            (a.transport, a.session_url().as_str(), a.wt_delivery),
             (ClientTransport::Webtransport, "https://127.0.0.1:5006/wt/location", WtDelivery::Stream)
         );
         let a =
             parse(&["--transport", "webtransport", "--url", "https://h:1/wt/location", "--wt-delivery", "datagram"])?
                 .bench;
-        assert_eq!((a.session_url(), a.wt_delivery), ("https://h:1/wt/location", WtDelivery::Datagram));
+        assert_eq!((a.session_url().as_str(), a.wt_delivery), ("https://h:1/wt/location", WtDelivery::Datagram));
         assert!(parse(&["--wt-cert-hash", "ab", "--wt-system-roots"]).is_err());
         Ok(())
     }

@@ -91,7 +91,10 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
     if let Some(w) = sys::ephemeral_port_warning(plan.conns, args.src_ips.len()).filter(|_| tcp) {
         eprintln!("[bench] warning: {w}");
     }
-    let token_user = match &args.token {
+    for note in capacity_notes(plan.conns, args.jwt.is_some()) {
+        eprintln!("[bench] note: {note}");
+    }
+    let token_user = match &args.jwt {
         Some(t) => Some(token_sub(t)?),
         None => None,
     };
@@ -102,7 +105,7 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
     // whatever the publisher finds wrong.
     let clients = match args.transport {
         ClientTransport::Websocket => {
-            Clients::Ws(ws::WsConnector::new(args.session_url(), args.token.as_deref(), &args.vendor_prefix).await?)
+            Clients::Ws(ws::WsConnector::new(&args.session_url(), args.jwt.as_deref(), &args.vendor_prefix).await?)
         }
         ClientTransport::Webtransport => Clients::Wt(wt::WtConnector::new(args).await?),
     };
@@ -115,6 +118,28 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
     })
 }
 
+/// What a gateway with default limits would refuse of this run, said before
+/// connecting (the presets open 2,000 to 10,000 clients).
+fn capacity_notes(conns: usize, one_jwt: bool) -> Vec<String> {
+    let defaults = venta_gateway::Config::defaults();
+    let mut notes = Vec::new();
+    if conns > defaults.max_connections {
+        notes.push(format!(
+            "this run opens {conns} connections; a gateway with default settings admits {} \
+             (WS_MAX_CONNECTIONS={}): start it with WS_MAX_CONNECTIONS={conns} or more",
+            defaults.max_connections, defaults.max_connections
+        ));
+    }
+    if one_jwt && conns > defaults.max_connections_per_user {
+        notes.push(format!(
+            "every client uses one --jwt (one user); a default gateway admits {} connections per user: \
+             start it with WS_MAX_CONNECTIONS_PER_USER={conns} or more",
+            defaults.max_connections_per_user
+        ));
+    }
+    notes
+}
+
 /// The connector of `--transport` (the run is generic over it).
 enum Clients {
     Ws(ws::WsConnector),
@@ -125,6 +150,6 @@ enum Clients {
 /// Read without verification: the gateway is the one that verifies.
 fn token_sub(token: &str) -> anyhow::Result<String> {
     let claims: serde_json::Value =
-        jsonwebtoken::dangerous::insecure_decode_claims(token).context("--token is not a JWT")?;
-    claims["sub"].as_str().map(str::to_owned).context("--token has no `sub` claim")
+        jsonwebtoken::dangerous::insecure_decode_claims(token).context("--jwt is not a JWT")?;
+    claims["sub"].as_str().map(str::to_owned).context("--jwt has no `sub` claim")
 }

@@ -161,15 +161,13 @@ impl Publisher {
         let ctx = Arc::new(Ctx { vendors, stats, out: Arc::new(PubStats::default()) });
         let inner = match args.via {
             Via::Nats => {
-                let client = tokio::time::timeout(CONNECT_TIMEOUT, async_nats::connect(args.nats.as_str()))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("connecting to NATS at {}: timed out", args.nats))?
-                    .with_context(|| format!("connecting to NATS at {}", args.nats))?;
-                let subjects = ctx.vendors.iter().map(|v| format!("{}.location.{v}", args.prefix)).collect();
+                let client = args.to.nats().await?;
+                let prefix = &args.to.nats_subject_prefix;
+                let subjects = ctx.vendors.iter().map(|v| format!("{prefix}.location.{v}")).collect();
                 Inner::Nats { client, subjects }
             }
             Via::Http => {
-                let base = args.http_url.trim_end_matches('/');
+                let base = args.to.http_url();
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(30))
                     .pool_max_idle_per_host(usize::from(args.publish_concurrency))
@@ -182,15 +180,17 @@ impl Publisher {
                     .with_context(|| format!("GET {live} (is --http-url right?)"))?;
                 anyhow::ensure!(resp.status().is_success(), "GET {live} answered {}", resp.status());
                 let url = format!("{base}/api/v1/publish/location");
-                let sink = || Sink::Http { client: client.clone(), url: url.clone(), token: args.ingest_token.clone() };
+                let sink =
+                    || Sink::Http { client: client.clone(), url: url.clone(), token: args.to.ingest_token.clone() };
                 Inner::Lanes(start_lanes(args.publish_concurrency, sink, &ctx))
             }
             Via::Grpc => {
-                let endpoint = tonic::transport::Endpoint::from_shared(args.grpc_url.clone())
-                    .with_context(|| format!("--grpc-url {:?}", args.grpc_url))?
+                let grpc_url = args.to.grpc_url();
+                let endpoint = tonic::transport::Endpoint::from_shared(grpc_url.clone())
+                    .with_context(|| format!("--grpc-url {grpc_url:?}"))?
                     .connect_timeout(CONNECT_TIMEOUT);
-                let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", args.grpc_url))?;
-                let token = match &args.ingest_token {
+                let channel = endpoint.connect().await.with_context(|| format!("connecting to {grpc_url}"))?;
+                let token = match &args.to.ingest_token {
                     Some(t) => Some(format!("Bearer {t}").parse().context("--ingest-token is not a valid header")?),
                     None => None,
                 };

@@ -95,11 +95,16 @@ impl Stats {
 
     /// Counts an error by its (shortened) message.
     pub fn error(&self, e: &str) {
+        self.errors_n(e, 1);
+    }
+
+    /// Counts `n` errors of one message.
+    pub fn errors_n(&self, e: &str, n: u64) {
         let mut key: String = e.chars().take(100).collect();
         if key.is_empty() {
             key.push_str("unknown");
         }
-        *self.errors.lock().entry(key).or_default() += 1;
+        *self.errors.lock().entry(key).or_default() += n;
     }
 
     /// Errors by message so far.

@@ -67,10 +67,10 @@ pub struct WtConnector {
 impl WtConnector {
     /// Resolves the URL's host once, settles the certificate trust (fetching
     /// `/wt/cert-hash` from `--http-url` unless told otherwise) and binds the
-    /// endpoints; `--token` is appended as `?token=`.
+    /// endpoints; `--jwt` is appended as `?token=`.
     pub async fn new(args: &BenchArgs) -> anyhow::Result<Self> {
         let url = args.session_url();
-        let parsed = reqwest::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
+        let parsed = reqwest::Url::parse(&url).with_context(|| format!("--url {url:?} is not a URL"))?;
         if parsed.scheme() != "https" {
             bail!(
                 "--transport webtransport needs an https:// --url (e.g. https://127.0.0.1:5006/wt/location), got {url:?}"
@@ -100,7 +100,7 @@ impl WtConnector {
             };
             endpoints.push((src, endpoint(bind, server, &trust).with_context(|| format!("QUIC endpoint on {bind}"))?));
         }
-        let url = match &args.token {
+        let url = match &args.jwt {
             Some(t) if url.contains('?') => format!("{url}&token={t}"),
             Some(t) => format!("{url}?token={t}"),
             None => url.to_owned(),
@@ -128,7 +128,7 @@ async fn trust(args: &BenchArgs) -> anyhow::Result<Trust> {
         let hashes = args.wt_cert_hash.iter().map(|h| parse_hash(h)).collect::<anyhow::Result<_>>()?;
         return Ok(Trust::Hashes(hashes));
     }
-    let from = format!("{}/wt/cert-hash", args.http_url.trim_end_matches('/'));
+    let from = format!("{}/wt/cert-hash", args.to.http_url());
     let hint = "(or pass --wt-cert-hash / --wt-system-roots)";
     let resp = reqwest::Client::new()
         .get(&from)

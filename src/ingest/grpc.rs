@@ -34,6 +34,17 @@ use pb::update_ingest_server::{UpdateIngest, UpdateIngestServer};
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Rejections listed one by one in a stream summary.
 const MAX_LISTED_REJECTIONS: usize = 100;
+/// Bytes the listed rejections of a summary may take: well under
+/// [`MAX_MESSAGE`], so the summary always encodes (the counts stay exact
+/// however many rejections there were). Failing to encode it would fail
+/// the call after its updates were published, and a retry would repeat them.
+const MAX_LISTED_BYTES: usize = MAX_MESSAGE / 4;
+/// Longest vendor id or reason echoed in one listed rejection.
+const MAX_ECHOED_BYTES: usize = 256;
+/// Earliest and latest instant of `google.protobuf.Timestamp`
+/// (0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z): RFC 3339 years.
+const MIN_TIMESTAMP_SECS: i64 = -62_135_596_800;
+const MAX_TIMESTAMP_SECS: i64 = 253_402_300_799;
 
 /// The `UpdateIngest` service.
 pub struct IngestService {
@@ -47,10 +58,8 @@ impl IngestService {
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let Some(expected) = &self.shared.config.ingest_token else { return Ok(()) };
-        let given =
-            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if given.is_some_and(|g| crate::ingest::http::constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
+        if super::authorized(&self.shared.config, given) {
             Ok(())
         } else {
             Err(Status::unauthenticated("missing or wrong bearer token (INGEST_TOKEN)"))
@@ -74,6 +83,20 @@ impl IngestService {
     }
 }
 
+/// `s` cut to at most [`MAX_ECHOED_BYTES`] (on a character boundary), with
+/// an ellipsis when cut.
+fn truncated(mut s: String) -> String {
+    if s.len() > MAX_ECHOED_BYTES {
+        let mut end = MAX_ECHOED_BYTES - '…'.len_utf8();
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
 fn unavailable(e: BusError) -> Status {
     Status::unavailable(e.to_string())
 }
@@ -81,6 +104,12 @@ fn unavailable(e: BusError) -> Status {
 fn timestamp_json(ts: Option<prost_types::Timestamp>) -> Result<Value, crate::protocol::ValidationError> {
     let Some(ts) = ts else { return Ok(Value::Null) };
     let bad = |m: &str| crate::protocol::ValidationError { field: "timestamp".into(), message: m.into() };
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(bad("nanos must be in [0, 999999999]"));
+    }
+    if !(MIN_TIMESTAMP_SECS..=MAX_TIMESTAMP_SECS).contains(&ts.seconds) {
+        return Err(bad("must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"));
+    }
     let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
     let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad("out of range"))?;
     at.format(&Rfc3339).map(Value::String).map_err(|_| bad("out of range"))
@@ -153,7 +182,20 @@ impl UpdateIngest for IngestService {
         let mut summary = pb::StreamSummary::default();
         let mut by_field: HashMap<String, u64> = HashMap::new();
         let mut index = 0u64;
-        while let Some(req) = stream.message().await? {
+        let mut listed_bytes = 0usize;
+        loop {
+            let req = match stream.message().await {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                // Say how far the stream got: what was accepted is published.
+                Err(e) if summary.accepted > 0 => {
+                    return Err(Status::new(
+                        e.code(),
+                        format!("{} (after {} accepted)", e.message(), summary.accepted),
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
             let vendor_id = req.vendor_id.clone();
             match location_update(req) {
                 Ok(update) => {
@@ -169,7 +211,13 @@ impl UpdateIngest for IngestService {
                     summary.rejected += 1;
                     *by_field.entry(e.field.clone()).or_default() += 1;
                     if summary.rejections.len() < MAX_LISTED_REJECTIONS {
-                        summary.rejections.push(pb::Rejection { index, vendor_id, reason: e.to_string() });
+                        let rejection =
+                            pb::Rejection { index, vendor_id: truncated(vendor_id), reason: truncated(e.to_string()) };
+                        let size = prost::Message::encoded_len(&rejection) + 8;
+                        if listed_bytes + size <= MAX_LISTED_BYTES {
+                            listed_bytes += size;
+                            summary.rejections.push(rejection);
+                        }
                     }
                 }
             }

@@ -14,6 +14,8 @@ use crate::bus::BusError;
 use crate::protocol::{Channel, ErrorCode, Update};
 use crate::state::Shared;
 
+pub(crate) use super::constant_time_eq;
+
 /// Largest publish body; larger is 413.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -31,29 +33,51 @@ pub async fn vendor(state: State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
     publish(state, headers, body, Channel::Vendor).await
 }
 
-async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes, channel: Channel) -> Response {
-    if let Some(expected) = &shared.config.ingest_token {
-        let given =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                "missing or wrong bearer token (INGEST_TOKEN)",
-            );
-        }
+/// Whether the request declares a JSON body. Only `application/json`
+/// (optionally `; charset=utf-8`) is taken: a browser page can send
+/// `text/plain` or a form cross-site without a preflight, never this.
+pub fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
     }
-    let invalid = |code, message: &str| {
+    parts.all(|param| match param.split_once('=') {
+        Some((name, v)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let v = v.trim().trim_matches('"');
+            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+        }
+        Some(_) => true,
+        None => param.trim().is_empty(),
+    })
+}
+
+async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes, channel: Channel) -> Response {
+    if !super::authorized(&shared.config, crate::auth::bearer_token(&headers)) {
+        let mut resp =
+            error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong bearer token (INGEST_TOKEN)");
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    let invalid = |status, code, message: &str| {
         shared.metrics.updates_invalid.with_label_values(&["http"]).inc();
-        error(StatusCode::BAD_REQUEST, code, message)
+        error(status, code, message)
     };
+    if !is_json(&headers) {
+        return invalid(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::InvalidJson,
+            "Content-Type must be application/json",
+        );
+    }
     let value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return invalid(ErrorCode::InvalidJson, &format!("invalid JSON: {e}")),
+        Err(e) => return invalid(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, &format!("invalid JSON: {e}")),
     };
     let update = match Update::from_publish_value(channel, value, None) {
         Ok(u) => u,
-        Err(e) => return invalid(ErrorCode::InvalidField, &e.to_string()),
+        Err(e) => return invalid(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, &e.to_string()),
     };
     match shared.bus.publish(update).await {
         Ok(()) => {
@@ -64,7 +88,35 @@ async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     }
 }
 
-/// Compares secrets without an early exit, so timing does not leak a prefix.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_content_types_pass() {
+        let ct = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(v));
+            is_json(&h)
+        };
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(ct(ok), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "application/jsonx",
+            "application/json; charset=latin1",
+            "text/json",
+        ] {
+            assert!(!ct(bad), "{bad}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
+    }
 }

@@ -1,0 +1,349 @@
+//! Ingest is closed where it matters: production refuses to start without
+//! INGEST_TOKEN, development says loudly that it is open, the HTTP publish
+//! takes only JSON (no cross-site `text/plain` forgeries), and the bearer
+//! scheme is case-insensitive.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{TestGateway, WsClient, assert_schema, free_port, test_config};
+use serde_json::{Value, json};
+use venta_gateway::Gateway;
+use venta_gateway::ingest::IngestConfigError;
+use venta_gateway::server::StartError;
+
+const BODY: &str = r#"{"vendorId":"i1","location":{"lat":1.5,"long":2.5}}"#;
+
+async fn post(url: &str, content_type: Option<&str>, authorization: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(url).body(BODY);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.expect("publish request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test]
+async fn http_publish_accepts_only_json_content_types() {
+    let gw = TestGateway::start().await;
+    let url = gw.http("/api/v1/publish/location");
+    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
+    ws.subscribe("location", "i1").await;
+    // What a web page can send cross-site without a preflight, and nothing.
+    for ct in [
+        Some("text/plain"),
+        Some("text/plain; charset=utf-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/json; charset=iso-8859-1"),
+        None,
+    ] {
+        let (status, body) = post(&url, ct, None).await;
+        assert_eq!(status, 415, "{ct:?} → {body}");
+        assert_schema("http/error_response.json", &body);
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("application/json")), "{body}");
+    }
+    for ct in ["application/json", "application/json; charset=utf-8", "Application/JSON; Charset=UTF-8"] {
+        let (status, body) = post(&url, Some(ct), None).await;
+        assert_eq!((status, body), (202, json!({"published": true})), "{ct}");
+        assert_eq!(ws.recv().await["data"]["location"], json!({"lat": 1.5, "long": 2.5}), "{ct}");
+    }
+    // Nothing refused above was delivered.
+    ws.send_json(json!({"type": "ping", "id": "end"})).await;
+    assert_eq!(ws.recv().await["id"], "end");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn ingest_bearer_scheme_is_case_insensitive() {
+    let mut config = test_config();
+    config.ingest_token = Some("s3cret-ingest".into());
+    let gw = TestGateway::start_with(config).await;
+    let url = gw.http("/api/v1/publish/location");
+    for auth in ["bearer s3cret-ingest", "BEARER s3cret-ingest", "Bearer  s3cret-ingest"] {
+        let (status, body) = post(&url, Some("application/json"), Some(auth)).await;
+        assert_eq!(status, 202, "{auth:?} → {body}");
+    }
+    for auth in [None, Some("Basic s3cret-ingest"), Some("bearer"), Some("Bearer s3cret")] {
+        let (status, body) = post(&url, Some("application/json"), auth).await;
+        assert_eq!(status, 401, "{auth:?} → {body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn production_refuses_to_start_without_an_ingest_token() {
+    for token in [None, Some("")] {
+        let mut config = test_config();
+        config.gateway_env = venta_gateway::config::GatewayEnv::Production;
+        config.jwt_secret = Some("production-secret-0123456789".into());
+        config.ingest_token = token.map(str::to_owned);
+        let _dir = common::private_audit_paths(&mut config);
+        match Gateway::bind(config).await {
+            Err(StartError::Ingest(e)) => {
+                assert_eq!(e, IngestConfigError::ProductionWithoutToken);
+                assert!(e.is_config());
+                assert!(e.to_string().contains("INGEST_TOKEN"), "{e}");
+            }
+            Err(e) => panic!("{token:?}: wrong error {e}"),
+            Ok(_) => panic!("{token:?}: production started with open ingest"),
+        }
+    }
+    // With a token it starts.
+    let mut config = test_config();
+    config.gateway_env = venta_gateway::config::GatewayEnv::Production;
+    config.jwt_secret = Some("production-secret-0123456789".into());
+    config.ingest_token = Some("tok".into());
+    let gw = TestGateway::start_with(config).await;
+    gw.shutdown().await;
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
+}
+
+/// The binary: production without INGEST_TOKEN exits (non-zero) naming it,
+/// instead of serving open ingest.
+#[test]
+fn the_binary_in_production_without_ingest_token_exits_naming_it() {
+    let audit = common::nats::tempdir::Dir::new();
+    let mut child = bin()
+        .env("GATEWAY_ENV", "production")
+        .env("JWT_SECRET", "production-secret-0123456789")
+        .env_remove("INGEST_TOKEN")
+        .env("WEBSOCKET_GATEWAY_PORT", free_port().to_string())
+        .env("GRPC_PORT", free_port().to_string())
+        .env("WT_PORT", "0")
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("AUDIT_JOURNAL_DIR", audit.0.join("journal"))
+        .env("AUDIT_SQLITE_PATH", audit.0.join("audit.db"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("GATEWAY_ENV=production without INGEST_TOKEN kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert_eq!(status.code(), Some(2), "a setting to change exits 2: {err}");
+    assert!(err.contains("GATEWAY_ENV=production requires INGEST_TOKEN"), "{err}");
+}
+
+/// Development with open ingest starts, and says so once, loudly.
+#[test]
+fn development_warns_that_ingest_is_open() {
+    let audit = common::nats::tempdir::Dir::new();
+    let mut child = bin()
+        .env_remove("INGEST_TOKEN")
+        .env_remove("GATEWAY_ENV")
+        .env("WEBSOCKET_GATEWAY_PORT", free_port().to_string())
+        .env("GRPC_PORT", free_port().to_string())
+        .env("WT_PORT", "0")
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("LOG_LEVEL", "warn")
+        .env("AUDIT_JOURNAL_DIR", audit.0.join("journal"))
+        .env("AUDIT_SQLITE_PATH", audit.0.join("audit.db"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("INGEST IS OPEN") => break Some(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = found.unwrap_or_else(|| panic!("no open-ingest warning in:\n{}", seen.join("\n")));
+    assert!(line.contains("WARN") && line.contains("INGEST_TOKEN"), "{line}");
+}
+
+/// `venta-gateway publish` with only the environment a gateway shell has
+/// (async: the gateway under test shares this runtime).
+async fn publish_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"));
+    cmd.kill_on_drop(true);
+    for var in ["NATS_URL", "NATS_SUBJECT_PREFIX", "GRPC_PORT", "WEBSOCKET_GATEWAY_PORT", "INGEST_TOKEN"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let run = cmd.arg("publish").args(args).output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run).await.expect("publish hung").expect("run publish");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// NATS_URL / NATS_SUBJECT_PREFIX / GRPC_PORT / WEBSOCKET_GATEWAY_PORT /
+/// INGEST_TOKEN as the gateway reads them: a publish needs no flags to
+/// reach the gateway they describe.
+#[tokio::test]
+async fn publish_honours_the_gateways_variables() {
+    common::nats::require_machine_nats();
+    let prefix = common::nats::unique_prefix();
+    let mut config = test_config();
+    config.nats_url = Some(common::nats::MACHINE_NATS.into());
+    config.nats_subject_prefix = prefix.clone();
+    config.ingest_token = Some("cli-ingest-token".into());
+    let gw = TestGateway::start_with(config).await;
+    common::wait_until("gateway ready", async || gw.is_ready().await).await;
+    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
+    ws.subscribe("location", "env1").await;
+    let grpc_port = gw.grpc_addr.port().to_string();
+    let http_port = gw.addr.port().to_string();
+    let env = [
+        ("NATS_URL", common::nats::MACHINE_NATS),
+        ("NATS_SUBJECT_PREFIX", prefix.as_str()),
+        ("GRPC_PORT", grpc_port.as_str()),
+        ("WEBSOCKET_GATEWAY_PORT", http_port.as_str()),
+        ("INGEST_TOKEN", "cli-ingest-token"),
+    ];
+    for (i, via) in ["grpc", "http", "nats"].into_iter().enumerate() {
+        let lat = format!("{i}.5");
+        let (ok, stdout, stderr) =
+            publish_cli(&["location", "env1", "--lat", &lat, "--long", "1", "--via", via], &env).await;
+        assert!(ok, "{via}: {stdout}{stderr}");
+        assert!(!stderr.contains("warning"), "{via}: {stderr}");
+        let u = ws.recv().await;
+        assert_eq!(u["data"]["location"], json!({"lat": i as f64 + 0.5, "long": 1.0}), "via {via}");
+    }
+    let (_, stdout, _) = publish_cli(&["location", "env1", "--lat", "0", "--long", "0", "--via", "nats"], &env).await;
+    assert!(stdout.contains(&format!("{prefix}.location.env1")), "the subject is named: {stdout}");
+    ws.recv().await;
+    // The same with the flags, and with the old spellings (hidden aliases).
+    let grpc_url = format!("http://{}", gw.grpc_addr);
+    let (ok, out, err) = publish_cli(
+        &[
+            "location",
+            "env1",
+            "--lat",
+            "7",
+            "--long",
+            "7",
+            "--grpc-url",
+            &grpc_url,
+            "--ingest-token",
+            "cli-ingest-token",
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(ws.recv().await["data"]["location"]["lat"], 7.0);
+    let (ok, out, err) = publish_cli(
+        &["location", "env1", "--lat", "8", "--long", "8", "--grpc-url", &grpc_url, "--token", "cli-ingest-token"],
+        &[],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(ws.recv().await["data"]["location"]["lat"], 8.0);
+    let (ok, out, err) = publish_cli(
+        &["location", "env1", "--lat", "9", "--long", "9", "--via", "nats"]
+            .into_iter()
+            .chain(["--to-nats", common::nats::MACHINE_NATS, "--prefix", &prefix])
+            .collect::<Vec<_>>(),
+        &[],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(ws.recv().await["data"]["location"]["lat"], 9.0);
+    gw.shutdown().await;
+}
+
+/// A NATS publish no gateway takes (here: another subject prefix) names the
+/// subject and warns that nothing subscribes, instead of a bare success.
+#[tokio::test]
+async fn publish_over_nats_says_when_nothing_subscribes() {
+    common::nats::require_machine_nats();
+    let prefix = common::nats::unique_prefix();
+    let mut config = test_config();
+    config.nats_url = Some(common::nats::MACHINE_NATS.into());
+    config.nats_subject_prefix = prefix.clone();
+    let gw = TestGateway::start_with(config).await;
+    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
+    ws.subscribe("location", "lost1").await;
+    let other = common::nats::unique_prefix();
+    let env = [("NATS_URL", common::nats::MACHINE_NATS), ("NATS_SUBJECT_PREFIX", other.as_str())];
+    let (_, stdout, stderr) =
+        publish_cli(&["location", "lost1", "--lat", "1", "--long", "1", "--via", "nats"], &env).await;
+    assert!(stdout.contains(&format!("{other}.location.lost1")), "{stdout}");
+    assert!(stderr.contains("warning: nothing") && stderr.contains("NATS_SUBJECT_PREFIX"), "{stderr}");
+    ws.send_json(json!({"type": "ping", "id": "end"})).await;
+    assert_eq!(ws.recv().await["id"], "end", "nothing was delivered");
+    gw.shutdown().await;
+}
+
+/// The ingest bearer from `publish --via http` with a lower-case scheme
+/// and over gRPC with the environment's INGEST_TOKEN is covered above; a
+/// missing token is refused with 401 over HTTP and UNAUTHENTICATED over
+/// gRPC, and the CLI says so (non-zero exit).
+#[tokio::test]
+async fn publish_without_the_ingest_token_fails_loudly() {
+    let mut config = test_config();
+    config.ingest_token = Some("needed-token".into());
+    let gw = TestGateway::start_with(config).await;
+    let grpc_url = format!("http://{}", gw.grpc_addr);
+    let http_url = gw.http("");
+    for via in ["grpc", "http"] {
+        let (ok, out, err) = publish_cli(
+            &[
+                "location",
+                "v1",
+                "--lat",
+                "1",
+                "--long",
+                "1",
+                "--via",
+                via,
+                "--grpc-url",
+                &grpc_url,
+                "--http-url",
+                &http_url,
+            ],
+            &[],
+        )
+        .await;
+        assert!(!ok, "{via}: {out}");
+        assert!(err.contains("INGEST_TOKEN"), "{via}: {err}");
+    }
+    gw.shutdown().await;
+}
