@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use venta_gateway::config::Config;
 
 /// Options of `gentoken`.
 #[derive(Debug, Args)]
@@ -15,6 +14,18 @@ pub struct GentokenArgs {
     /// Lifetime: seconds, or with a unit: 90s, 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: u64,
+    /// The gateway's HS256 secret.
+    #[arg(long = "jwt-secret", env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Set on the gateway? Then it refuses HS256 tokens: gentoken says so.
+    #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<std::path::PathBuf>,
+    /// `iss` to put in the token (the gateway's JWT_ISSUER).
+    #[arg(long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// `aud` to put in the token (the gateway's JWT_AUDIENCE).
+    #[arg(long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
 }
 
 fn parse_ttl(s: &str) -> Result<u64, String> {
@@ -31,7 +42,8 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 
 /// Prints the token; exit 2 when the configuration would make the gateway
 /// refuse it (no or too short JWT_SECRET, a JWT_PUBLIC_KEY, a bad `--sub`).
-pub fn run(config: &Config, args: &GentokenArgs) -> ExitCode {
+pub fn run(args: &GentokenArgs) -> ExitCode {
+    let config = args;
     let Some(secret) = config.jwt_secret.as_deref() else {
         eprintln!("error: gentoken signs with JWT_SECRET; set it (at least 16 bytes)");
         return ExitCode::from(2);

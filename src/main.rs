@@ -35,6 +35,18 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// The subcommands alone: each parses only its own options (and the
+/// gateway variables it shares by name), so a gateway setting that is bad
+/// for serving cannot stop `publish` or `bench`.
+#[derive(Debug, Parser)]
+#[command(name = "venta-gateway", version)]
+struct ToolCli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const SUBCOMMANDS: [&str; 3] = ["publish", "bench", "gentoken"];
+
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Publish an update by hand (gRPC by default, or HTTP, or NATS).
@@ -124,15 +136,51 @@ async fn run(config: Config) -> Result<bool, RunFailure> {
     gateway.run(shutdown_signal()).await.context("serving").map_err(RunFailure::Other)
 }
 
+/// Logging for the subcommands: `LOG_LEVEL` if it parses, else warnings.
+fn init_tool_logging() {
+    let level = std::env::var("LOG_LEVEL").ok().filter(|l| EnvFilter::try_new(l).is_ok());
+    let filter = EnvFilter::new(level.as_deref().unwrap_or("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn run_tool(command: Command) -> ExitCode {
+    init_tool_logging();
+    match command {
+        // Its own runtime: single-threaded by default (`--threads`).
+        Command::Bench(args) => bench::main(*args),
+        Command::Gentoken(args) => gentoken_cli::run(&args),
+        Command::Publish(args) => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(publish_cli::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let first = std::env::args_os().nth(1);
+    if first.as_ref().and_then(|a| a.to_str()).is_some_and(|a| SUBCOMMANDS.contains(&a)) {
+        return run_tool(ToolCli::parse().command);
+    }
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        // Gateway flags before the subcommand: still the subcommand.
+        return run_tool(command);
+    }
     if let Err(e) = init_logging(&cli.config) {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
-    }
-    if let Some(Command::Bench(args)) = cli.command {
-        // Its own runtime: single-threaded by default (`--threads`).
-        return bench::main(*args);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -141,18 +189,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Gentoken(args)) = &cli.command {
-        return gentoken_cli::run(&cli.config, args);
-    }
-    if let Some(Command::Publish(args)) = cli.command {
-        return match runtime.block_on(publish_cli::run(args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     if let Err(e) = cli.config.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);

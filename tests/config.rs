@@ -135,3 +135,23 @@ async fn no_token_in_the_logs_at_trace_level() {
     let signature = token.rsplit('.').next().unwrap_or(&token);
     assert!(!log.contains(signature), "the token reached the log");
 }
+
+/// The subcommands parse only their own options: a gateway variable that
+/// would stop the gateway does not stop them.
+#[test]
+fn subcommands_ignore_settings_that_only_the_gateway_uses() {
+    let out = Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
+        .args(["gentoken", "--sub", "u1"])
+        .env("JWT_SECRET", "subcommand-secret-0123456789")
+        .env("WS_HEARTBEAT_INTERVAL", "5")
+        .env("LOG_LEVEL", "verbose")
+        .env("DATABASE_URL", "mysql://nowhere")
+        .output()
+        .expect("run gentoken");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().split('.').count(), 3, "not a JWT");
+    let help = Command::new(env!("CARGO_BIN_EXE_venta-gateway")).args(["publish", "--help"]).output().expect("help");
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("NATS_SUBJECT_PREFIX"));
+}
