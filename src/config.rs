@@ -27,8 +27,57 @@ pub enum LogFormat {
     Json,
 }
 
+/// A duration in `unit_ms` units: a bare integer is in that unit (the
+/// seed's millisecond and second integers keep working), or a number with a
+/// unit: `500ms`, `30s`, `5m`, `1h`, `7d`. Rounded to whole units, up.
+pub fn parse_duration(s: &str, unit_ms: u64) -> Result<u64, String> {
+    let s = s.trim();
+    if let Ok(v) = s.parse::<u64>() {
+        return Ok(v);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 =
+        num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m, 1h or a plain number"))?;
+    let per: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown unit {other:?}: use ms, s, m, h or d")),
+    };
+    let ms = n.checked_mul(per).ok_or_else(|| format!("{s:?} is out of range"))?;
+    Ok(ms.div_ceil(unit_ms))
+}
+
+fn millis(s: &str) -> Result<u64, String> {
+    parse_duration(s, 1)
+}
+
+fn seconds(s: &str) -> Result<u64, String> {
+    parse_duration(s, 1_000)
+}
+
+/// A duration in milliseconds within `range`.
+fn millis_in(s: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64, String> {
+    let v = millis(s)?;
+    if !range.contains(&v) {
+        return Err(format!("must be between {} and {} milliseconds", range.start(), range.end()));
+    }
+    Ok(v)
+}
+
+fn probe_ms(s: &str) -> Result<u64, String> {
+    millis_in(s, 100..=60_000)
+}
+
+fn spill_ms(s: &str) -> Result<u64, String> {
+    millis_in(s, 1..=60_000)
+}
+
 fn heartbeat_ms(s: &str) -> Result<u64, String> {
-    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    let v = millis(s)?;
     if v < 1000 {
         return Err("must be at least 1000 (milliseconds)".into());
     }
@@ -57,7 +106,7 @@ fn log_level(s: &str) -> Result<String, String> {
 }
 
 fn header_timeout_ms(s: &str) -> Result<u64, String> {
-    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    let v = millis(s)?;
     if !(100..=600_000).contains(&v) {
         return Err("must be between 100 and 600000 (milliseconds)".into());
     }
@@ -73,7 +122,7 @@ fn header_bytes(s: &str) -> Result<usize, String> {
 }
 
 fn leeway_secs(s: &str) -> Result<u64, String> {
-    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    let v = seconds(s)?;
     if v > 300 {
         return Err("must be at most 300 seconds".into());
     }
@@ -106,8 +155,8 @@ fn positive(s: &str) -> Result<usize, String> {
     Ok(v)
 }
 
-fn nonzero_u64(s: &str) -> Result<u64, String> {
-    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+fn nonzero_secs(s: &str) -> Result<u64, String> {
+    let v = seconds(s)?;
     if v == 0 {
         return Err("must be greater than 0".into());
     }
@@ -127,7 +176,7 @@ fn subject_prefix(s: &str) -> Result<String, String> {
 pub const MAX_WT_CERT_VALIDITY_SECS: u64 = 14 * 86_400 - 1;
 
 fn cert_validity(s: &str) -> Result<u64, String> {
-    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    let v = seconds(s)?;
     if !(10..=MAX_WT_CERT_VALIDITY_SECS).contains(&v) {
         return Err(format!("must be between 10 and {MAX_WT_CERT_VALIDITY_SECS} seconds (under 14 days)"));
     }
@@ -147,6 +196,7 @@ fn nonzero_u32(s: &str) -> Result<u32, String> {
 pub struct Config {
     /// TCP port for HTTP and WebSocket.
     #[arg(
+        help_heading = "Listeners",
         long = "port",
         env = "WEBSOCKET_GATEWAY_PORT",
         value_name = "WEBSOCKET_GATEWAY_PORT",
@@ -155,79 +205,29 @@ pub struct Config {
     pub port: u16,
 
     /// TCP port for gRPC ingest (`venta.gateway.v1.UpdateIngest`).
-    #[arg(long = "grpc-port", env = "GRPC_PORT", value_name = "GRPC_PORT", default_value_t = 5007)]
+    #[arg(
+        help_heading = "Listeners",
+        long = "grpc-port",
+        env = "GRPC_PORT",
+        value_name = "GRPC_PORT",
+        default_value_t = 5007
+    )]
     pub grpc_port: u16,
 
-    /// UDP port for WebTransport (HTTP/3); default: the same number as the
-    /// HTTP port. 0 picks a free port.
-    #[arg(long = "wt-port", env = "WT_PORT", value_name = "WT_PORT")]
-    pub wt_port: Option<u16>,
-
-    /// WebTransport certificate chain (PEM). With `WT_KEY`; without both, a
-    /// self-signed certificate is made and its hash served at /wt/cert-hash.
-    #[arg(long = "wt-cert", env = "WT_CERT", value_name = "WT_CERT", requires = "wt_key")]
-    pub wt_cert: Option<PathBuf>,
-
-    /// WebTransport private key (PEM), with `WT_CERT`.
-    #[arg(long = "wt-key", env = "WT_KEY", value_name = "WT_KEY", requires = "wt_cert")]
-    pub wt_key: Option<PathBuf>,
-
-    /// Seconds the self-signed WebTransport certificate is valid (under 14
-    /// days, the browsers' limit for hash pinning); it is renewed while
-    /// running, the next hash published ahead at /wt/cert-hash.
-    #[arg(long = "wt-cert-validity", env = "WT_CERT_VALIDITY", value_name = "WT_CERT_VALIDITY", default_value = "1123200", value_parser = cert_validity)]
-    pub wt_cert_validity_secs: u64,
-
     /// Address to bind; `::` is dual-stack (IPv4 and IPv6).
-    #[arg(long = "bind-addr", env = "BIND_ADDR", value_name = "BIND_ADDR", default_value = "::")]
-    pub bind_addr: IpAddr,
-
-    /// Server `ping` interval in milliseconds (min 1000); a client silent for
-    /// two intervals is closed with 4000.
-    #[arg(long = "heartbeat-interval", env = "WS_HEARTBEAT_INTERVAL", value_name = "WS_HEARTBEAT_INTERVAL", default_value = "30000", value_parser = heartbeat_ms)]
-    pub heartbeat_interval_ms: u64,
-
-    /// Maximum concurrent client connections on this instance (over: close 1013).
-    #[arg(long = "max-connections", env = "WS_MAX_CONNECTIONS", value_name = "WS_MAX_CONNECTIONS", default_value = "1000", value_parser = positive)]
-    pub max_connections: usize,
-
-    /// Client messages per minute per user (per connection while auth is off);
-    /// a burst of this many is served at once, then the budget refills evenly.
-    #[arg(long = "rate-limit", env = "WS_RATE_LIMIT", value_name = "WS_RATE_LIMIT", default_value = "100", value_parser = nonzero_u32)]
-    pub rate_limit: u32,
-
-    /// Largest client frame in bytes (over: close 1009).
-    #[arg(long = "max-message-bytes", env = "WS_MAX_MESSAGE_BYTES", value_name = "WS_MAX_MESSAGE_BYTES", default_value = "4096", value_parser = positive)]
-    pub max_message_bytes: usize,
-
-    /// Subscriptions per connection (over: `too_many_subscriptions`).
-    #[arg(long = "max-subscriptions", env = "WS_MAX_SUBSCRIPTIONS", value_name = "WS_MAX_SUBSCRIPTIONS", default_value = "100", value_parser = positive)]
-    pub max_subscriptions: usize,
-
-    /// Bytes of unsent non-conflatable messages per connection before the
-    /// client is closed with 1013 as a slow consumer.
-    #[arg(long = "max-queue-bytes", env = "WS_MAX_QUEUE_BYTES", value_name = "WS_MAX_QUEUE_BYTES", default_value = "1048576", value_parser = positive)]
-    pub max_queue_bytes: usize,
-
-    /// Queued messages per connection beyond which pending location updates
-    /// are conflated (only the newest per vendor is kept).
-    #[arg(long = "max-queue-messages", env = "WS_MAX_QUEUE_MESSAGES", value_name = "WS_MAX_QUEUE_MESSAGES", default_value = "1024", value_parser = positive)]
-    pub max_queue_messages: usize,
-
-    /// Kernel send buffer per client socket, bytes (0 = the OS's autotuning,
-    /// up to net.ipv4.tcp_wmem's max, several MiB). Small, so a client that
-    /// stops reading is noticed and conflated early.
     #[arg(
-        long = "send-buffer",
-        env = "WS_SEND_BUFFER_BYTES",
-        value_name = "WS_SEND_BUFFER_BYTES",
-        default_value = "65536"
+        help_heading = "Listeners",
+        long = "bind-addr",
+        env = "BIND_ADDR",
+        value_name = "BIND_ADDR",
+        default_value = "::"
     )]
-    pub send_buffer_bytes: usize,
+    pub bind_addr: IpAddr,
 
     /// TCP accept queue length, for reconnect storms after a restart (the
     /// kernel caps it at net.core.somaxconn).
     #[arg(
+        help_heading = "Listeners",
         long = "accept-backlog",
         env = "WS_ACCEPT_BACKLOG",
         value_name = "WS_ACCEPT_BACKLOG",
@@ -235,38 +235,66 @@ pub struct Config {
     )]
     pub accept_backlog: u32,
 
-    /// Milliseconds a connection on the HTTP port has to send a complete
-    /// request head, from when it connected or its previous response was
-    /// sent (so it is also the keep-alive idle timeout). Slow senders are
-    /// closed.
-    #[arg(long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT_MS", value_name = "HTTP_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = header_timeout_ms)]
-    pub http_header_timeout_ms: u64,
+    /// Kernel send buffer per client socket, bytes (0 = the OS's autotuning,
+    /// up to net.ipv4.tcp_wmem's max, several MiB). Small, so a client that
+    /// stops reading is noticed and conflated early.
+    #[arg(
+        help_heading = "Listeners",
+        long = "send-buffer",
+        env = "WS_SEND_BUFFER_BYTES",
+        value_name = "WS_SEND_BUFFER_BYTES",
+        default_value = "65536"
+    )]
+    pub send_buffer_bytes: usize,
 
-    /// Milliseconds an HTTP request (reading its body included) may take
-    /// before it is answered 408.
-    #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT_MS", value_name = "HTTP_REQUEST_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout_ms)]
-    pub http_request_timeout_ms: u64,
+    /// UDP port for WebTransport (HTTP/3); default: the same number as the
+    /// HTTP port. 0 picks a free port.
+    #[arg(help_heading = "WebTransport", long = "wt-port", env = "WT_PORT", value_name = "WT_PORT")]
+    pub wt_port: Option<u16>,
 
-    /// Connections on the HTTP port that are not WebSocket (plain HTTP,
-    /// keep-alive, handshakes in progress). Over: 503 and closed at once.
-    /// Room for a reconnect storm's handshakes (each takes milliseconds);
-    /// with `HTTP_MAX_HEADER_BYTES` it bounds what idle sockets can hold.
-    #[arg(long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS", default_value = "4096", value_parser = positive)]
-    pub http_max_connections: usize,
+    /// WebTransport certificate chain (PEM). With `WT_KEY`; without both, a
+    /// self-signed certificate is made and its hash served at /wt/cert-hash.
+    #[arg(
+        help_heading = "WebTransport",
+        long = "wt-cert",
+        env = "WT_CERT",
+        value_name = "WT_CERT",
+        requires = "wt_key"
+    )]
+    pub wt_cert: Option<PathBuf>,
 
-    /// Largest HTTP request head (request line and headers), bytes; over: 431.
-    #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", value_name = "HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = header_bytes)]
-    pub http_max_header_bytes: usize,
+    /// WebTransport private key (PEM), with `WT_CERT`.
+    #[arg(help_heading = "WebTransport", long = "wt-key", env = "WT_KEY", value_name = "WT_KEY", requires = "wt_cert")]
+    pub wt_key: Option<PathBuf>,
 
-    /// Origins allowed to open WebSockets and WebTransport sessions
-    /// (comma-separated, e.g. `https://app.example.com`); unset: any. A
-    /// request without an Origin header (not a browser) is always allowed.
-    #[arg(long = "allowed-origins", env = "WS_ALLOWED_ORIGINS", value_name = "WS_ALLOWED_ORIGINS", value_parser = origins)]
-    pub allowed_origins: Option<Vec<String>>,
+    /// Seconds the self-signed WebTransport certificate is valid (under 14
+    /// days, the browsers' limit for hash pinning); it is renewed while
+    /// running, the next hash published ahead at /wt/cert-hash.
+    #[arg(help_heading = "WebTransport", long = "wt-cert-validity", env = "WT_CERT_VALIDITY", value_name = "WT_CERT_VALIDITY", default_value = "1123200", value_parser = cert_validity)]
+    pub wt_cert_validity_secs: u64,
+
+    /// Server `ping` interval in milliseconds (min 1000); a client silent for
+    /// two intervals is closed with 4000.
+    #[arg(help_heading = "Clients and limits", long = "heartbeat-interval", env = "WS_HEARTBEAT_INTERVAL", value_name = "WS_HEARTBEAT_INTERVAL", default_value = "30000", value_parser = heartbeat_ms)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Maximum concurrent client connections on this instance (over: close 1013).
+    #[arg(help_heading = "Clients and limits", long = "max-connections", env = "WS_MAX_CONNECTIONS", value_name = "WS_MAX_CONNECTIONS", default_value = "1000", value_parser = positive)]
+    pub max_connections: usize,
+
+    /// Concurrent connections per authenticated user (over: close 1008).
+    #[arg(help_heading = "Clients and limits", long = "max-connections-per-user", env = "WS_MAX_CONNECTIONS_PER_USER", value_name = "WS_MAX_CONNECTIONS_PER_USER", default_value = "10", value_parser = positive)]
+    pub max_connections_per_user: usize,
+
+    /// Client messages per minute per user (per connection while auth is off);
+    /// a burst of this many is served at once, then the budget refills evenly.
+    #[arg(help_heading = "Clients and limits", long = "rate-limit", env = "WS_RATE_LIMIT", value_name = "WS_RATE_LIMIT", default_value = "100", value_parser = nonzero_u32)]
+    pub rate_limit: u32,
 
     /// Connect attempts per minute per client IP (0 = off: behind a load
     /// balancer every client shares one IP). Over: HTTP 429.
     #[arg(
+        help_heading = "Clients and limits",
         long = "connect-rate-limit",
         env = "WS_CONNECT_RATE_LIMIT",
         value_name = "WS_CONNECT_RATE_LIMIT",
@@ -274,35 +302,57 @@ pub struct Config {
     )]
     pub connect_rate_limit: u32,
 
-    /// Concurrent connections per authenticated user (over: close 1008).
-    #[arg(long = "max-connections-per-user", env = "WS_MAX_CONNECTIONS_PER_USER", value_name = "WS_MAX_CONNECTIONS_PER_USER", default_value = "10", value_parser = positive)]
-    pub max_connections_per_user: usize,
+    /// Largest client frame in bytes (over: close 1009).
+    #[arg(help_heading = "Clients and limits", long = "max-message-bytes", env = "WS_MAX_MESSAGE_BYTES", value_name = "WS_MAX_MESSAGE_BYTES", default_value = "4096", value_parser = positive)]
+    pub max_message_bytes: usize,
 
-    /// HS256 secret for client JWTs (at least 16 bytes). Unset, and no
-    /// JWT_PUBLIC_KEY: auth is off (logged loudly).
-    #[arg(long = "jwt-secret", env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    /// Subscriptions per connection (over: `too_many_subscriptions`).
+    #[arg(help_heading = "Clients and limits", long = "max-subscriptions", env = "WS_MAX_SUBSCRIPTIONS", value_name = "WS_MAX_SUBSCRIPTIONS", default_value = "100", value_parser = positive)]
+    pub max_subscriptions: usize,
 
-    /// PEM file of an RSA (RS256) or EC P-256 (ES256) public key for client JWTs.
-    #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// Bytes of unsent non-conflatable messages per connection before the
+    /// client is closed with 1013 as a slow consumer.
+    #[arg(help_heading = "Clients and limits", long = "max-queue-bytes", env = "WS_MAX_QUEUE_BYTES", value_name = "WS_MAX_QUEUE_BYTES", default_value = "1048576", value_parser = positive)]
+    pub max_queue_bytes: usize,
 
-    /// Required `iss` of client JWTs, when set.
-    #[arg(long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
+    /// Queued messages per connection beyond which pending location updates
+    /// are conflated (only the newest per vendor is kept).
+    #[arg(help_heading = "Clients and limits", long = "max-queue-messages", env = "WS_MAX_QUEUE_MESSAGES", value_name = "WS_MAX_QUEUE_MESSAGES", default_value = "1024", value_parser = positive)]
+    pub max_queue_messages: usize,
 
-    /// Required `aud` of client JWTs, when set.
-    #[arg(long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
+    /// Origins allowed to open WebSockets and WebTransport sessions
+    /// (comma-separated, e.g. `https://app.example.com`); unset: any. A
+    /// request without an Origin header (not a browser) is always allowed.
+    #[arg(help_heading = "Clients and limits", long = "allowed-origins", env = "WS_ALLOWED_ORIGINS", value_name = "WS_ALLOWED_ORIGINS", value_parser = origins)]
+    pub allowed_origins: Option<Vec<String>>,
 
-    /// Seconds of clock skew tolerated on a token's `exp`/`nbf`; a
-    /// connection is closed with 4001 at `exp` plus this.
-    #[arg(long = "jwt-leeway", env = "JWT_LEEWAY", value_name = "JWT_LEEWAY", default_value = "30", value_parser = leeway_secs)]
-    pub jwt_leeway_secs: u64,
+    /// Milliseconds a connection on the HTTP port has to send a complete
+    /// request head, from when it connected or its previous response was
+    /// sent (so it is also the keep-alive idle timeout). Slow senders are
+    /// closed.
+    #[arg(help_heading = "HTTP", long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT_MS", value_name = "HTTP_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = header_timeout_ms)]
+    pub http_header_timeout_ms: u64,
+
+    /// Milliseconds an HTTP request (reading its body included) may take
+    /// before it is answered 408.
+    #[arg(help_heading = "HTTP", long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT_MS", value_name = "HTTP_REQUEST_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout_ms)]
+    pub http_request_timeout_ms: u64,
+
+    /// Connections on the HTTP port that are not WebSocket (plain HTTP,
+    /// keep-alive, handshakes in progress). Over: 503 and closed at once.
+    /// Room for a reconnect storm's handshakes (each takes milliseconds);
+    /// with `HTTP_MAX_HEADER_BYTES` it bounds what idle sockets can hold.
+    #[arg(help_heading = "HTTP", long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS", default_value = "4096", value_parser = positive)]
+    pub http_max_connections: usize,
+
+    /// Largest HTTP request head (request line and headers), bytes; over: 431.
+    #[arg(help_heading = "HTTP", long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", value_name = "HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = header_bytes)]
+    pub http_max_header_bytes: usize,
 
     /// `production` (alias `prod`) refuses to start without a JWT key and
     /// an ingest token; `development` (alias `dev`) warns instead.
     #[arg(
+        help_heading = "Auth and tokens",
         long = "gateway-env",
         env = "GATEWAY_ENV",
         value_name = "GATEWAY_ENV",
@@ -311,13 +361,68 @@ pub struct Config {
     )]
     pub gateway_env: GatewayEnv,
 
+    /// HS256 secret for client JWTs (at least 16 bytes). Unset, and no
+    /// JWT_PUBLIC_KEY: auth is off (logged loudly).
+    #[arg(
+        help_heading = "Auth and tokens",
+        long = "jwt-secret",
+        env = "JWT_SECRET",
+        value_name = "JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file of an RSA (RS256) or EC P-256 (ES256) public key for client JWTs.
+    #[arg(
+        help_heading = "Auth and tokens",
+        long = "jwt-public-key",
+        env = "JWT_PUBLIC_KEY",
+        value_name = "JWT_PUBLIC_KEY"
+    )]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Required `iss` of client JWTs, when set.
+    #[arg(help_heading = "Auth and tokens", long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of client JWTs, when set.
+    #[arg(help_heading = "Auth and tokens", long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Seconds of clock skew tolerated on a token's `exp`/`nbf`; a
+    /// connection is closed with 4001 at `exp` plus this.
+    #[arg(help_heading = "Auth and tokens", long = "jwt-leeway", env = "JWT_LEEWAY", value_name = "JWT_LEEWAY", default_value = "30", value_parser = leeway_secs)]
+    pub jwt_leeway_secs: u64,
+
+    /// Bearer token required by `POST /api/v1/publish/*` and gRPC ingest;
+    /// unset: open (logged loudly), refused with GATEWAY_ENV=production.
+    #[arg(
+        help_heading = "Auth and tokens",
+        long = "ingest-token",
+        env = "INGEST_TOKEN",
+        value_name = "INGEST_TOKEN",
+        hide_env_values = true
+    )]
+    pub ingest_token: Option<String>,
+
+    /// Bearer token for `GET /api/v1/audit`; unset: that route answers 404.
+    #[arg(
+        help_heading = "Auth and tokens",
+        long = "admin-token",
+        env = "ADMIN_TOKEN",
+        value_name = "ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
     /// Redis for rate-limit counters shared by every instance; unset: each
     /// instance limits alone.
-    #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
+    #[arg(help_heading = "Redis", long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
     pub redis_url: Option<String>,
 
     /// Prefix of the rate-limit keys in Redis.
     #[arg(
+        help_heading = "Redis",
         long = "redis-key-prefix",
         env = "REDIS_KEY_PREFIX",
         value_name = "REDIS_KEY_PREFIX",
@@ -325,46 +430,66 @@ pub struct Config {
     )]
     pub redis_key_prefix: String,
 
-    /// Bearer token required by `POST /api/v1/publish/*` and gRPC ingest;
-    /// unset: open (logged loudly), refused with GATEWAY_ENV=production.
-    #[arg(long = "ingest-token", env = "INGEST_TOKEN", value_name = "INGEST_TOKEN", hide_env_values = true)]
-    pub ingest_token: Option<String>,
-
     /// NATS server(s), e.g. `nats://127.0.0.1:4222`; unset: in-process bus.
-    #[arg(long = "nats-url", env = "NATS_URL", value_name = "NATS_URL")]
+    #[arg(help_heading = "NATS", long = "nats-url", env = "NATS_URL", value_name = "NATS_URL")]
     pub nats_url: Option<String>,
 
     /// Subject prefix: updates travel on `<prefix>.location.<vendorId>` and
     /// `<prefix>.vendor.<vendorId>`.
-    #[arg(long = "nats-subject-prefix", env = "NATS_SUBJECT_PREFIX", value_name = "NATS_SUBJECT_PREFIX", default_value = "venta", value_parser = subject_prefix)]
+    #[arg(help_heading = "NATS", long = "nats-subject-prefix", env = "NATS_SUBJECT_PREFIX", value_name = "NATS_SUBJECT_PREFIX", default_value = "venta", value_parser = subject_prefix)]
     pub nats_subject_prefix: String,
 
     /// Milliseconds an instance keeps a NATS subscription after its last
     /// client left, so flapping clients do not churn NATS.
     #[arg(
+        help_heading = "NATS",
         long = "nats-interest-linger",
         env = "NATS_INTEREST_LINGER_MS",
         value_name = "NATS_INTEREST_LINGER_MS",
-        default_value = "2000"
+        default_value = "2000",
+        value_parser = millis
     )]
     pub nats_interest_linger_ms: u64,
 
     /// Keep the last update per vendor in a JetStream stream (nats-server
     /// 2.10+), so new subscribers get it across instances and restarts.
-    #[arg(long = "nats-jetstream", env = "NATS_JETSTREAM", value_name = "NATS_JETSTREAM", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(help_heading = "NATS", long = "nats-jetstream", env = "NATS_JETSTREAM", value_name = "NATS_JETSTREAM", default_value_t = true, action = clap::ArgAction::Set)]
     pub nats_jetstream: bool,
 
     /// Seconds JetStream keeps a vendor's last update.
-    #[arg(long = "last-value-max-age", env = "NATS_LAST_VALUE_MAX_AGE", value_name = "NATS_LAST_VALUE_MAX_AGE", default_value = "86400", value_parser = nonzero_u64)]
+    #[arg(help_heading = "NATS", long = "last-value-max-age", env = "NATS_LAST_VALUE_MAX_AGE", value_name = "NATS_LAST_VALUE_MAX_AGE", default_value = "86400", value_parser = nonzero_secs)]
     pub last_value_max_age_secs: u64,
+
+    /// Bytes (estimated heap) of last values kept in process: by the
+    /// in-process bus, and by the NATS bus while JetStream is off or down.
+    /// When full, the least recently updated vendors are dropped first.
+    #[arg(help_heading = "NATS", long = "last-value-max-bytes", env = "LAST_VALUE_MAX_BYTES", value_name = "LAST_VALUE_MAX_BYTES", default_value = "67108864", value_parser = crate::bus::parse_store_bytes)]
+    pub last_value_max_bytes: usize,
+
+    /// Bytes the JetStream last-value stream may hold on the NATS server;
+    /// past it, the oldest messages go. Applied to an existing stream too.
+    #[arg(help_heading = "NATS", long = "nats-last-value-max-bytes", env = "NATS_LAST_VALUE_MAX_BYTES", value_name = "NATS_LAST_VALUE_MAX_BYTES", default_value = "1073741824", value_parser = crate::bus::parse_store_bytes)]
+    pub nats_last_value_max_bytes: usize,
+
+    /// Milliseconds between background checks of Redis and NATS/JetStream
+    /// (100 to 60000), so /health is true on an idle gateway.
+    #[arg(help_heading = "NATS", long = "health-probe-interval", env = "HEALTH_PROBE_INTERVAL_MS", value_name = "HEALTH_PROBE_INTERVAL_MS", default_value = "2000", value_parser = probe_ms)]
+    pub health_probe_interval_ms: u64,
 
     /// PostgreSQL for the subscription audit trail, e.g.
     /// `postgres://user:pass@host:5432/db`; unset: embedded SQLite file.
-    #[arg(long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        help_heading = "Audit trail",
+        long = "database-url",
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 
     /// The embedded SQLite audit file, used when DATABASE_URL is unset.
     #[arg(
+        help_heading = "Audit trail",
         long = "audit-sqlite-path",
         env = "AUDIT_SQLITE_PATH",
         value_name = "AUDIT_SQLITE_PATH",
@@ -375,6 +500,7 @@ pub struct Config {
     /// Directory of the audit spill journal (rows the database could not
     /// take yet); one per instance.
     #[arg(
+        help_heading = "Audit trail",
         long = "audit-journal-dir",
         env = "AUDIT_JOURNAL_DIR",
         value_name = "AUDIT_JOURNAL_DIR",
@@ -384,76 +510,64 @@ pub struct Config {
 
     /// Audit rows the hot-path queue holds; when full, rows go straight to
     /// the journal (never dropped, never waited for).
-    #[arg(long = "audit-queue", env = "AUDIT_QUEUE", value_name = "AUDIT_QUEUE", default_value = "10000", value_parser = positive)]
+    #[arg(help_heading = "Audit trail", long = "audit-queue", env = "AUDIT_QUEUE", value_name = "AUDIT_QUEUE", default_value = "10000", value_parser = positive)]
     pub audit_queue: usize,
 
     /// Audit rows per database insert.
-    #[arg(long = "audit-batch", env = "AUDIT_BATCH", value_name = "AUDIT_BATCH", default_value = "500", value_parser = positive)]
+    #[arg(help_heading = "Audit trail", long = "audit-batch", env = "AUDIT_BATCH", value_name = "AUDIT_BATCH", default_value = "500", value_parser = positive)]
     pub audit_batch: usize,
 
     /// Audit rows kept in memory while the database is unreachable before
     /// they spill to the journal.
-    #[arg(long = "audit-buffer", env = "AUDIT_BUFFER", value_name = "AUDIT_BUFFER", default_value = "10000", value_parser = positive)]
+    #[arg(help_heading = "Audit trail", long = "audit-buffer", env = "AUDIT_BUFFER", value_name = "AUDIT_BUFFER", default_value = "10000", value_parser = positive)]
     pub audit_buffer: usize,
-
-    /// Bearer token for `GET /api/v1/audit`; unset: that route answers 404.
-    #[arg(long = "admin-token", env = "ADMIN_TOKEN", value_name = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-
-    /// Seconds to wait for clients to close and queues to flush on shutdown.
-    #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", value_name = "SHUTDOWN_TIMEOUT", default_value = "10")]
-    pub shutdown_timeout_secs: u64,
-
-    /// This instance's id in /ws/status and logs (default: random).
-    #[arg(long = "instance-id", env = "INSTANCE_ID", value_name = "INSTANCE_ID")]
-    pub instance_id: Option<String>,
-
-    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
-    #[arg(long = "log-level", env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info", value_parser = log_level)]
-    pub log_level: String,
-
-    /// Log format.
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
 
     /// While the audit database is unreachable, the longest an audit row
     /// waits in memory before it is journaled (milliseconds, 1-60000): what
     /// a crash during an outage can lose.
     #[arg(
+        help_heading = "Audit trail",
         long = "audit-spill-after",
         env = "AUDIT_SPILL_AFTER_MS",
         value_name = "AUDIT_SPILL_AFTER_MS",
         default_value = "500",
-        value_parser = clap::value_parser!(u64).range(1..=60_000)
+        value_parser = spill_ms
     )]
     pub audit_spill_after_ms: u64,
 
     /// How often an idle audit writer probes its database, so /health is
     /// current without traffic (milliseconds, 100-60000).
     #[arg(
+        help_heading = "Audit trail",
         long = "audit-probe-interval",
         env = "AUDIT_PROBE_INTERVAL_MS",
         value_name = "AUDIT_PROBE_INTERVAL_MS",
         default_value = "2000",
-        value_parser = clap::value_parser!(u64).range(100..=60_000)
+        value_parser = probe_ms
     )]
     pub audit_probe_interval_ms: u64,
 
-    /// Bytes (estimated heap) of last values kept in process: by the
-    /// in-process bus, and by the NATS bus while JetStream is off or down.
-    /// When full, the least recently updated vendors are dropped first.
-    #[arg(long = "last-value-max-bytes", env = "LAST_VALUE_MAX_BYTES", value_name = "LAST_VALUE_MAX_BYTES", default_value = "67108864", value_parser = crate::bus::parse_store_bytes)]
-    pub last_value_max_bytes: usize,
+    /// Seconds to wait for clients to close and queues to flush on shutdown.
+    #[arg(help_heading = "Lifecycle and logs", long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", value_name = "SHUTDOWN_TIMEOUT", default_value = "10", value_parser = seconds)]
+    pub shutdown_timeout_secs: u64,
 
-    /// Bytes the JetStream last-value stream may hold on the NATS server;
-    /// past it, the oldest messages go. Applied to an existing stream too.
-    #[arg(long = "nats-last-value-max-bytes", env = "NATS_LAST_VALUE_MAX_BYTES", value_name = "NATS_LAST_VALUE_MAX_BYTES", default_value = "1073741824", value_parser = crate::bus::parse_store_bytes)]
-    pub nats_last_value_max_bytes: usize,
+    /// This instance's id in /ws/status and logs (default: random).
+    #[arg(help_heading = "Lifecycle and logs", long = "instance-id", env = "INSTANCE_ID", value_name = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
 
-    /// Milliseconds between background checks of Redis and NATS/JetStream
-    /// (100 to 60000), so /health is true on an idle gateway.
-    #[arg(long = "health-probe-interval", env = "HEALTH_PROBE_INTERVAL_MS", value_name = "HEALTH_PROBE_INTERVAL_MS", default_value = "2000", value_parser = crate::bus::parse_probe_interval_ms)]
-    pub health_probe_interval_ms: u64,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(help_heading = "Lifecycle and logs", long = "log-level", env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info", value_parser = log_level)]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(
+        help_heading = "Lifecycle and logs",
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 }
 
 /// A setting that parsed but cannot work (the binary exits 2).
@@ -699,6 +813,20 @@ mod tests {
         assert_eq!(check(|c| c.nats_url = Some("nats://a:1, nats://b:2".into())), None);
         assert_eq!(check(|c| c.database_url = Some("postgresql://u@h/db".into())), None);
         assert_eq!(check(|c| c.redis_url = Some("redis://127.0.0.1:6379".into())), None);
+    }
+
+    #[test]
+    fn durations_take_units_and_the_seeds_integers() {
+        assert_eq!(parse_duration("30000", 1), Ok(30_000));
+        assert_eq!(parse_duration("30s", 1), Ok(30_000));
+        assert_eq!(parse_duration("500ms", 1), Ok(500));
+        assert_eq!(parse_duration("1500ms", 1000), Ok(2), "rounded up to whole seconds");
+        assert_eq!(parse_duration("2m", 1000), Ok(120));
+        assert!(parse_duration("5 parsecs", 1).is_err());
+        assert!(parse_duration("ms", 1).is_err());
+        assert_eq!(parse(&["--heartbeat-interval", "45s"]).map(|c| c.heartbeat_interval_ms), Ok(45_000));
+        assert_eq!(parse(&["--shutdown-timeout", "1m"]).map(|c| c.shutdown_timeout_secs), Ok(60));
+        assert!(parse(&["--heartbeat-interval", "999ms"]).is_err());
     }
 
     #[test]

@@ -125,13 +125,3 @@ pub fn parse_store_bytes(s: &str) -> Result<usize, String> {
     }
     Ok(v)
 }
-
-/// `HEALTH_PROBE_INTERVAL_MS`: faster than 100 ms is load on the
-/// dependencies for nothing; slower than a minute leaves /health stale.
-pub fn parse_probe_interval_ms(s: &str) -> Result<u64, String> {
-    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
-    if !(100..=60_000).contains(&v) {
-        return Err("must be between 100 and 60000 (milliseconds)".into());
-    }
-    Ok(v)
-}
