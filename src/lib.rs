@@ -21,6 +21,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+/// The wire contract, in its own crate (`crates/protocol`): pure, no I/O.
+pub use venta_protocol as protocol;
+
 pub mod admission;
 pub mod audit;
 pub mod auth;
@@ -31,7 +34,6 @@ pub mod hub;
 pub mod ingest;
 pub mod listener;
 pub mod metrics;
-pub mod protocol;
 pub mod ratelimit;
 pub mod server;
 pub mod session;

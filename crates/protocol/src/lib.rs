@@ -4,6 +4,8 @@
 //! here (JSON for WebSocket; MessagePack in length-prefixed [`frame`]s for
 //! WebTransport), so every entry point (WebSocket, HTTP, later gRPC and NATS) applies
 //! the same rules and answers with the same stable error codes.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
 
 mod client;
 mod close;

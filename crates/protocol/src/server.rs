@@ -172,7 +172,7 @@ pub fn encode(msg: &ServerMessage<'_>, codec: Codec) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Location, LocationUpdate};
+    use crate::{Location, LocationUpdate};
 
     #[test]
     fn encodes_the_seed_shapes() {
@@ -206,7 +206,7 @@ mod tests {
             location: Location { lat: 1.5, long: -2.0 },
             timestamp: "2026-01-01T00:00:00Z".into(),
         });
-        let ven = Update::Vendor(crate::protocol::VendorUpdate {
+        let ven = Update::Vendor(crate::VendorUpdate {
             vendor_id: vendor.clone(),
             vendor: fields,
             timestamp: "2026-01-01T00:00:00Z".into(),
