@@ -1,4 +1,4 @@
-//! Subscription audit trail (DESIGN §1.7): one row per connect, subscribe,
+//! Subscription audit trail (docs/protocol.md): one row per connect, subscribe,
 //! unsubscribe and disconnect, in PostgreSQL ([`postgres`]) or, without
 //! `DATABASE_URL`, an embedded SQLite file ([`sqlite`]).
 //!

@@ -27,7 +27,7 @@ impl ClientTransport {
     }
 }
 
-/// How a WebTransport client asks for location updates (DESIGN §1.3).
+/// How a WebTransport client asks for location updates (docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WtDelivery {
     /// Framed on the session's bidirectional stream (reliable, in order).

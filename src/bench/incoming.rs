@@ -1,6 +1,6 @@
 //! The parts of a server message the bench looks at, shared by both codecs:
 //! WebSocket JSON and WebTransport MessagePack carry the same message object
-//! (DESIGN §1.3), so one set of serde types decodes both and the accounting
+//! (docs/protocol.md), so one set of serde types decodes both and the accounting
 //! cannot differ between transports.
 
 use std::borrow::Cow;

@@ -1,4 +1,4 @@
-//! WebSocket JSON client (DESIGN §1.2): `subscribe_location`, wait for the
+//! WebSocket JSON client (docs/protocol.md): `subscribe_location`, wait for the
 //! `subscribed` ack, then decode `location_updated` frames; the server's
 //! app-level `ping` is answered with `pong` so long runs are not closed with
 //! 4000 (tungstenite answers protocol-level pings itself).

@@ -1,4 +1,4 @@
-//! WebTransport MessagePack client (DESIGN §1.3): a session on
+//! WebTransport MessagePack client (docs/protocol.md): a session on
 //! `https://HOST:WT_PORT/wt/location?token=…`, one bidirectional stream
 //! carrying length-prefixed MessagePack frames, `subscribe_location` (with
 //! `"delivery": "datagram"` for `--wt-delivery datagram`), the `subscribed`

@@ -1,4 +1,4 @@
-//! gRPC ingest (`venta.gateway.v1.UpdateIngest`, DESIGN §1.5) for backend
+//! gRPC ingest (`venta.gateway.v1.UpdateIngest`, docs/protocol.md) for backend
 //! services, plus standard health and reflection so `grpcurl -plaintext
 //! localhost:5007 list` works.
 //!

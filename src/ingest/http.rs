@@ -1,5 +1,5 @@
 //! `POST /api/v1/publish/location|vendor`: the JSON body is the NATS payload
-//! of DESIGN §1.4. Success is 202 `{"published": true}`.
+//! of docs/protocol.md. Success is 202 `{"published": true}`.
 
 use std::sync::Arc;
 

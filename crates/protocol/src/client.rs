@@ -1,4 +1,4 @@
-//! Client → server messages: the envelope rules of DESIGN §1.10.
+//! Client → server messages: the envelope rules of docs/protocol.md.
 
 use serde::Deserialize as _;
 use serde_json::{Map, Value};

@@ -1,6 +1,6 @@
 use std::borrow::Cow;
 
-/// A close of the client connection, with a code of DESIGN §1.2.
+/// A close of the client connection, with a code of docs/protocol.md.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Close {
     /// WebSocket close code (also used for WebTransport session close).

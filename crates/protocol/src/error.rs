@@ -1,6 +1,6 @@
 use serde::Serialize;
 
-/// The stable error codes of DESIGN §1.2; clients switch on these strings.
+/// The stable error codes of docs/protocol.md; clients switch on these strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

@@ -1,4 +1,4 @@
-//! WebTransport stream framing (DESIGN §1.3): each frame is a 4-byte
+//! WebTransport stream framing (docs/protocol.md): each frame is a 4-byte
 //! big-endian length, then that many bytes holding one MessagePack value.
 //!
 //! Pure: bytes in, frames out. QUIC streams do not keep message boundaries,
