@@ -453,6 +453,13 @@ pub struct Config {
     /// (100 to 60000), so /health is true on an idle gateway.
     #[arg(long = "health-probe-interval", env = "HEALTH_PROBE_INTERVAL_MS", value_name = "HEALTH_PROBE_INTERVAL_MS", default_value = "2000", value_parser = crate::bus::parse_probe_interval_ms)]
     pub health_probe_interval_ms: u64,
+
+    /// Audit rows waiting for the journal's thread when the hot-path queue
+    /// (`AUDIT_QUEUE`) is full; past both, a row is dropped and counted
+    /// (`venta_audit_dropped_total{reason="journal_full"}`): the hot path
+    /// never writes a file itself.
+    #[arg(long = "audit-journal-queue", env = "AUDIT_JOURNAL_QUEUE", value_name = "AUDIT_JOURNAL_QUEUE", default_value = "10000", value_parser = positive)]
+    pub audit_journal_queue: usize,
 }
 
 /// A setting that parsed but cannot work (the binary exits 2).
@@ -623,6 +630,7 @@ impl Config {
             last_value_max_bytes: 64 << 20,
             nats_last_value_max_bytes: 1 << 30,
             health_probe_interval_ms: 2000,
+            audit_journal_queue: 10_000,
         }
     }
 }
