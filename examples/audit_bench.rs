@@ -45,6 +45,7 @@ async fn run_once(url: &str, admin: &PgPool, rows: usize, batch: usize, queue: u
         queue,
         batch,
         buffer: 10_000,
+        journal_queue: 10_000,
         spill_after: std::time::Duration::from_millis(500),
         probe_interval: std::time::Duration::from_secs(2),
     };

@@ -568,6 +568,13 @@ pub struct Config {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+
+    /// Audit rows waiting for the journal's thread when the hot-path queue
+    /// (`AUDIT_QUEUE`) is full; past both, a row is dropped and counted
+    /// (`venta_audit_dropped_total{reason="journal_full"}`): the hot path
+    /// never writes a file itself.
+    #[arg(help_heading = "Audit trail", long = "audit-journal-queue", env = "AUDIT_JOURNAL_QUEUE", value_name = "AUDIT_JOURNAL_QUEUE", default_value = "10000", value_parser = positive)]
+    pub audit_journal_queue: usize,
 }
 
 /// A setting that parsed but cannot work (the binary exits 2).
@@ -738,6 +745,7 @@ impl Config {
             last_value_max_bytes: 64 << 20,
             nats_last_value_max_bytes: 1 << 30,
             health_probe_interval_ms: 2000,
+            audit_journal_queue: 10_000,
         }
     }
 }

@@ -193,7 +193,7 @@ impl Metrics {
         for reason in ["queue_full", "buffer_full", "shutdown", "writer_stopped"] {
             audit_spilled.with_label_values(&[reason]);
         }
-        for reason in ["journal_error", "journal_unreadable"] {
+        for reason in ["journal_error", "journal_unreadable", "journal_full"] {
             audit_dropped.with_label_values(&[reason]);
         }
         let last_value_evictions = IntCounter::new(

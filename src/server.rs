@@ -205,7 +205,7 @@ impl Gateway {
             tracing::info!(%addr, "gRPC ingest listening (UpdateIngest, health, reflection)");
         }
         let grpc_token = shared.shutdown.clone();
-        let mut grpc = tokio::spawn(
+        let mut grpc = shared.tasks.spawn(
             tonic::transport::Server::builder()
                 .add_routes(grpc_routes)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_token.cancelled_owned()),
@@ -216,7 +216,7 @@ impl Gateway {
         }
         let token = shared.shutdown.clone();
         let signal_token = token.clone();
-        let signal = tokio::spawn(async move {
+        let signal = shared.tasks.spawn(async move {
             tokio::select! {
                 () = shutdown => {
                     tracing::info!("shutdown: not ready, closing clients with 1001");
@@ -274,6 +274,13 @@ impl Gateway {
         let left = deadline.saturating_duration_since(Instant::now());
         shared.audit.close(left.saturating_sub(tail / 4)).await;
         let _ = tokio::time::timeout_at(deadline, shared.bus.drain()).await;
+        // The gateway's own tasks have seen the token by now; the limiter's
+        // probe is told here (checks went on until the last client left).
+        let _ = tokio::time::timeout_at(deadline, shared.limiter.close()).await;
+        shared.tasks.close();
+        if tokio::time::timeout_at(deadline, shared.tasks.wait()).await.is_err() {
+            tracing::warn!(left = shared.tasks.len(), "background tasks still running at the shutdown deadline");
+        }
         if clean {
             tracing::info!("shutdown complete");
         } else {

@@ -51,6 +51,10 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Client connection tasks, awaited on shutdown.
     pub tracker: TaskTracker,
+    /// The gateway's own background tasks (accept loops, certificate
+    /// reload, gRPC health): each ends on `shutdown`, and shutdown waits
+    /// for them, so no task outlives [`crate::server::Gateway::run`].
+    pub tasks: TaskTracker,
     /// The WebTransport certificate hashes served at `/wt/cert-hash`.
     pub wt_certs: Arc<CertStore>,
     started: Instant,
@@ -95,6 +99,7 @@ impl Shared {
             per_user: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            tasks: TaskTracker::new(),
             wt_certs: Arc::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),

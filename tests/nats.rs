@@ -155,6 +155,12 @@ async fn an_instance_holds_a_subject_only_while_it_has_a_subscriber() {
     assert_eq!(subjects.iter().filter(|s| **s == subject).count(), 1, "one NATS subscription for two clients");
     a.send_json(json!({"type": "unsubscribe_location", "data": {"vendorId": "v1"}})).await;
     assert_eq!(a.recv().await["type"], "unsubscribed");
+    // The unwatch is done by the ack: b's unit of interest holds the
+    // subject, and no release is pending.
+    let stats = gw.shared.bus.stats();
+    assert_eq!((stats.interests, stats.lingering), (1, 0), "still held while b is subscribed");
+    // A bounded negative check, not synchronisation: four lingers (100 ms)
+    // pass without the subject being released.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(own.subjects().await.contains(&subject), "still held while b is subscribed");
     drop(b); // disconnect-time cleanup releases the interest

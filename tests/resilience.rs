@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::nats::{OwnNats, Proxy, unique_prefix};
-use common::{Event, GatewayProcess, TestGateway, WsClient, free_port, test_config};
+use common::{Event, GatewayProcess, TestGateway, WsClient, free_port, test_config, wait_until};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
@@ -177,7 +177,15 @@ async fn a_second_signal_exits_at_once() {
         .await;
     }
     gw.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not ready any more: the first signal was taken (and the handler of a
+    // second one is armed) ...
+    let ready = gw.http("/health/ready");
+    wait_until("the first signal taken", async || {
+        let answer = tokio::time::timeout(Duration::from_secs(2), reqwest::get(&ready)).await;
+        !matches!(answer, Ok(Ok(r)) if r.status() == 200)
+    })
+    .await;
+    // ... and the graceful path is still held up by the stalled client.
     assert!(gw.child.try_wait().unwrap().is_none(), "graceful shutdown is still waiting for the stalled client");
     gw.signal("TERM");
     let start = std::time::Instant::now();
@@ -254,6 +262,7 @@ async fn nats_and_redis_faults_under_load_disconnect_no_client() {
                 let body = json!({"vendorId": v, "location": {"lat": 1.0, "long": (i % 180) as f64}});
                 let _ = publisher.publish(format!("{prefix}.location.{v}"), body.to_string().into()).await;
                 i += 1;
+                // The load's pace (200 updates/s), not synchronisation.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -296,6 +305,8 @@ async fn nats_and_redis_faults_under_load_disconnect_no_client() {
 
     nats_proxy.cut();
     wait_health("down", "nats", "down").await;
+    // The outage itself (half a second of updates failing under load),
+    // not synchronisation.
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats_proxy.restore();
     wait_health("ok", "nats", "ok").await;

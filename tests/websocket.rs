@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Event, TestGateway, WsClient};
+use common::{Event, TestGateway, WsClient, wait_until};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -256,7 +256,9 @@ async fn heartbeat_pings_and_closes_a_silent_client_with_4000() {
     // ping nor the protocol-level one is answered.
     let mut silent = WsClient::connect(&gw.url("/ws/location")).await;
     silent.auto_pong = false;
-    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    // Not reading meanwhile (a read would answer the protocol ping): the
+    // gateway gives up on it and frees its slot; `alive` keeps its own.
+    wait_until("the silent client dropped", async || gw.shared.open_connections() == 1).await;
     assert_eq!(silent.recv().await, json!({"type": "ping"}), "the app-level ping came first");
     let (code, reason) = silent.closed().await;
     assert_eq!(code, Some(4000));
@@ -281,14 +283,10 @@ async fn over_max_connections_closes_with_1013() {
     assert_eq!(a.recv().await["type"], "pong");
     drop(a);
     // The slot is released when a client leaves.
-    let mut d = loop {
-        let mut d = WsClient::connect(&gw.url("/ws/location")).await;
-        d.send_json(json!({"type": "ping"})).await;
-        match d.next_event().await {
-            Event::Json(v) if v["type"] == "pong" => break d,
-            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-        }
-    };
+    wait_until("a's slot released", async || gw.shared.open_connections() < 2).await;
+    let mut d = WsClient::connect(&gw.url("/ws/location")).await;
+    d.send_json(json!({"type": "ping"})).await;
+    assert_eq!(d.recv().await["type"], "pong");
     d.send_json(json!({"type": "ping"})).await;
     assert_eq!(d.recv().await["type"], "pong");
     gw.shutdown().await;

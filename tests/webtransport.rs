@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::nats::{MACHINE_NATS, require_machine_nats, unique_prefix};
 use common::wt::{WtClient, cert_hash, connect, frame, raw_frame};
-use common::{TestGateway, WsClient, assert_schema, test_config};
+use common::{TestGateway, WsClient, assert_schema, test_config, wait_until};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
@@ -310,7 +310,7 @@ async fn max_connections_counts_both_transports() {
     assert_eq!(metric(&gw, r#"venta_connections_rejected_total{reason="max_connections"}"#).await, 2.0);
     // A slot freed by a WebTransport client is usable again.
     drop(wt);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the WebTransport slot released", async || gw.shared.open_connections() < 2).await;
     let mut again = WtClient::connect(&gw, "/wt/vendor").await;
     again.sync("back").await;
     gw.shutdown().await;

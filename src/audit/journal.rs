@@ -12,11 +12,18 @@
 //! after it spills, and at least once a second for rows the hot path
 //! appended; a row appended without a sync survives a process crash (it is
 //! in the page cache) but not a power loss.
+//!
+//! Every call here does file I/O and may block: callers run them on a
+//! blocking thread, never on a runtime thread. No fsync runs under the
+//! state lock (an append waiting behind a disk flush would stall whoever
+//! feeds the journal), and the counters the writer's loop reads
+//! ([`Journal::pending_rows`], [`Journal::has_pending`]) take no lock.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -57,6 +64,11 @@ pub struct Journal {
     dir: PathBuf,
     state: Mutex<State>,
     lock: Mutex<Option<File>>,
+    /// Rows in the journal not yet confirmed written (a gauge).
+    pending: AtomicU64,
+    /// Whether there is an active file or a sealed segment (kept in step
+    /// with `state` under its lock, read without it).
+    nonempty: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -66,8 +78,12 @@ struct State {
     /// Sealed segments, oldest first, with their row counts.
     sealed: VecDeque<PathBuf>,
     next_seq: u64,
-    /// Rows in the journal not yet confirmed written (a gauge).
-    pending: u64,
+}
+
+impl State {
+    fn nonempty(&self) -> bool {
+        self.active.is_some() || !self.sealed.is_empty()
+    }
 }
 
 /// A sealed segment being replayed.
@@ -119,6 +135,7 @@ impl Journal {
         for (_, path) in &segments {
             pending += count_lines(path)?;
         }
+        let nonempty = !segments.is_empty();
         let journal = Self {
             dir: dir.to_owned(),
             state: Mutex::new(State {
@@ -126,16 +143,16 @@ impl Journal {
                 dirty: false,
                 sealed: segments.into_iter().map(|(_, p)| p).collect(),
                 next_seq,
-                pending,
             }),
             lock: Mutex::new(Some(lock)),
+            pending: AtomicU64::new(pending),
+            nonempty: AtomicBool::new(nonempty),
         };
         let active = dir.join(ACTIVE);
         if active.exists() {
             let rows = count_lines(&active)?;
-            let mut st = journal.state.lock();
-            st.pending += rows;
-            journal.seal_locked(&mut st)?;
+            journal.pending.fetch_add(rows, Ordering::Relaxed);
+            journal.seal()?;
         }
         Ok(journal)
     }
@@ -163,11 +180,12 @@ impl Journal {
             let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
             st.active = Some(file);
         }
+        self.nonempty.store(true, Ordering::Relaxed);
         if let Some(file) = st.active.as_mut() {
             file.write_all(&buf).map_err(io(&path))?;
         }
         st.dirty = true;
-        st.pending += rows.len() as u64;
+        self.pending.fetch_add(rows.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -191,27 +209,27 @@ impl Journal {
 
     /// Rows in the journal not yet confirmed written.
     pub fn pending_rows(&self) -> u64 {
-        self.state.lock().pending
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Whether anything waits in the journal.
     pub fn has_pending(&self) -> bool {
-        let st = self.state.lock();
-        !st.sealed.is_empty() || st.active.is_some()
+        self.nonempty.load(Ordering::Relaxed)
     }
 
     /// The oldest segment to replay, sealing the active file when no sealed
     /// segment is left; `None` when the journal is empty.
     pub fn next_segment(&self) -> Result<Option<Segment>, JournalError> {
-        let path = {
-            let mut st = self.state.lock();
-            if st.sealed.is_empty() && st.active.is_some() {
-                self.seal_locked(&mut st)?;
-            }
-            match st.sealed.front() {
-                Some(p) => p.clone(),
-                None => return Ok(None),
-            }
+        let seal = {
+            let st = self.state.lock();
+            st.sealed.is_empty() && st.active.is_some()
+        };
+        if seal {
+            self.seal()?;
+        }
+        let path = match self.state.lock().sealed.front() {
+            Some(p) => p.clone(),
+            None => return Ok(None),
         };
         let file = File::open(&path).map_err(io(&path))?;
         Ok(Some(Segment { path, reader: BufReader::new(file), line: String::new() }))
@@ -219,8 +237,7 @@ impl Journal {
 
     /// Marks `rows` journal rows as written (or skipped as invalid).
     pub fn confirm(&self, rows: u64) {
-        let mut st = self.state.lock();
-        st.pending = st.pending.saturating_sub(rows);
+        let _ = self.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(rows)));
     }
 
     /// Deletes a fully written segment.
@@ -228,7 +245,9 @@ impl Journal {
         let Segment { path, reader, .. } = segment;
         drop(reader);
         std::fs::remove_file(&path).map_err(io(&path))?;
-        self.state.lock().sealed.retain(|p| p != &path);
+        let mut st = self.state.lock();
+        st.sealed.retain(|p| p != &path);
+        self.nonempty.store(st.nonempty(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -240,19 +259,39 @@ impl Journal {
         }
     }
 
-    fn seal_locked(&self, st: &mut State) -> Result<(), JournalError> {
+    /// Renames the active file to the next segment (appends from now on
+    /// open a fresh one), then flushes the old file to disk: the rename is
+    /// done under the state lock, the fsync after it is released.
+    /// Runs `f` holding the state lock, as an append stuck on a slow disk
+    /// would: for tests of who waits on it.
+    #[cfg(test)]
+    pub(crate) fn while_locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _held = self.state.lock();
+        f()
+    }
+
+    fn seal(&self) -> Result<(), JournalError> {
         let active = self.dir.join(ACTIVE);
-        if let Some(file) = st.active.take() {
-            file.sync_data().map_err(io(&active))?;
+        let (file, sealed) = {
+            let mut st = self.state.lock();
+            let file = st.active.take();
+            st.dirty = false;
+            let sealed = if active.exists() {
+                let sealed = self.dir.join(format!("segment-{:020}.jsonl", st.next_seq));
+                std::fs::rename(&active, &sealed).map_err(io(&active))?;
+                st.next_seq += 1;
+                st.sealed.push_back(sealed.clone());
+                Some(sealed)
+            } else {
+                None
+            };
+            self.nonempty.store(st.nonempty(), Ordering::Relaxed);
+            (file, sealed)
+        };
+        // The handle still names the renamed file.
+        if let (Some(file), Some(sealed)) = (file, sealed) {
+            file.sync_data().map_err(io(&sealed))?;
         }
-        st.dirty = false;
-        if !active.exists() {
-            return Ok(());
-        }
-        let sealed = self.dir.join(format!("segment-{:020}.jsonl", st.next_seq));
-        std::fs::rename(&active, &sealed).map_err(io(&active))?;
-        st.next_seq += 1;
-        st.sealed.push_back(sealed);
         Ok(())
     }
 }

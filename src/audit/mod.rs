@@ -8,9 +8,10 @@
 //! disk: at once on the failed write, then within `AUDIT_SPILL_AFTER_MS`
 //! (or at `AUDIT_BUFFER` rows) while it stays down; when the sink is back,
 //! the journal is written first, then memory. If even the queue is full,
-//! the hot path appends the row to the journal itself (a buffered write, no
-//! fsync) rather than drop it or wait. Event ids make every write
-//! idempotent, so nothing is stored twice.
+//! the hot path hands the row to the journal's own thread (a second
+//! bounded queue, `AUDIT_JOURNAL_QUEUE`) rather than wait: no file I/O runs
+//! on a runtime thread. Event ids make every write idempotent, so nothing
+//! is stored twice.
 
 pub mod api;
 mod event;
@@ -138,6 +139,8 @@ pub struct AuditOptions {
     /// Rows kept in memory while the database is unreachable before they
     /// spill to the journal.
     pub buffer: usize,
+    /// Rows waiting for the journal's thread when the hot-path queue is full.
+    pub journal_queue: usize,
     /// Longest a row waits in memory only while the database is down.
     pub spill_after: Duration,
     /// How often an idle writer probes the database (for `/health`).
@@ -154,6 +157,7 @@ impl AuditOptions {
             queue: config.audit_queue,
             batch: config.audit_batch,
             buffer: config.audit_buffer,
+            journal_queue: config.audit_journal_queue,
             spill_after: Duration::from_millis(config.audit_spill_after_ms),
             probe_interval: Duration::from_millis(config.audit_probe_interval_ms),
         }
@@ -187,6 +191,11 @@ pub struct Audit {
     instance_id: Arc<str>,
     stop: Mutex<Option<oneshot::Sender<Instant>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The hot path's overflow into the journal's thread; taken at
+    /// [`Audit::close`], which ends that thread.
+    overflow: Mutex<Option<mpsc::Sender<AuditEvent>>>,
+    /// Resolves when the journal's thread has appended its last row.
+    overflow_done: Mutex<Option<oneshot::Receiver<()>>>,
     error_logged_at: Mutex<Option<Instant>>,
 }
 
@@ -195,7 +204,9 @@ impl Audit {
     /// succeed; PostgreSQL: waits up to 5 s, then serves anyway and the
     /// writer retries) and starts the writer.
     pub async fn start(opts: AuditOptions, instance_id: &str, metrics: Arc<Metrics>) -> Result<Self, AuditError> {
-        let journal = Arc::new(Journal::open(&opts.journal_dir)?);
+        // Opening counts the rows a previous run left: file reads.
+        let dir = opts.journal_dir.clone();
+        let journal = Arc::new(on_blocking_thread(move || Journal::open(&dir)).await?);
         let sink: Arc<dyn AuditSink> = match &opts.database_url {
             Some(url) => {
                 let sink = postgres::PgSink::connect_lazy(url)?;
@@ -255,6 +266,14 @@ impl Audit {
             rx,
         );
         let handle = tokio::spawn(writer.run(stop_rx));
+        let (overflow, overflow_rx) = mpsc::channel(opts.journal_queue.max(1));
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread_journal = Arc::clone(&journal);
+        let thread_metrics = Arc::clone(&metrics);
+        std::thread::Builder::new()
+            .name("audit-journal".into())
+            .spawn(move || append_overflow(&thread_journal, &thread_metrics, overflow_rx, done_tx))
+            .map_err(|error| JournalError::Io { path: journal.dir().to_owned(), error })?;
         Ok(Self {
             tx,
             journal,
@@ -264,6 +283,8 @@ impl Audit {
             instance_id: Arc::from(instance_id),
             stop: Mutex::new(Some(stop_tx)),
             writer: Mutex::new(Some(handle)),
+            overflow: Mutex::new(Some(overflow)),
+            overflow_done: Mutex::new(Some(done_rx)),
             error_logged_at: Mutex::new(None),
         })
     }
@@ -274,8 +295,10 @@ impl Audit {
     }
 
     /// Hands a row to the writer without waiting. When the queue is full
-    /// (or the writer has stopped) the row is appended to the journal right
-    /// here: a buffered file write of a few hundred bytes, no fsync.
+    /// (or the writer has stopped) the row goes to the journal's thread
+    /// instead, also without waiting; it is counted as spilled when handed
+    /// over (and as dropped too if that append then fails). Only when both
+    /// queues are full is a row lost, and counted.
     pub fn record(&self, event: AuditEvent) {
         use mpsc::error::TrySendError;
         let (event, reason) = match self.tx.try_send(event) {
@@ -283,17 +306,34 @@ impl Audit {
             Err(TrySendError::Full(e)) => (e, "queue_full"),
             Err(TrySendError::Closed(e)) => (e, "writer_stopped"),
         };
-        match self.journal.append(std::slice::from_ref(&event)) {
+        let handed = match self.overflow.lock().as_ref() {
+            Some(overflow) => overflow.try_send(event),
+            None => Err(TrySendError::Closed(event)),
+        };
+        match handed {
             Ok(()) => self.metrics.audit_spilled.with_label_values(&[reason]).inc(),
-            Err(e) => {
-                self.metrics.audit_dropped.with_label_values(&["journal_error"]).inc();
-                // At most one line a second: a full disk must not flood logs.
-                let mut at = self.error_logged_at.lock();
-                if at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    *at = Some(Instant::now());
-                    tracing::error!(error = %e, "audit row lost: queue full and journal not writable");
-                }
+            Err(TrySendError::Full(_)) => {
+                self.metrics.audit_dropped.with_label_values(&["journal_full"]).inc();
+                self.log_loss("audit row lost: queue and journal queue full (AUDIT_QUEUE, AUDIT_JOURNAL_QUEUE)");
             }
+            // After shutdown (a straggler past the deadline): nothing else
+            // is left to take the row, so it is appended here, once.
+            Err(TrySendError::Closed(event)) => match self.journal.append(std::slice::from_ref(&event)) {
+                Ok(()) => self.metrics.audit_spilled.with_label_values(&[reason]).inc(),
+                Err(_) => {
+                    self.metrics.audit_dropped.with_label_values(&["journal_error"]).inc();
+                    self.log_loss("audit row lost after shutdown: journal not writable");
+                }
+            },
+        }
+    }
+
+    /// At most one line a second: a flood of lost rows must not flood logs.
+    fn log_loss(&self, what: &'static str) {
+        let mut at = self.error_logged_at.lock();
+        if at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *at = Some(Instant::now());
+            tracing::error!("{what}");
         }
     }
 
@@ -331,17 +371,70 @@ impl Audit {
             let _ = stop.send(deadline);
         }
         let handle = self.writer.lock().take();
-        if let Some(handle) = handle {
-            // The writer journals by itself at the deadline; the extra second
-            // covers that local file write (rows are never dropped to save
-            // it, so only a disk that stalls can stretch the exit).
-            let grace = budget + Duration::from_secs(1);
-            if tokio::time::timeout(grace, handle).await.is_err() {
-                tracing::error!("audit writer did not stop in time");
+        // The writer journals by itself at the deadline; the extra second
+        // covers that local file write (rows are never dropped to save it,
+        // so only a disk that stalls can stretch the exit).
+        let grace = budget + Duration::from_secs(1);
+        if let Some(handle) = handle
+            && tokio::time::timeout(grace, handle).await.is_err()
+        {
+            tracing::error!("audit writer did not stop in time");
+        }
+        // The journal's thread appends what it holds, then ends.
+        self.overflow.lock().take();
+        let done = self.overflow_done.lock().take();
+        if let Some(done) = done
+            && tokio::time::timeout(grace, done).await.is_err()
+        {
+            tracing::error!("audit journal thread did not stop in time");
+        }
+        let journal = Arc::clone(&self.journal);
+        let _ = on_blocking_thread(move || {
+            journal.release();
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// Runs journal I/O on the blocking pool; a panic there is an I/O error of
+/// the journal, not of the caller.
+pub(crate) async fn on_blocking_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, JournalError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(JournalError::Io { path: PathBuf::new(), error: std::io::Error::other(e.to_string()) }))
+}
+
+/// The journal's thread: appends the rows the hot path could not queue, in
+/// batches, until [`Audit::close`] (or drop) ends the queue; then syncs.
+fn append_overflow(
+    journal: &Journal,
+    metrics: &Metrics,
+    mut rows: mpsc::Receiver<AuditEvent>,
+    done: oneshot::Sender<()>,
+) {
+    const BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut logged_at: Option<Instant> = None;
+    while rows.blocking_recv_many(&mut batch, BATCH) > 0 {
+        if let Err(e) = journal.append(&batch) {
+            metrics.audit_dropped.with_label_values(&["journal_error"]).inc_by(batch.len() as u64);
+            if logged_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                logged_at = Some(Instant::now());
+                tracing::error!(error = %e, rows = batch.len(), "audit rows lost: queue full and journal not writable");
             }
         }
-        self.journal.release();
+        batch.clear();
+        if batch.capacity() > BATCH {
+            batch.shrink_to(BATCH);
+        }
     }
+    if let Err(e) = journal.sync() {
+        tracing::error!(error = %e, "audit journal sync failed");
+    }
+    let _ = done.send(());
 }
 
 #[cfg(test)]

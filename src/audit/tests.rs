@@ -95,6 +95,7 @@ async fn start(gate: &Arc<Gate>, dir: &TempDir, queue: usize, spill_after: Durat
         queue,
         batch: 16,
         buffer: 50,
+        journal_queue: 10_000,
         spill_after,
         probe_interval: Duration::from_millis(200),
     };
@@ -107,12 +108,25 @@ async fn start(gate: &Arc<Gate>, dir: &TempDir, queue: usize, spill_after: Durat
 /// A spill delay no test reaches: only the other bounds act.
 const LONG: Duration = Duration::from_secs(600);
 
-async fn wait_for(gate: &Gate, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while gate.rows.lock().len() != n {
-        assert!(tokio::time::Instant::now() < deadline, "{} rows stored, expected {n}", gate.rows.lock().len());
+/// Waits (bounded) until `done` holds, checking every 20 ms; fails the
+/// test with `what` and the state `done` describes otherwise.
+async fn until(within: Duration, mut done: impl FnMut() -> Result<(), String>) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match done() {
+            Ok(()) => return,
+            Err(why) => assert!(tokio::time::Instant::now() < deadline, "{why}"),
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn wait_for(gate: &Gate, n: usize) {
+    until(Duration::from_secs(20), || {
+        let stored = gate.rows.lock().len();
+        if stored == n { Ok(()) } else { Err(format!("{stored} rows stored, expected {n}")) }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -129,7 +143,13 @@ async fn an_outage_overflowing_queue_and_memory_loses_nothing() {
     }
     let spilled = |r: &str| audit.metrics.audit_spilled.with_label_values(&[r]).get();
     assert!(spilled("queue_full") >= 990, "queue overflow went to the journal: {}", spilled("queue_full"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The writer has tried the database (and found it down) ...
+    until(Duration::from_secs(5), || match audit.health() {
+        DependencyStatus::Down(_) => Ok(()),
+        other => Err(format!("the writer never saw the outage: {other:?}")),
+    })
+    .await;
+    // ... and stored nothing.
     assert!(gate.rows.lock().is_empty());
     assert!(matches!(audit.health(), DependencyStatus::Down(_)));
     gate.down.store(false, Ordering::SeqCst);
@@ -152,11 +172,11 @@ async fn memory_spills_at_its_bound_and_shutdown_journals_the_rest_for_the_next_
         audit.record(e.clone());
         tokio::task::yield_now().await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while audit.metrics.audit_spilled.with_label_values(&["buffer_full"]).get() < 100 {
-        assert!(tokio::time::Instant::now() < deadline, "the 50-row buffer never spilled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(Duration::from_secs(5), || {
+        let spilled = audit.metrics.audit_spilled.with_label_values(&["buffer_full"]).get();
+        if spilled >= 100 { Ok(()) } else { Err(format!("the 50-row buffer never spilled ({spilled})")) }
+    })
+    .await;
     audit.close(Duration::from_secs(1)).await;
     assert!(gate.rows.lock().is_empty());
     assert_eq!(audit.journal.pending_rows(), 120);
@@ -165,11 +185,11 @@ async fn memory_spills_at_its_bound_and_shutdown_journals_the_rest_for_the_next_
     gate.down.store(false, Ordering::SeqCst);
     let audit = start(&gate, &dir, 1000, LONG).await;
     wait_for(&gate, 120).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while audit.journal.has_pending() {
-        assert!(tokio::time::Instant::now() < deadline, "journal not emptied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        Duration::from_secs(5),
+        || if audit.journal.has_pending() { Err("journal not emptied".into()) } else { Ok(()) },
+    )
+    .await;
     audit.close(Duration::from_secs(1)).await;
 }
 
@@ -182,28 +202,80 @@ async fn rows_reach_the_journal_promptly_while_the_database_is_down() {
     let gate = Arc::new(Gate::default());
     let audit = start(&gate, &dir, 1000, Duration::from_millis(100)).await;
     gate.down.store(true, Ordering::SeqCst);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while audit.health() == DependencyStatus::Ok {
-        assert!(tokio::time::Instant::now() < deadline, "the idle probe never noticed the outage");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(Duration::from_secs(3), || {
+        if audit.health() == DependencyStatus::Ok {
+            Err("the idle probe never noticed the outage".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     // Well under the 50-row buffer, arriving after the outage was noticed.
     let sent: Vec<AuditEvent> = (0..10).map(event).collect();
     for e in &sent {
         audit.record(e.clone());
+        // Not synchronisation: the scenario is rows trickling in, 30 ms
+        // apart, each under the 100 ms spill delay on its own.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while audit.journal.pending_rows() < 10 {
-        assert!(tokio::time::Instant::now() < deadline, "{} of 10 rows journaled", audit.journal.pending_rows());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(Duration::from_secs(2), || {
+        let n = audit.journal.pending_rows();
+        if n >= 10 { Ok(()) } else { Err(format!("{n} of 10 rows journaled")) }
+    })
+    .await;
     gate.down.store(false, Ordering::SeqCst);
     wait_for(&gate, 10).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while audit.health() != DependencyStatus::Ok || audit.journal.has_pending() {
-        assert!(tokio::time::Instant::now() < deadline, "health or journal did not recover");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(Duration::from_secs(3), || {
+        if audit.health() != DependencyStatus::Ok || audit.journal.has_pending() {
+            Err("health or journal did not recover".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    audit.close(Duration::from_secs(1)).await;
+}
+
+/// A journal stuck on its disk (its lock held, as by an append waiting on a
+/// full or slow device) stalls neither the hot path nor what the writer's
+/// loop reads on the runtime: rows that overflow the queue wait for the
+/// journal on its own thread. None is lost once the disk is back.
+#[tokio::test]
+async fn a_stalled_journal_stalls_neither_the_hot_path_nor_the_writer_loop() {
+    let dir = TempDir(std::env::temp_dir().join(format!("venta-audit-{}", uuid::Uuid::new_v4().simple())));
+    let gate = Arc::new(Gate::default());
+    let audit = Arc::new(start(&gate, &dir, 4, LONG).await);
+    gate.down.store(true, Ordering::SeqCst);
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let journal = Arc::clone(&audit.journal);
+    let holder = std::thread::spawn(move || {
+        journal.while_locked(|| {
+            let _ = held_tx.send(());
+            let _ = release_rx.recv();
+        })
+    });
+    held_rx.recv().unwrap();
+    // On a thread of its own, so that a hot path stuck on the lock fails
+    // the test instead of hanging it.
+    let hot = Arc::clone(&audit);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let sent: Vec<AuditEvent> = (0..100).map(event).collect();
+    let rows = sent.clone();
+    std::thread::spawn(move || {
+        for e in rows {
+            hot.record(e);
+        }
+        let _ = (hot.journal.pending_rows(), hot.journal.has_pending());
+        let _ = done_tx.send(());
+    });
+    let finished = done_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+    let _ = release_tx.send(());
+    holder.join().unwrap();
+    assert!(finished, "record() or the journal's counters waited for the journal's lock");
+    gate.down.store(false, Ordering::SeqCst);
+    wait_for(&gate, 100).await;
+    let stored = gate.rows.lock().clone();
+    assert!(sent.iter().all(|e| stored.get(&e.event_id) == Some(e)));
     audit.close(Duration::from_secs(1)).await;
 }

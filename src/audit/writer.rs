@@ -17,8 +17,9 @@
 //! runs every `AUDIT_PROBE_INTERVAL_MS`, so `/health` follows the database
 //! without traffic.
 //!
-//! Journal appends and syncs of the writer run on the blocking pool, not on
-//! a runtime thread.
+//! Every journal call of the writer (append, sync, sealing and reading a
+//! segment for replay, deleting it) runs on the blocking pool, never on a
+//! runtime thread.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -27,8 +28,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::journal::{Journal, Segment};
-use super::{AuditError, AuditEvent, AuditSink, Health};
+use super::journal::{Journal, Segment, SegmentBatch};
+use super::{AuditError, AuditEvent, AuditSink, Health, on_blocking_thread};
 use crate::metrics::Metrics;
 
 /// How long a batch may wait to fill before it is written anyway.
@@ -70,8 +71,9 @@ pub(crate) struct Writer {
     /// Set while the sink is failing: when to probe again.
     retry_at: Option<Instant>,
     backoff: Duration,
-    /// The journal segment being replayed, if one is half done.
-    replay: Option<Segment>,
+    /// The journal segment being replayed, if one is half done, and where
+    /// to go back to first (the start of a batch whose write failed).
+    replay: Option<(Segment, Option<u64>)>,
     last_contact: Instant,
     /// A probe in flight, polled by the loop (never awaited on its own).
     probe: Option<Probe>,
@@ -229,19 +231,16 @@ impl Writer {
     }
 
     async fn replay_journal(&mut self) -> Result<(), AuditError> {
+        let max = self.p.batch * self.p.sink.parallel_writes().max(1);
         loop {
-            let mut segment = match self.replay.take() {
-                Some(s) => s,
-                None => match self.p.journal.next_segment()? {
-                    Some(s) => s,
-                    None => return Ok(()),
-                },
+            let journal = Arc::clone(&self.p.journal);
+            let resume = self.replay.take();
+            let Some((segment, start, batch)) = on_blocking_thread(move || read_next(&journal, resume, max)).await?
+            else {
+                return Ok(());
             };
-            let start = segment.position()?;
-            let batch = segment.read_batch(self.p.batch * self.p.sink.parallel_writes().max(1))?;
             if let Err(e) = write_batches(&*self.p.sink, &self.p.metrics, &batch.rows, self.p.batch).await {
-                segment.rewind(start)?;
-                self.replay = Some(segment);
+                self.replay = Some((segment, Some(start)));
                 return Err(e);
             }
             self.contact();
@@ -251,9 +250,10 @@ impl Writer {
             }
             if batch.done {
                 tracing::debug!(file = %segment.path.display(), "audit journal segment written");
-                self.p.journal.finish_segment(segment)?;
+                let journal = Arc::clone(&self.p.journal);
+                on_blocking_thread(move || journal.finish_segment(segment)).await?;
             } else {
-                self.replay = Some(segment);
+                self.replay = Some((segment, None));
             }
         }
     }
@@ -372,29 +372,53 @@ impl Writer {
                 Err(_) => tracing::warn!("audit flush at shutdown ran out of time"),
             }
         }
-        if !self.backlog.is_empty() {
-            let rows = self.backlog.make_contiguous();
-            match self.p.journal.append(rows).and_then(|()| self.p.journal.sync()) {
-                Ok(()) => {
-                    self.p.metrics.audit_spilled.with_label_values(&["shutdown"]).inc_by(rows.len() as u64);
-                    tracing::warn!(
-                        rows = rows.len(),
-                        dir = %self.p.journal.dir().display(),
-                        "audit rows journaled at shutdown; the next start writes them"
-                    );
-                }
-                Err(e) => {
-                    self.p.metrics.audit_dropped.with_label_values(&["journal_error"]).inc_by(rows.len() as u64);
-                    tracing::error!(error = %e, rows = rows.len(), "audit rows lost at shutdown: journal not writable");
-                }
+        let rows: Vec<AuditEvent> = self.backlog.drain(..).collect();
+        let n = rows.len() as u64;
+        let journal = Arc::clone(&self.p.journal);
+        match on_blocking_thread(move || journal.append(&rows).and_then(|()| journal.sync())).await {
+            Ok(()) if n == 0 => {}
+            Ok(()) => {
+                self.p.metrics.audit_spilled.with_label_values(&["shutdown"]).inc_by(n);
+                tracing::warn!(
+                    rows = n,
+                    dir = %self.p.journal.dir().display(),
+                    "audit rows journaled at shutdown; the next start writes them"
+                );
             }
-        }
-        if let Err(e) = self.p.journal.sync() {
-            tracing::error!(error = %e, "audit journal sync failed");
+            Err(e) if n == 0 => tracing::error!(error = %e, "audit journal sync failed"),
+            Err(e) => {
+                self.p.metrics.audit_dropped.with_label_values(&["journal_error"]).inc_by(n);
+                tracing::error!(error = %e, rows = n, "audit rows lost at shutdown: journal not writable");
+            }
         }
         self.update_gauges();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.p.sink.close()).await;
     }
+}
+
+/// The next batch of the journal to replay: from the segment under way
+/// (after going back to `rewind`, if set) or the oldest one, sealing the
+/// active file if need be. File I/O: for the blocking pool.
+fn read_next(
+    journal: &Journal,
+    resume: Option<(Segment, Option<u64>)>,
+    max: usize,
+) -> Result<Option<(Segment, u64, SegmentBatch)>, super::journal::JournalError> {
+    let mut segment = match resume {
+        Some((mut segment, rewind)) => {
+            if let Some(pos) = rewind {
+                segment.rewind(pos)?;
+            }
+            segment
+        }
+        None => match journal.next_segment()? {
+            Some(segment) => segment,
+            None => return Ok(None),
+        },
+    };
+    let start = segment.position()?;
+    let batch = segment.read_batch(max)?;
+    Ok(Some((segment, start, batch)))
 }
 
 async fn timed<T>(f: impl Future<Output = Result<T, AuditError>>) -> Result<T, AuditError> {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
+use tokio::sync::watch;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -69,6 +70,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Health of the bus's engine.
     fn health(&self) -> DependencyStatus;
+
+    /// Whether the engine is up (not [`DependencyStatus::Down`]), as a value
+    /// that changes when it goes up or down: followers (gRPC health) wait
+    /// on it instead of polling [`Bus::health`]. The default is an engine
+    /// with nothing to be down for: always up, never changing.
+    fn up_changes(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
 
     /// Further named checks for `/health` (e.g. `jetstream`).
     fn extra_checks(&self) -> Vec<(&'static str, DependencyStatus)> {

@@ -22,6 +22,7 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OnceCell, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::last::LastValues;
 use super::{Bus, BusError, BusStats, Deliver, DependencyStatus};
@@ -76,8 +77,6 @@ impl NatsOptions {
 /// The NATS-backed bus.
 pub struct NatsBus {
     inner: Arc<Inner>,
-    /// Ends the background tasks (linger reaper, JetStream supervisor).
-    stop: CancellationToken,
 }
 
 struct Inner {
@@ -93,7 +92,11 @@ struct Inner {
     lingering: Mutex<VecDeque<(Instant, Topic, u64)>>,
     linger_wake: Arc<Notify>,
     /// Handle on the JetStream stream (no server state; see [`Link::js_ok`]).
-    stream: Option<stream::Stream<()>>,
+    /// Its JetStream context owns a task of the client's (an acker): the
+    /// handle is taken at [`Bus::drain`], so that task ends at shutdown too.
+    stream: Mutex<Option<stream::Stream<()>>>,
+    /// Whether a handle was had at start (for `/health`).
+    has_stream: bool,
     /// In-process last values, used while JetStream is off or unusable.
     last: LastValues,
     invalid_logged_at: AtomicU64,
@@ -101,6 +104,12 @@ struct Inner {
     /// Subject this connection answers itself on (see [`Inner::round_trip`]);
     /// `None` if that subscription failed.
     barrier: Option<String>,
+    /// Every task of the bus (barrier answers, linger reaper, JetStream
+    /// supervisor, one reader per subscription): [`Bus::drain`] waits for
+    /// them, so none outlives the gateway.
+    tasks: TaskTracker,
+    /// Ends those tasks: cancelled by [`Bus::drain`] and on drop.
+    stop: CancellationToken,
 }
 
 /// What the NATS event callback and the bus share.
@@ -109,6 +118,8 @@ struct Link {
     /// The servers, credentials removed: for logs and `/health`.
     url: String,
     state: watch::Sender<LinkState>,
+    /// [`LinkState::Up`] or not, for [`Bus::up_changes`].
+    up: watch::Sender<bool>,
     outage_started: Mutex<Option<Instant>>,
     /// Whether the current outage (or the failing start) was logged.
     outage_logged: AtomicBool,
@@ -209,6 +220,7 @@ impl NatsBus {
             metrics: Arc::clone(&metrics),
             url: redact(&opts.url),
             state: watch::Sender::new(LinkState::Starting),
+            up: watch::Sender::new(false),
             outage_started: Mutex::new(None),
             outage_logged: AtomicBool::new(false),
             js_ok: AtomicBool::new(false),
@@ -231,10 +243,11 @@ impl NatsBus {
             .await
             .map_err(|e| ConnectError::Client { url: link.url.clone(), reason: e.to_string() })?;
         let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let barrier = format!("{}.barrier", client.new_inbox());
         let barrier = match client.subscribe(barrier.clone()).await {
             Ok(sub) => {
-                tokio::spawn(answer_barriers(client.clone(), sub, stop.clone()));
+                tasks.spawn(answer_barriers(client.clone(), sub, stop.clone()));
                 Some(barrier)
             }
             Err(e) => {
@@ -257,17 +270,20 @@ impl NatsBus {
             topics: Mutex::new(HashMap::new()),
             lingering: Mutex::new(VecDeque::new()),
             linger_wake: Arc::new(Notify::new()),
-            stream,
+            has_stream: stream.is_some(),
+            stream: Mutex::new(stream),
             last,
             invalid_logged_at: AtomicU64::new(0),
             started: Instant::now(),
             barrier,
+            tasks,
+            stop,
         });
-        tokio::spawn(reap_lingering(Arc::downgrade(&inner), stop.clone()));
+        inner.tasks.spawn(reap_lingering(Arc::downgrade(&inner), inner.stop.clone()));
         if inner.opts.jetstream {
-            tokio::spawn(supervise_jetstream(Arc::downgrade(&inner), stop.clone()));
+            inner.tasks.spawn(supervise_jetstream(Arc::downgrade(&inner), inner.stop.clone()));
         }
-        Ok(Self { inner, stop })
+        Ok(Self { inner })
     }
 
     /// The subject of a topic.
@@ -278,7 +294,7 @@ impl NatsBus {
 
 impl Drop for NatsBus {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.inner.stop.cancel();
     }
 }
 
@@ -288,6 +304,7 @@ impl Link {
             Event::Connected => {
                 self.metrics.bus_connected.set(1);
                 self.state.send_replace(LinkState::Up);
+                self.up.send_if_modified(|up| !std::mem::replace(up, true));
                 self.outage_logged.store(false, Ordering::Relaxed);
                 if let Some(since) = self.outage_started.lock().take() {
                     let gap = since.elapsed();
@@ -303,6 +320,7 @@ impl Link {
                 self.metrics.bus_connected.set(0);
                 self.metrics.bus_disconnects.inc();
                 self.state.send_replace(LinkState::Down);
+                self.up.send_if_modified(|up| std::mem::replace(up, false));
                 self.js_down("NATS not connected");
                 self.outage_started.lock().get_or_insert_with(Instant::now);
                 self.outage_logged.store(true, Ordering::Relaxed);
@@ -397,7 +415,7 @@ impl Inner {
     }
 
     fn js_ok(&self) -> bool {
-        self.stream.is_some() && self.link.js_ok.load(Ordering::Relaxed)
+        self.has_stream && self.link.js_ok.load(Ordering::Relaxed)
     }
 
     fn stream_config(&self) -> stream::Config {
@@ -422,7 +440,7 @@ impl Inner {
             self.link.js_down("NATS not connected");
             return;
         }
-        let Some(stream) = &self.stream else { return };
+        let Some(stream) = self.stream.lock().clone() else { return };
         if self.js_ok() {
             match tokio::time::timeout(ROUND_TRIP, stream.get_info()).await {
                 Ok(Ok(_)) => return,
@@ -513,7 +531,7 @@ impl Inner {
             let _ = sub.unsubscribe().await;
             return Err(unavailable("interest dropped while subscribing".into()));
         }
-        tokio::spawn(read_subscription(Arc::clone(self), topic.clone(), sub, cancel));
+        self.tasks.spawn(read_subscription(Arc::clone(self), topic.clone(), sub, cancel));
         tracing::debug!(%subject, "NATS interest added");
         Ok(())
     }
@@ -618,9 +636,12 @@ async fn answer_barriers(client: Client, mut sub: Subscriber, stop: Cancellation
 }
 
 async fn read_subscription(inner: Arc<Inner>, topic: Topic, mut sub: Subscriber, cancel: CancellationToken) {
+    let stop = inner.stop.clone();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
+            // A drain that NATS does not answer must not leave readers behind.
+            () = stop.cancelled() => break,
             msg = sub.next() => match msg {
                 Some(msg) => inner.on_message(&topic, &msg.payload),
                 None => break,
@@ -689,10 +710,8 @@ impl Bus for NatsBus {
     fn last_value(&self, topic: &Topic) -> BoxFuture<'_, Option<Update>> {
         let topic = topic.clone();
         Box::pin(async move {
-            let stream = match &self.inner.stream {
-                Some(stream) if self.inner.js_ok() => stream,
-                _ => return self.inner.last.get(&topic),
-            };
+            let handle = if self.inner.js_ok() { self.inner.stream.lock().clone() } else { None };
+            let Some(stream) = handle else { return self.inner.last.get(&topic) };
             let subject = Self::subject(&self.inner.opts.prefix, &topic);
             match tokio::time::timeout(ROUND_TRIP, stream.direct_get_last_for_subject(subject)).await {
                 Ok(Ok(msg)) => self.inner.parse(&topic, &msg.payload),
@@ -717,12 +736,16 @@ impl Bus for NatsBus {
         }
     }
 
+    fn up_changes(&self) -> watch::Receiver<bool> {
+        self.inner.link.up.subscribe()
+    }
+
     fn extra_checks(&self) -> Vec<(&'static str, DependencyStatus)> {
         let js = if !self.inner.opts.jetstream {
             DependencyStatus::Disabled
         } else if self.inner.js_ok() {
             DependencyStatus::Ok
-        } else if self.inner.stream.is_none() {
+        } else if !self.inner.has_stream {
             DependencyStatus::Down("no stream handle".into())
         } else {
             DependencyStatus::Down(self.inner.link.js_error.lock().clone())
@@ -742,8 +765,14 @@ impl Bus for NatsBus {
 
     fn drain(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.stop.cancel();
-            if let Err(e) = self.inner.client.drain().await {
+            // Every client has left by now: what the readers would still
+            // deliver has no one to go to. The tasks end whether or not
+            // NATS answers the drain (the caller bounds this future).
+            self.inner.stop.cancel();
+            self.inner.tasks.close();
+            self.inner.stream.lock().take();
+            let (drained, ()) = tokio::join!(self.inner.client.drain(), self.inner.tasks.wait());
+            if let Err(e) = drained {
                 tracing::debug!(error = %e, "NATS drain");
             }
         })

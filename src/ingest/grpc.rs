@@ -8,14 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::bus::{BusError, DependencyStatus};
+use crate::bus::BusError;
 use crate::protocol::{Channel, Update};
 use crate::state::Shared;
 
@@ -241,26 +240,33 @@ pub async fn routes(shared: Arc<Shared>) -> Result<tonic::service::Routes, tonic
     let ingest = UpdateIngestServer::new(IngestService::new(Arc::clone(&shared)))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    tokio::spawn(follow_bus_health(shared, reporter));
+    let up = shared.bus.up_changes();
+    shared.tasks.spawn(follow_bus_health(up, shared.shutdown.clone(), reporter));
     Ok(tonic::service::Routes::new(ingest).add_service(health).add_service(reflection))
 }
 
 /// Keeps `grpc.health.v1` SERVING while the bus is up, NOT_SERVING while
-/// it is down or the gateway shuts down.
-async fn follow_bus_health(shared: Arc<Shared>, reporter: tonic_health::server::HealthReporter) {
-    let mut last = None;
+/// it is down; at shutdown it says NOT_SERVING and ends. It waits on the
+/// bus's health changes (no polling) and holds nothing of the gateway, so
+/// it cannot keep a stopped gateway alive.
+async fn follow_bus_health(
+    mut up: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    let set = async |status| {
+        reporter.set_service_status("", status).await;
+        reporter.set_service_status("venta.gateway.v1.UpdateIngest", status).await;
+    };
+    // A bus that cannot change (in process) is up until shutdown.
+    let mut follow = true;
     loop {
-        let up = !shared.shutdown.is_cancelled() && !matches!(shared.bus.health(), DependencyStatus::Down(_));
-        if last != Some(up) {
-            let status =
-                if up { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status("venta.gateway.v1.UpdateIngest", status).await;
-            last = Some(up);
-        }
+        let serving = *up.borrow_and_update();
+        set(if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing }).await;
         tokio::select! {
-            () = shared.shutdown.cancelled(), if up => {}
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            () = shutdown.cancelled() => break,
+            changed = up.changed(), if follow => follow = changed.is_ok(),
         }
     }
+    set(tonic_health::ServingStatus::NotServing).await;
 }

@@ -23,6 +23,12 @@ pub trait RateLimiter: Send + Sync + 'static {
 
     /// Health of the engine (`Disabled` for the in-process one).
     fn health(&self) -> DependencyStatus;
+
+    /// Ends the engine's background work (a probe), at shutdown; checks
+    /// still answer afterwards, from whatever the engine has left.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The answer to "may this message pass?".

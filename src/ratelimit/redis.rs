@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::memory::MemoryLimiter;
 use super::{Decision, RateLimiter};
@@ -44,6 +44,8 @@ pub struct RedisLimiter {
     inner: Arc<Inner>,
     /// Ends the background connect-and-probe task.
     stop: CancellationToken,
+    /// That task, awaited by [`RateLimiter::close`].
+    tasks: TaskTracker,
 }
 
 struct Inner {
@@ -53,7 +55,9 @@ struct Inner {
     interval_us: u64,
     per_minute: u32,
     probe_interval: Duration,
-    conn: OnceCell<ConnectionManager>,
+    /// Set by the probe once connected; taken by [`RateLimiter::close`], so
+    /// the connection (and the client's tasks behind it) ends at shutdown.
+    conn: parking_lot::RwLock<Option<ConnectionManager>>,
     script: redis::Script,
     fallback: MemoryLimiter,
     healthy: AtomicBool,
@@ -113,7 +117,7 @@ impl RedisLimiter {
             interval_us: 60_000_000 / u64::from(per_minute),
             per_minute,
             probe_interval,
-            conn: OnceCell::new(),
+            conn: parking_lot::RwLock::new(None),
             script: redis::Script::new(GCRA),
             fallback: MemoryLimiter::new(per_minute),
             healthy: AtomicBool::new(false),
@@ -124,8 +128,10 @@ impl RedisLimiter {
             last_error: parking_lot::Mutex::new("connecting".into()),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(probe(Arc::downgrade(&inner), client, stop.clone()));
-        Ok(Self { inner, stop })
+        let tasks = TaskTracker::new();
+        tasks.spawn(probe(Arc::downgrade(&inner), client, stop.clone()));
+        tasks.close();
+        Ok(Self { inner, stop, tasks })
     }
 }
 
@@ -167,11 +173,12 @@ impl Inner {
     }
 
     async fn probe_once(&self, client: &redis::Client, config: &ConnectionManagerConfig) {
-        let mut conn = match self.conn.get() {
-            Some(conn) => conn.clone(),
+        let known = self.conn.read().clone();
+        let mut conn = match known {
+            Some(conn) => conn,
             None => match client.get_connection_manager_with_config(config.clone()).await {
                 Ok(conn) => {
-                    let _ = self.conn.set(conn.clone());
+                    *self.conn.write() = Some(conn.clone());
                     conn
                 }
                 Err(e) => {
@@ -213,11 +220,10 @@ impl Inner {
     }
 
     async fn check(&self, key: &str) -> Decision {
-        let Some(conn) = self.conn.get() else { return self.fallback.check_now(key) };
         if !self.healthy.load(Ordering::Relaxed) && self.now_us() < self.retry_at_us.load(Ordering::Relaxed) {
             return self.fallback.check_now(key);
         }
-        let mut conn = conn.clone();
+        let Some(mut conn) = self.conn.read().clone() else { return self.fallback.check_now(key) };
         let mut call = self.script.key(format!("{}{key}", self.prefix));
         call.arg(self.interval_us).arg(self.per_minute);
         match tokio::time::timeout(CHECK_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await {
@@ -243,6 +249,16 @@ impl Inner {
 impl RateLimiter for RedisLimiter {
     fn check<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Decision> {
         Box::pin(self.inner.check(key))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            self.tasks.wait().await;
+            // Later checks (a straggler past the deadline) use the local
+            // limiter.
+            self.inner.conn.write().take();
+        })
     }
 
     fn health(&self) -> DependencyStatus {

@@ -45,6 +45,7 @@ async fn fixture(auth: Authenticator) -> Fixture {
         queue: 1000,
         batch: 100,
         buffer: 1000,
+        journal_queue: 1000,
         spill_after: Duration::from_millis(500),
         probe_interval: Duration::from_secs(2),
     };

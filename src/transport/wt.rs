@@ -96,9 +96,11 @@ impl Listener {
         let reload = move |identity: Identity| {
             reloader.reload_config(server_config(addr, identity), false).map_err(|e| e.to_string())
         };
-        tokio::spawn(cert::keep_fresh(source, Arc::clone(&shared.wt_certs), reload, shared.shutdown.clone()));
+        // Both end on the shutdown token; shutdown waits for them.
+        shared.tasks.spawn(cert::keep_fresh(source, Arc::clone(&shared.wt_certs), reload, shared.shutdown.clone()));
         tracing::info!(%addr, "WebTransport listening (UDP, /wt/location, /wt/vendor)");
-        tokio::spawn(async move {
+        let tasks = shared.tasks.clone();
+        tasks.spawn(async move {
             accept_loop(&endpoint, &shared).await;
             endpoint
         })
