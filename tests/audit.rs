@@ -1,4 +1,4 @@
-//! The subscription audit trail (DESIGN §1.7) against the machine's
+//! The subscription audit trail (docs/protocol.md) against the machine's
 //! PostgreSQL (a fresh schema per test) and the embedded SQLite file: the
 //! rows a connection leaves, outages through a TCP proxy, the journal
 //! across a restart, the audit API, migrations.

@@ -1,4 +1,4 @@
-//! Auth on connect and rate limits shared through a real Redis (DESIGN §1.6).
+//! Auth on connect and rate limits shared through a real Redis (docs/protocol.md).
 
 mod common;
 

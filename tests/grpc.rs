@@ -1,4 +1,4 @@
-//! gRPC ingest (DESIGN §1.5) with a real tonic client.
+//! gRPC ingest (docs/protocol.md) with a real tonic client.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! NATS as the bus (DESIGN §1.4), against the machine's NATS and
+//! NATS as the bus (docs/protocol.md), against the machine's NATS and
 //! nats-servers of the tests' own. Each test uses its own subject prefix.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Staying up (DESIGN §1.8): slow consumers, shutdown at scale, reconnect
+//! Staying up (docs/protocol.md): slow consumers, shutdown at scale, reconnect
 //! storms, and dependency faults while clients are connected and updates
 //! flow.
 

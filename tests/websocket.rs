@@ -1,4 +1,4 @@
-//! The WebSocket protocol of DESIGN §1.2 / §1.10 against an in-process
+//! The WebSocket protocol of docs/protocol.md / §1.10 against an in-process
 //! gateway, with a real tungstenite client.
 
 mod common;

@@ -1,4 +1,4 @@
-//! WebTransport (DESIGN §1.3, §1.10) against an in-process gateway, with a
+//! WebTransport (docs/protocol.md, §1.10) against an in-process gateway, with a
 //! real wtransport client pinning the certificate hash from /wt/cert-hash.
 //! Every message a client receives is converted from MessagePack to a JSON
 //! value and checked against `schemas/server/any.json`.
