@@ -75,11 +75,9 @@ impl SubList {
     fn push(&mut self, sub: Arc<Sub>) {
         match self.chunks.last_mut() {
             Some(last) if last.len() < CHUNK => Arc::make_mut(last).push(sub),
-            _ => {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                chunk.push(sub);
-                self.chunks.push(Arc::new(chunk));
-            }
+            // Grown as needed, not at CHUNK: most topics have a few
+            // subscribers, and idle memory per connection counts.
+            _ => self.chunks.push(Arc::new(vec![sub])),
         }
     }
 
