@@ -1,6 +1,7 @@
 //! One connection's bounded outbound queue, with conflation for slow readers.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -62,7 +63,8 @@ pub enum Push {
     Conflated,
     /// The client cannot keep up: the outbox is now closing with 1013.
     Overflow,
-    /// The outbox is closing; the frame was dropped.
+    /// The outbox is closing, or the frame's subscription ended; the frame
+    /// was dropped.
     Closed,
 }
 
@@ -102,9 +104,25 @@ impl Outbox {
 
     /// Queues a frame, conflating or refusing it when the queue is full.
     pub fn push(&self, frame: Frame) -> Push {
+        self.push_gated(frame, None)
+    }
+
+    /// [`Outbox::push`] for a subscription that may be ending: `live` is read
+    /// under the queue's lock, so once its owner clears it and calls
+    /// [`Outbox::fence`], no frame gated on it is queued any more.
+    pub fn push_if(&self, frame: Frame, live: &AtomicBool) -> Push {
+        self.push_gated(frame, Some(live))
+    }
+
+    /// Waits for a push in progress to finish (see [`Outbox::push_if`]).
+    pub fn fence(&self) {
+        drop(self.state.lock());
+    }
+
+    fn push_gated(&self, frame: Frame, live: Option<&AtomicBool>) -> Push {
         let outcome = {
             let mut st = self.state.lock();
-            if st.close.is_some() {
+            if st.close.is_some() || live.is_some_and(|l| !l.load(Ordering::Acquire)) {
                 return Push::Closed;
             }
             if !st.armed.is_empty()

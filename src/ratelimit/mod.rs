@@ -59,6 +59,12 @@ impl Gcra {
         Self { interval, burst: interval * per_minute.max(1), tat: None }
     }
 
+    /// The longest a key can take, unchecked, to get its whole burst back:
+    /// past it, [`Gcra::is_idle`] holds whatever the state was.
+    pub fn refill_time(&self) -> Duration {
+        self.burst
+    }
+
     /// Whether the whole burst is available again at `now` (the state can
     /// be forgotten).
     pub fn is_idle(&self, now: Instant) -> bool {
