@@ -335,7 +335,8 @@ impl Session {
         let user = token.map(|t| t.user);
         let budget_key = match &user {
             Some(u) => format!("user:{u}"),
-            None => format!("conn:{}:{uid}", ctx.audit.instance_id()),
+            // The UUIDv7 is unique across instances and restarts by itself.
+            None => format!("conn:{}", uid.simple()),
         };
         let next_ping = now + ctx.limits.heartbeat;
         let mut session = Self {
@@ -455,6 +456,11 @@ impl Session {
                 Item::Rejected(rej)
             }
         };
+        if self.waiting.is_none() && self.queued.is_empty() {
+            // Nothing ahead of it: no queue (an idle connection then holds
+            // no queue buffer at all).
+            return self.start(item);
+        }
         if self.queued.len() >= MAX_QUEUED_REQUESTS {
             // The transport stops reading at this depth; a frame past it
             // means a transport that ignored `can_read`.
@@ -553,6 +559,16 @@ impl Session {
             return None;
         }
         let item = self.queued.pop_front()?;
+        if self.queued.is_empty() {
+            // Give back a burst's buffer: it would stay with every idle
+            // connection (a few hundred bytes each).
+            self.queued = VecDeque::new();
+        }
+        self.start(item)
+    }
+
+    /// Asks for `item`'s budget check.
+    fn start(&mut self, item: Item) -> Option<Close> {
         self.call = Some(Call::Budget(self.budget_key.clone()));
         self.waiting = Some(Waiting::Budget(item));
         None
