@@ -39,8 +39,7 @@ impl WsConnector {
             bail!("wss:// is not supported by the bench yet: point --url at a plain ws:// listener");
         }
         let url = match token {
-            Some(t) if url.contains('?') => format!("{url}&token={t}"),
-            Some(t) => format!("{url}?token={t}"),
+            Some(t) => venta_client::with_token(url, t),
             None => url.to_owned(),
         };
         let req = url.as_str().into_client_request().with_context(|| format!("--url {url:?} is not a ws:// URL"))?;

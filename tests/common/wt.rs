@@ -1,16 +1,19 @@
 //! A WebTransport test client (wtransport) that pins the gateway's
 //! certificate hash, frames MessagePack as the protocol says, and checks
 //! every message it receives — stream frame or datagram — against
-//! `schemas/server/any.json` after converting it to a JSON value.
+//! `schemas/server/any.json` after converting it to a JSON value. Built on
+//! `venta_client::wt` (trust, sessions, framing, bounded stream reads); what
+//! is added here is the tests' strictness: timeouts, panics, schema checks.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use venta_client::wt::{FrameStream, Trust, decode_value, encode, open_session, parse_cert_hash};
 use wtransport::endpoint::endpoint_side::Client;
-use wtransport::error::{ConnectingError, ConnectionError, StreamReadExactError};
+use wtransport::error::ConnectingError;
 use wtransport::tls::Sha256Digest;
-use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+use wtransport::{Connection, Endpoint, SendStream};
 
 use super::{TIMEOUT, assert_schema};
 
@@ -30,17 +33,13 @@ pub async fn cert_hash(http_base: &str) -> Value {
 
 pub fn digest(hex: &str) -> Sha256Digest {
     assert_eq!(hex.len(), 64, "{hex}");
-    let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
-    Sha256Digest::new(bytes.try_into().unwrap())
+    parse_cert_hash(hex).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A client endpoint trusting exactly these certificate hashes.
 pub fn client_endpoint(hashes: &[&str]) -> Endpoint<Client> {
-    let config = ClientConfig::builder()
-        .with_bind_address("127.0.0.1:0".parse().unwrap())
-        .with_server_certificate_hashes(hashes.iter().map(|h| digest(h)))
-        .build();
-    Endpoint::client(config).expect("client endpoint")
+    let trust = Trust::Hashes(hashes.iter().map(|h| digest(h)).collect());
+    venta_client::wt::endpoint(Some("127.0.0.1:0".parse().unwrap()), &trust).expect("client endpoint")
 }
 
 /// Opens a session (no stream yet).
@@ -61,23 +60,19 @@ pub enum WtEvent {
 /// Decodes one MessagePack value strictly (no trailing bytes) and checks it
 /// against the server schema.
 pub fn decode_server(bytes: &[u8]) -> Value {
-    assert!(matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)), "not a MessagePack map: {bytes:02x?}");
-    let mut rest = bytes;
-    let v: Value =
-        rmp_serde::from_read(&mut rest).unwrap_or_else(|e| panic!("undecodable MessagePack {bytes:02x?}: {e}"));
-    assert!(rest.is_empty(), "{} trailing bytes after {v}", rest.len());
+    let v = decode_value(bytes).unwrap_or_else(|e| panic!("{e}: {bytes:02x?}"));
     assert_schema("server/any.json", &v);
     v
 }
 
 pub fn frame(v: &Value) -> Vec<u8> {
-    let payload = rmp_serde::to_vec_named(v).unwrap();
-    raw_frame(&payload)
+    encode(v).unwrap()
 }
 
+/// Frames any bytes, valid MessagePack or not.
 pub fn raw_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(payload);
+    let mut out = Vec::new();
+    venta_protocol::frame::write_frame(payload, &mut out).unwrap();
     out
 }
 
@@ -85,7 +80,7 @@ pub struct WtClient {
     pub endpoint: Endpoint<Client>,
     pub conn: Connection,
     pub send: SendStream,
-    pub recv: RecvStream,
+    stream: FrameStream,
     /// Whether to answer server pings with pong and hide them.
     pub auto_pong: bool,
 }
@@ -98,11 +93,13 @@ impl WtClient {
     }
 
     pub async fn connect_url(url: &str, hashes: &[&str]) -> Self {
-        let (endpoint, conn) = connect(url, hashes).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        let (send, recv) = tokio::time::timeout(TIMEOUT, async { conn.open_bi().await.unwrap().await.unwrap() })
+        let endpoint = client_endpoint(hashes);
+        // The session, then its stream (and, if refused, the close): each step within TIMEOUT.
+        let (conn, send, recv) = tokio::time::timeout(3 * TIMEOUT, open_session(&endpoint, url, TIMEOUT))
             .await
-            .expect("open_bi timed out");
-        Self { endpoint, conn, send, recv, auto_pong: true }
+            .expect("connect timed out")
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Self { endpoint, conn, send, stream: FrameStream::new(recv, 1 << 20), auto_pong: true }
     }
 
     pub async fn send_json(&mut self, v: Value) {
@@ -113,44 +110,25 @@ impl WtClient {
         self.send.write_all(bytes).await.expect("write");
     }
 
-    /// Next stream message or the session's close.
+    /// Next stream message or the session's close. A stream that ends
+    /// inside a frame, a frame over 1 MiB, or a stream end with no session
+    /// close within TIMEOUT fails the test.
     pub async fn next_event(&mut self) -> WtEvent {
         loop {
-            let mut header = [0u8; 4];
-            let read = tokio::time::timeout(TIMEOUT, self.recv.read_exact(&mut header))
+            // The read, then (if the stream ended) the close: each within TIMEOUT.
+            let next = tokio::time::timeout(2 * TIMEOUT, self.stream.next(&self.conn, false, TIMEOUT))
                 .await
                 .expect("no frame within timeout");
-            if let Err(e) = read {
-                if let StreamReadExactError::FinishedEarly(n) = &e {
-                    assert_eq!(*n, 0, "the gateway's stream ended inside a frame header");
-                }
-                return self.close_reason().await;
-            }
-            let len = u32::from_be_bytes(header) as usize;
-            assert!(len <= 1 << 20, "absurd frame length {len}");
-            let mut payload = vec![0u8; len];
-            tokio::time::timeout(TIMEOUT, self.recv.read_exact(&mut payload))
-                .await
-                .expect("frame body timed out")
-                .expect("the gateway's stream ended inside a frame");
-            let v = decode_server(&payload);
+            let v = match next {
+                Ok(payload) => decode_server(&payload),
+                Err(venta_client::Error::Closed(c)) => return WtEvent::Closed(c.code, c.reason),
+                Err(e) => panic!("the gateway's stream: {e}"),
+            };
             if self.auto_pong && v["type"] == "ping" {
                 self.send_json(json!({"type": "pong"})).await;
                 continue;
             }
             return WtEvent::Msg(v);
-        }
-    }
-
-    async fn close_reason(&self) -> WtEvent {
-        match tokio::time::timeout(TIMEOUT, self.conn.closed())
-            .await
-            .expect("session not closed after its stream ended")
-        {
-            ConnectionError::ApplicationClosed(c) => {
-                WtEvent::Closed(Some(c.code().into_inner()), String::from_utf8_lossy(c.reason()).into_owned())
-            }
-            other => WtEvent::Closed(None, other.to_string()),
         }
     }
 
