@@ -194,13 +194,9 @@ impl Authenticator {
         self.verify.is_some()
     }
 
-    /// Checks a token; `Ok(None)` when auth is off.
-    pub fn authenticate(&self, token: Option<&str>) -> Result<Option<UserId>, AuthError> {
-        self.verify(token).map(|v| v.map(|v| v.user))
-    }
-
-    /// Checks a token and says until when it is good: a connection lives
-    /// until then (plus the leeway), unless it sends a fresh token.
+    /// Checks a token (`Ok(None)` when auth is off) and says until when it
+    /// is good: a connection lives until then (plus the leeway), unless it
+    /// sends a fresh token.
     pub fn verify(&self, token: Option<&str>) -> Result<Option<Verified>, AuthError> {
         let Some((key, validation)) = &self.verify else { return Ok(None) };
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
@@ -286,22 +282,7 @@ pub fn token_from(query: Option<&str>, authorization: Option<&str>) -> Option<St
 /// JWTs are URL-safe base64 with dots; decode `%XX` anyway for clients that
 /// escape everything.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -314,12 +295,12 @@ mod tests {
     fn hs256_round_trip_and_refusals() {
         let auth = Authenticator::from_config(Some(SECRET), None, None, None, false).unwrap_or_else(|e| panic!("{e}"));
         let token = dev_token(SECRET, "u1", 60).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(auth.authenticate(Some(&token)).ok().flatten().map(|u| u.to_string()), Some("u1".into()));
-        assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+        assert_eq!(auth.verify(Some(&token)).ok().flatten().map(|v| v.user.to_string()), Some("u1".into()));
+        assert_eq!(auth.verify(None), Err(AuthError::Missing));
         let other = dev_token("another-secret-of-16+", "u1", 60).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(auth.authenticate(Some(&other)), Err(AuthError::Invalid(_))));
+        assert!(matches!(auth.verify(Some(&other)), Err(AuthError::Invalid(_))));
         let bad_sub = dev_token(SECRET, "u.1", 60).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(auth.authenticate(Some(&bad_sub)), Err(AuthError::BadSubject));
+        assert_eq!(auth.verify(Some(&bad_sub)), Err(AuthError::BadSubject));
     }
 
     #[test]
@@ -369,7 +350,7 @@ mod tests {
         let auth = Authenticator::from_config(Some(SECRET), None, Some("iss1"), Some("aud1"), false)
             .unwrap_or_else(|e| panic!("{e}"));
         let ok = dev_token_for(SECRET, "u1", 60, Some("iss1"), Some("aud1")).unwrap_or_else(|e| panic!("{e}"));
-        assert!(auth.authenticate(Some(&ok)).is_ok());
+        assert!(auth.verify(Some(&ok)).is_ok());
         for (iss, aud, why) in [
             (None, None, "token missing claim `iss`"),
             (Some("iss1"), None, "token missing claim `aud`"),
@@ -377,7 +358,7 @@ mod tests {
             (Some("iss1"), Some("other"), "token audience (`aud`) not accepted"),
         ] {
             let t = dev_token_for(SECRET, "u1", 60, iss, aud).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(auth.authenticate(Some(&t)).map_err(|e| e.to_string()), Err(why.to_owned()), "{iss:?} {aud:?}");
+            assert_eq!(auth.verify(Some(&t)).map_err(|e| e.to_string()), Err(why.to_owned()), "{iss:?} {aud:?}");
         }
         assert!(matches!(dev_token_for("short", "u1", 60, None, None), Err(AuthConfigError::BadSecret(_))));
     }

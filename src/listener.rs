@@ -55,15 +55,16 @@ pub const MIN_HEADER_BYTES: usize = 8192;
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: text/plain\r\ncontent-length: 32\r\n\r\ntoo many HTTP connections; retry";
 
 /// Accepts and serves until `stop` is cancelled; then drains in-flight
-/// requests until `drain_deadline()` (asked at that moment) and returns.
+/// requests for at most `drain` and returns when the stop was seen (the
+/// start of the caller's shutdown deadline).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-    drain_deadline: impl FnOnce() -> tokio::time::Instant,
-) {
+    drain: Duration,
+) -> tokio::time::Instant {
     // HTTP/1.1 only: browsers' WebSockets, health checks and publishers
     // speak it; HTTP/2 on this port would add idle streams no timeout here
     // covers (gRPC has its own port).
@@ -124,7 +125,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let deadline = drain_deadline();
+    let stopped_at = tokio::time::Instant::now();
+    let deadline = stopped_at + drain;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep_until(deadline) => {
@@ -133,6 +135,7 @@ pub async fn serve(
     }
     conns.abort_all();
     while conns.join_next().await.is_some() {}
+    stopped_at
 }
 
 /// Per-connection socket options. No Nagle: the writer already batches, and

@@ -229,17 +229,11 @@ impl Gateway {
         // The last part of the grace period belongs to the audit flush and
         // the bus drain; clients and HTTP requests get the rest.
         let tail = (timeout / 4).min(Duration::from_secs(2));
-        let stopping = std::sync::Arc::new(parking_lot::Mutex::new(None::<Instant>));
-        let mark = Arc::clone(&stopping);
-        let drain_deadline = move || {
-            let deadline = Instant::now() + timeout;
-            *mark.lock() = Some(deadline);
-            deadline - tail
-        };
-        listener::serve(listener, app, shared.config.http_limits(), Arc::clone(&shared.metrics), token, drain_deadline)
-            .await;
+        let limits = shared.config.http_limits();
+        let stopped_at =
+            listener::serve(listener, app, limits, Arc::clone(&shared.metrics), token, timeout - tail).await;
         signal.abort();
-        let deadline = stopping.lock().unwrap_or_else(|| Instant::now() + timeout);
+        let deadline = stopped_at + timeout;
         let clients_deadline = deadline - tail;
         // gRPC's own graceful stop waits for every connection; past the
         // deadline it is abandoned.

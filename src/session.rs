@@ -467,7 +467,7 @@ impl Session {
             return Some(Close::new(Close::POLICY, "too many requests in flight"));
         }
         self.queued.push_back(item);
-        self.advance(now)
+        self.advance()
     }
 
     /// Handles the result of the call from [`Session::next_call`].
@@ -490,7 +490,7 @@ impl Session {
         if close.is_some() {
             return close;
         }
-        self.advance(now)
+        self.advance()
     }
 
     /// When [`Session::on_timer`] must next run.
@@ -554,7 +554,7 @@ impl Session {
 
     /// Starts the next queued message's budget check, unless a call is in
     /// flight.
-    fn advance(&mut self, _now: Instant) -> Option<Close> {
+    fn advance(&mut self) -> Option<Close> {
         if self.waiting.is_some() {
             return None;
         }

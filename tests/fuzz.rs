@@ -148,8 +148,8 @@ proptest! {
     #[test]
     fn jwt_path_never_panics(token in "[A-Za-z0-9_.=+/-]{0,300}", parts in prop::collection::vec("[A-Za-z0-9_-]{0,80}", 0..5)) {
         let auth = Authenticator::from_config(Some("fuzz-secret-0123456789"), None, None, None, false).unwrap();
-        prop_assert!(auth.authenticate(Some(&token)).is_err());
-        prop_assert!(auth.authenticate(Some(&parts.join("."))).is_err());
+        prop_assert!(auth.verify(Some(&token)).is_err());
+        prop_assert!(auth.verify(Some(&parts.join("."))).is_err());
     }
 }
 

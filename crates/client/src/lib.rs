@@ -227,6 +227,10 @@ impl Options {
     }
 }
 
+/// Everything but RFC 3986's unreserved characters.
+const URL_UNSAFE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// `url` with `token=…` added to its query (before any `#fragment`). The
 /// token is percent-encoded outside the URL-safe characters, which leaves a
 /// JWT (base64url and dots) unchanged.
@@ -240,13 +244,7 @@ pub fn with_token(url: &str, token: &str) -> String {
     out.push_str(base);
     out.push(sep);
     out.push_str("token=");
-    for b in token.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    out.extend(percent_encoding::utf8_percent_encode(token, URL_UNSAFE));
     out.push_str(fragment);
     out
 }
