@@ -16,10 +16,9 @@
 #
 # Stages:
 #   base     - Rust toolchain (protoc is vendored by build.rs)
-#   planner  - reduces the build context to a dependency "skeleton": Cargo.toml,
-#              Cargo.lock and a stub for every target root that exists
-#              (src/main.rs, src/lib.rs, src/bin/*, build.rs, benches/*, tests/*,
-#              examples/*), so that Cargo can parse the manifest even when it
+#   planner  - reduces the build context to a dependency "skeleton": the
+#              manifests, Cargo.lock and a stub for every target root of every
+#              crate under crates/ (src/main.rs, src/lib.rs, build.rs, ...), so that Cargo can parse the manifest even when it
 #              declares [[bin]]/[[bench]]/[[test]] targets. The skeleton only
 #              changes when the manifest, the lock file or the set of targets
 #              changes, so the dependency layer below stays cached otherwise.
@@ -44,18 +43,21 @@ FROM base AS planner
 
 COPY . .
 
-# Stub every target root that exists. An explicit `path = "..."` outside these
-# places would need adding here.
+# Stub every target root of every workspace crate. An explicit
+# `path = "..."` outside these places would need adding here.
 RUN set -eu; \
     mkdir -p /skeleton; \
     cp Cargo.toml Cargo.lock /skeleton/; \
-    for f in build.rs src/main.rs src/lib.rs src/bin/*.rs src/bin/*/main.rs \
-             benches/*.rs benches/*/main.rs tests/*.rs tests/*/main.rs \
-             examples/*.rs examples/*/main.rs; do \
+    for m in crates/*/Cargo.toml; do \
+        mkdir -p "/skeleton/$(dirname "$m")"; cp "$m" "/skeleton/$m"; \
+    done; \
+    for f in crates/*/build.rs crates/*/src/main.rs crates/*/src/lib.rs \
+             crates/*/src/bin/*.rs crates/*/benches/*.rs crates/*/tests/*.rs \
+             crates/*/examples/*.rs; do \
         [ -f "$f" ] || continue; \
         mkdir -p "/skeleton/$(dirname "$f")"; \
-        if [ "$f" = src/lib.rs ]; then : > "/skeleton/$f"; \
-        else echo 'fn main() {}' > "/skeleton/$f"; fi; \
+        case "$f" in */src/lib.rs) : > "/skeleton/$f" ;; \
+                     *) echo 'fn main() {}' > "/skeleton/$f" ;; esac; \
     done
 
 # ---------------------------------------------------------------------------
@@ -65,13 +67,12 @@ FROM base AS builder
 #    the set of targets changes.
 COPY --from=planner /skeleton/ ./
 RUN cargo fetch --locked \
- && cargo build --release --locked --bin venta-gateway \
- && rm -rf src build.rs
+ && cargo build --release --locked -p venta-gateway --bin venta-gateway \
+ && rm -rf crates
 
 # 2. The real sources. COPY cannot copy a path only "if present", so each
 #    directory the build needs is listed; uncomment a line once it exists.
-COPY src ./src
-COPY build.rs ./
+COPY crates ./crates
 COPY proto ./proto
 # sqlx::migrate! embeds the audit migrations into the binary at build time.
 COPY migrations ./migrations
@@ -79,18 +80,18 @@ COPY migrations ./migrations
 
 # Forget the stub build of this crate (COPY keeps the context's mtimes, which
 # may be older than the stub's artefacts), then build and install the binary.
-RUN rm -rf target/release/.fingerprint/venta-gateway-* \
-           target/release/build/venta-gateway-* \
-           target/release/deps/venta_gateway-* \
-           target/release/deps/libventa_gateway-* \
+RUN rm -rf target/release/.fingerprint/venta-* \
+           target/release/build/venta-* \
+           target/release/deps/venta_* \
+           target/release/deps/libventa_* \
            target/release/venta-gateway \
- && cargo build --release --locked --bin venta-gateway \
+ && cargo build --release --locked -p venta-gateway --bin venta-gateway \
  && install -D -m 0755 target/release/venta-gateway /out/venta-gateway
 
 # The container's health probe: the standard library only, so plain rustc
 # builds it in seconds, without the crate's dependencies.
-COPY examples/healthcheck.rs ./examples/healthcheck.rs
-RUN rustc --edition 2024 -O -C strip=symbols examples/healthcheck.rs -o /out/venta-healthcheck
+COPY crates/gateway/examples/healthcheck.rs ./healthcheck.rs
+RUN rustc --edition 2024 -O -C strip=symbols healthcheck.rs -o /out/venta-healthcheck
 
 # ---------------------------------------------------------------------------
 FROM debian:${DEBIAN_VERSION}-slim AS runtime

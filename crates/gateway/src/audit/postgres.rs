@@ -16,7 +16,7 @@ use sqlx::{QueryBuilder, Row};
 use super::{AuditError, AuditEvent, AuditQuery, AuditSink};
 
 /// The PostgreSQL migrations, embedded in the binary.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// How long getting a connection may take; short, so an outage is noticed
 /// quickly and rows go to the backlog instead of waiting.

@@ -24,7 +24,8 @@ use venta_gateway::{Config, Gateway};
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The repository root: this crate lives in crates/gateway.
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 pub fn schema(rel: &str) -> jsonschema::Validator {

@@ -21,7 +21,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The repository root: this crate lives in crates/gateway.
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// The markdown files whose links are checked: README.md, docs/**/*.md and
@@ -448,7 +449,7 @@ fn dockerfile_base_images_are_pinned_and_the_healthcheck_is_resolved() {
         .unwrap_or_else(|| panic!("Dockerfile: no HEALTHCHECK"));
     assert!(probe.trim() == r#"CMD ["/usr/local/bin/venta-healthcheck"]"#, "HEALTHCHECK: exec form, no shell: {probe}");
     assert!(
-        dockerfile.contains("examples/healthcheck.rs"),
+        dockerfile.contains("crates/gateway/examples/healthcheck.rs"),
         "the image must build the probe from examples/healthcheck.rs"
     );
 }
@@ -513,7 +514,7 @@ fn build_probe(dir: &Path) -> PathBuf {
     let out = dir.join("venta-healthcheck");
     let status = Command::new(&rustc)
         .args(["--edition", "2024", "-C", "debuginfo=0"])
-        .arg(root().join("examples/healthcheck.rs"))
+        .arg(root().join("crates/gateway/examples/healthcheck.rs"))
         .arg("-o")
         .arg(&out)
         .status()

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{AuditError, AuditEvent, AuditQuery, AuditSink};
 
 /// The SQLite migrations, embedded in the binary.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// Stored time format: fixed width, so text order is time order.
 const TIME: &[BorrowedFormatItem<'static>] =

@@ -76,7 +76,7 @@ fn free_udp() -> u16 {
 
 impl Gateway {
     async fn start() -> Self {
-        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/venta-gateway");
+        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/venta-gateway");
         assert!(bin.exists(), "build the gateway first: cargo build --release");
         let (http, wt) = (free_tcp(), free_udp());
         let child = Command::new(bin)
