@@ -117,8 +117,8 @@ impl Shape {
     }
 
     /// Well formed and within [`MAX_CELLS_PER_AREA`] cells, whatever the size
-    /// limit: what the area index insists on so that its memory and
-    /// subscriptions per area stay bounded.
+    /// limit: what [`AreaIndex::upsert`](crate::AreaIndex::upsert) insists on
+    /// so that its memory and subscriptions per area stay bounded.
     pub fn check(&self) -> Result<(), ShapeError> {
         self.check_fields()?;
         self.check_cells()
