@@ -138,7 +138,7 @@ pub struct SessionLimits {
 
 impl SessionLimits {
     /// The limits of a configuration.
-    pub fn from_config(config: &crate::Config) -> Self {
+    pub fn from_config(config: &crate::config::LimitsConfig) -> Self {
         Self {
             heartbeat: config.heartbeat_interval(),
             max_subscriptions: config.max_subscriptions,

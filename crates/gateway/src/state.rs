@@ -74,14 +74,15 @@ impl Shared {
         audit: Arc<Audit>,
     ) -> Self {
         let instance_id = audit.instance_id().to_string();
-        let connect_limiter = (config.connect_rate_limit > 0).then(|| MemoryLimiter::new(config.connect_rate_limit));
+        let connect_limiter =
+            (config.limits.connect_rate_limit > 0).then(|| MemoryLimiter::new(config.limits.connect_rate_limit));
         let sessions = Arc::new(SessionContext::new(
             Arc::clone(&hub),
             Arc::clone(&bus),
             Arc::clone(&metrics),
             Arc::clone(&audit),
             auth.clone(),
-            SessionLimits::from_config(&config),
+            SessionLimits::from_config(&config.limits),
         ));
         let deps = Deps { limiter: Arc::clone(&limiter), bus: Arc::clone(&bus) };
         Self {
@@ -124,7 +125,7 @@ impl Shared {
 
     /// Takes a connection slot if fewer than `WS_MAX_CONNECTIONS` are open.
     pub fn try_admit(self: &Arc<Self>) -> Option<Admission> {
-        let max = self.config.max_connections;
+        let max = self.config.limits.max_connections;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
@@ -136,7 +137,7 @@ impl Shared {
     /// browser). With cookies or other ambient credentials a page on any
     /// site could otherwise open a connection as its visitor.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match (&self.config.allowed_origins, origin) {
+        match (&self.config.limits.allowed_origins, origin) {
             (None, _) | (_, None) => true,
             (Some(list), Some(origin)) => {
                 let origin = origin.trim_end_matches('/');
@@ -156,7 +157,7 @@ impl Shared {
     pub fn try_admit_user(self: &Arc<Self>, user: &UserId) -> Option<UserAdmission> {
         let mut per_user = self.per_user.lock();
         let n = per_user.entry(user.clone()).or_insert(0);
-        if *n >= self.config.max_connections_per_user {
+        if *n >= self.config.limits.max_connections_per_user {
             return None;
         }
         *n += 1;
