@@ -191,6 +191,25 @@ fn nonzero_u32(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
+/// Kilometres of an area's extent: a non-finite or non-positive size would
+/// make every distance check meaningless; 20000 km is half the equator,
+/// farther than any two points on Earth.
+fn area_km(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if !(v.is_finite() && v > 0.0 && v <= 20_000.0) {
+        return Err("must be a number of kilometres greater than 0 and at most 20000".into());
+    }
+    Ok(v)
+}
+
+fn snapshot_max(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=10_000).contains(&v) {
+        return Err("must be between 1 and 10000".into());
+    }
+    Ok(v)
+}
+
 /// Gateway settings (`venta-gateway --help` lists them with defaults), one
 /// group per subsystem so a setting is found where it is used: each
 /// subsystem is built from its own group, and each group is one heading of
@@ -206,6 +225,9 @@ pub struct Config {
     /// Per-client, per-user and per-instance limits, heartbeat, origins.
     #[command(flatten)]
     pub limits: LimitsConfig,
+    /// Area subscriptions ("vendors near me").
+    #[command(flatten)]
+    pub geo: GeoConfig,
     /// HTTP timeouts and bounds.
     #[command(flatten)]
     pub http: HttpConfig,
@@ -351,6 +373,32 @@ pub struct LimitsConfig {
     /// request without an Origin header (not a browser) is always allowed.
     #[arg(long = "allowed-origins", env = "WS_ALLOWED_ORIGINS", value_name = "WS_ALLOWED_ORIGINS", value_parser = origins)]
     pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Bounds of area subscriptions ("vendors near me"): how long a silent
+/// vendor stays in an area, and how much one connection may watch.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Area subscriptions")]
+pub struct GeoConfig {
+    /// Seconds a vendor may stay silent before it leaves every area it was
+    /// in (reason `expired`), so a vendor that stopped reporting does not
+    /// linger on maps.
+    #[arg(long = "geo-vendor-ttl", env = "GEO_VENDOR_TTL", value_name = "GEO_VENDOR_TTL", default_value = "300", value_parser = nonzero_secs)]
+    pub vendor_ttl_secs: u64,
+
+    /// Areas one connection may watch at once.
+    #[arg(long = "geo-max-areas", env = "GEO_MAX_AREAS", value_name = "GEO_MAX_AREAS", default_value = "8", value_parser = positive)]
+    pub max_areas: usize,
+
+    /// Largest area, km: a box's diagonal or a circle's diameter (over 0, at
+    /// most 20000), so one subscription cannot ask for the whole map.
+    #[arg(long = "geo-max-area-km", env = "GEO_MAX_AREA_KM", value_name = "GEO_MAX_AREA_KM", default_value = "50", value_parser = area_km)]
+    pub max_area_km: f64,
+
+    /// Vendors sent in the snapshot that opens an area subscription (1 to
+    /// 10000); one message, so it stays bounded however dense the area.
+    #[arg(long = "geo-snapshot-max", env = "GEO_SNAPSHOT_MAX", value_name = "GEO_SNAPSHOT_MAX", default_value = "500", value_parser = snapshot_max)]
+    pub snapshot_max: usize,
 }
 
 /// Bounds of the HTTP side of the clients' port (connections that are not
@@ -715,6 +763,7 @@ impl Config {
                 max_queue_messages: 1024,
                 allowed_origins: None,
             },
+            geo: GeoConfig { vendor_ttl_secs: 300, max_areas: 8, max_area_km: 50.0, snapshot_max: 500 },
             http: HttpConfig {
                 header_timeout_ms: 10_000,
                 request_timeout_ms: 30_000,
@@ -788,6 +837,13 @@ impl LogConfig {
     /// The shutdown grace period.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+impl GeoConfig {
+    /// How long a silent vendor stays in its areas.
+    pub fn vendor_ttl(&self) -> Duration {
+        Duration::from_secs(self.vendor_ttl_secs)
     }
 }
 
@@ -886,6 +942,44 @@ mod tests {
         assert!(both.is_ok_and(|c| c.webtransport.cert.is_some() && c.webtransport.key.is_some()));
     }
 
+    #[test]
+    fn geo_settings_parse_with_units() {
+        let geo = |args: &[&str]| parse(args).map(|c| c.geo);
+        let Ok(d) = geo(&[]) else { panic!("defaults do not parse") };
+        assert_eq!((d.vendor_ttl_secs, d.max_areas, d.max_area_km, d.snapshot_max), (300, 8, 50.0, 500));
+        assert_eq!(geo(&["--geo-vendor-ttl", "90"]).map(|g| g.vendor_ttl_secs), Ok(90));
+        assert_eq!(geo(&["--geo-vendor-ttl", "5m"]).map(|g| g.vendor_ttl_secs), Ok(300));
+        assert_eq!(geo(&["--geo-vendor-ttl", "1500ms"]).map(|g| g.vendor_ttl_secs), Ok(2));
+        assert_eq!(geo(&["--geo-max-areas", "1"]).map(|g| g.max_areas), Ok(1));
+        assert_eq!(geo(&["--geo-max-area-km", "0.5"]).map(|g| g.max_area_km), Ok(0.5));
+        assert_eq!(geo(&["--geo-max-area-km", "20000"]).map(|g| g.max_area_km), Ok(20_000.0));
+        assert_eq!(geo(&["--geo-snapshot-max", "1"]).map(|g| g.snapshot_max), Ok(1));
+        assert_eq!(geo(&["--geo-snapshot-max", "10000"]).map(|g| g.snapshot_max), Ok(10_000));
+    }
+
+    #[test]
+    fn bad_geo_settings_are_refused_naming_the_variable() {
+        for (flag, value, var) in [
+            ("--geo-vendor-ttl", "0", "GEO_VENDOR_TTL"),
+            ("--geo-vendor-ttl", "0s", "GEO_VENDOR_TTL"),
+            ("--geo-vendor-ttl", "5 minutes", "GEO_VENDOR_TTL"),
+            ("--geo-max-areas", "0", "GEO_MAX_AREAS"),
+            ("--geo-max-areas", "-1", "GEO_MAX_AREAS"),
+            ("--geo-max-area-km", "0", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "-5", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "20000.5", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "NaN", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "inf", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "far", "GEO_MAX_AREA_KM"),
+            ("--geo-snapshot-max", "0", "GEO_SNAPSHOT_MAX"),
+            ("--geo-snapshot-max", "10001", "GEO_SNAPSHOT_MAX"),
+        ] {
+            // `=` so that a negative value is not read as a flag.
+            let err = parse(&[&format!("{flag}={value}")]).err().unwrap_or_default();
+            assert!(err.contains(var) && err.contains(value), "{flag}={value}: {err}");
+        }
+    }
+
     /// Each group's flags sit under its own heading, and the groups come in
     /// the order `--help` has always listed them.
     #[test]
@@ -902,6 +996,8 @@ mod tests {
             ("port", "Listeners"),
             ("wt_port", "WebTransport"),
             ("max_subscriptions", "Clients and limits"),
+            ("vendor_ttl_secs", "Area subscriptions"),
+            ("max_area_km", "Area subscriptions"),
             ("http_max_connections", "HTTP"),
             ("gateway_env", "Auth and tokens"),
             ("redis_url", "Redis"),
