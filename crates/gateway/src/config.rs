@@ -215,12 +215,54 @@ fn nonzero_u32(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
-/// Gateway settings (`venta-gateway --help` lists them with defaults).
+/// Kilometres of an area's extent: a non-finite or non-positive size would
+/// make every distance check meaningless; 20000 km is half the equator,
+/// farther than any two points on Earth.
+/// Gateway settings (`venta-gateway --help` lists them with defaults), one
+/// group per subsystem so a setting is found where it is used: each
+/// subsystem is built from its own group, and each group is one heading of
+/// `--help`.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
+    /// Listeners: ports, bind address, socket settings.
+    #[command(flatten)]
+    pub server: ServerConfig,
+    /// The WebTransport endpoint and its certificate.
+    #[command(flatten)]
+    pub webtransport: WebTransportConfig,
+    /// Per-client, per-user and per-instance limits, heartbeat, origins.
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+    /// Area subscriptions ("vendors near me").
+    #[command(flatten)]
+    pub geo: GeoConfig,
+    /// HTTP timeouts and bounds.
+    #[command(flatten)]
+    pub http: HttpConfig,
+    /// Client JWTs, ingest and admin tokens, the environment.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// Shared rate-limit counters.
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    /// The bus and its last values.
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    /// The subscription audit trail.
+    #[command(flatten)]
+    pub audit: AuditConfig,
+    /// Instance id, logs, shutdown.
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+/// Where the gateway listens: the ports and the socket settings of the
+/// clients' TCP port.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Listeners")]
+pub struct ServerConfig {
     /// TCP port for HTTP and WebSocket.
     #[arg(
-        help_heading = "Listeners",
         long = "port",
         env = "WEBSOCKET_GATEWAY_PORT",
         value_name = "WEBSOCKET_GATEWAY_PORT",
@@ -229,29 +271,16 @@ pub struct Config {
     pub port: u16,
 
     /// TCP port for gRPC ingest (`venta.gateway.v1.UpdateIngest`).
-    #[arg(
-        help_heading = "Listeners",
-        long = "grpc-port",
-        env = "GRPC_PORT",
-        value_name = "GRPC_PORT",
-        default_value_t = 5007
-    )]
+    #[arg(long = "grpc-port", env = "GRPC_PORT", value_name = "GRPC_PORT", default_value_t = 5007)]
     pub grpc_port: u16,
 
     /// Address to bind; `::` is dual-stack (IPv4 and IPv6).
-    #[arg(
-        help_heading = "Listeners",
-        long = "bind-addr",
-        env = "BIND_ADDR",
-        value_name = "BIND_ADDR",
-        default_value = "::"
-    )]
+    #[arg(long = "bind-addr", env = "BIND_ADDR", value_name = "BIND_ADDR", default_value = "::")]
     pub bind_addr: IpAddr,
 
     /// TCP accept queue length, for reconnect storms after a restart (the
     /// kernel caps it at net.core.somaxconn).
     #[arg(
-        help_heading = "Listeners",
         long = "accept-backlog",
         env = "WS_ACCEPT_BACKLOG",
         value_name = "WS_ACCEPT_BACKLOG",
@@ -263,62 +292,65 @@ pub struct Config {
     /// up to net.ipv4.tcp_wmem's max, several MiB). Small, so a client that
     /// stops reading is noticed and conflated early.
     #[arg(
-        help_heading = "Listeners",
         long = "send-buffer",
         env = "WS_SEND_BUFFER_BYTES",
         value_name = "WS_SEND_BUFFER_BYTES",
         default_value = "65536"
     )]
     pub send_buffer_bytes: usize,
+}
 
+/// The WebTransport (HTTP/3) endpoint and its certificate.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "WebTransport")]
+pub struct WebTransportConfig {
     /// UDP port for WebTransport (HTTP/3); default: the same number as the
     /// HTTP port. 0 picks a free port.
-    #[arg(help_heading = "WebTransport", long = "wt-port", env = "WT_PORT", value_name = "WT_PORT")]
-    pub wt_port: Option<u16>,
+    #[arg(id = "wt_port", long = "wt-port", env = "WT_PORT", value_name = "WT_PORT")]
+    pub port: Option<u16>,
 
     /// WebTransport certificate chain (PEM). With `WT_KEY`; without both, a
     /// self-signed certificate is made and its hash served at /wt/cert-hash.
-    #[arg(
-        help_heading = "WebTransport",
-        long = "wt-cert",
-        env = "WT_CERT",
-        value_name = "WT_CERT",
-        requires = "wt_key"
-    )]
-    pub wt_cert: Option<PathBuf>,
+    #[arg(id = "wt_cert", long = "wt-cert", env = "WT_CERT", value_name = "WT_CERT", requires = "wt_key")]
+    pub cert: Option<PathBuf>,
 
     /// WebTransport private key (PEM), with `WT_CERT`.
-    #[arg(help_heading = "WebTransport", long = "wt-key", env = "WT_KEY", value_name = "WT_KEY", requires = "wt_cert")]
-    pub wt_key: Option<PathBuf>,
+    #[arg(id = "wt_key", long = "wt-key", env = "WT_KEY", value_name = "WT_KEY", requires = "wt_cert")]
+    pub key: Option<PathBuf>,
 
     /// Seconds the self-signed WebTransport certificate is valid (under 14
     /// days, the browsers' limit for hash pinning); it is renewed while
     /// running, the next hash published ahead at /wt/cert-hash.
-    #[arg(help_heading = "WebTransport", long = "wt-cert-validity", env = "WT_CERT_VALIDITY", value_name = "WT_CERT_VALIDITY", default_value = "1123200", value_parser = cert_validity)]
-    pub wt_cert_validity_secs: u64,
+    #[arg(long = "wt-cert-validity", env = "WT_CERT_VALIDITY", value_name = "WT_CERT_VALIDITY", default_value = "1123200", value_parser = cert_validity)]
+    pub cert_validity_secs: u64,
+}
 
+/// What one client, one user or the whole instance may use: the bounds a
+/// session and admission enforce.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Clients and limits")]
+pub struct LimitsConfig {
     /// Server `ping` interval in milliseconds (min 1000); a client silent for
     /// two intervals is closed with 4000.
-    #[arg(help_heading = "Clients and limits", long = "heartbeat-interval", env = "WS_HEARTBEAT_INTERVAL", value_name = "WS_HEARTBEAT_INTERVAL", default_value = "30000", value_parser = heartbeat_ms)]
+    #[arg(long = "heartbeat-interval", env = "WS_HEARTBEAT_INTERVAL", value_name = "WS_HEARTBEAT_INTERVAL", default_value = "30000", value_parser = heartbeat_ms)]
     pub heartbeat_interval_ms: u64,
 
     /// Maximum concurrent client connections on this instance (over: close 1013).
-    #[arg(help_heading = "Clients and limits", long = "max-connections", env = "WS_MAX_CONNECTIONS", value_name = "WS_MAX_CONNECTIONS", default_value = "1000", value_parser = positive)]
+    #[arg(long = "max-connections", env = "WS_MAX_CONNECTIONS", value_name = "WS_MAX_CONNECTIONS", default_value = "1000", value_parser = positive)]
     pub max_connections: usize,
 
     /// Concurrent connections per authenticated user (over: close 1008).
-    #[arg(help_heading = "Clients and limits", long = "max-connections-per-user", env = "WS_MAX_CONNECTIONS_PER_USER", value_name = "WS_MAX_CONNECTIONS_PER_USER", default_value = "10", value_parser = positive)]
+    #[arg(long = "max-connections-per-user", env = "WS_MAX_CONNECTIONS_PER_USER", value_name = "WS_MAX_CONNECTIONS_PER_USER", default_value = "10", value_parser = positive)]
     pub max_connections_per_user: usize,
 
     /// Client messages per minute per user (per connection while auth is off);
     /// a burst of this many is served at once, then the budget refills evenly.
-    #[arg(help_heading = "Clients and limits", long = "rate-limit", env = "WS_RATE_LIMIT", value_name = "WS_RATE_LIMIT", default_value = "100", value_parser = nonzero_u32)]
+    #[arg(long = "rate-limit", env = "WS_RATE_LIMIT", value_name = "WS_RATE_LIMIT", default_value = "100", value_parser = nonzero_u32)]
     pub rate_limit: u32,
 
     /// Connect attempts per minute per client IP (0 = off: behind a load
     /// balancer every client shares one IP). Over: HTTP 429.
     #[arg(
-        help_heading = "Clients and limits",
         long = "connect-rate-limit",
         env = "WS_CONNECT_RATE_LIMIT",
         value_name = "WS_CONNECT_RATE_LIMIT",
@@ -327,56 +359,99 @@ pub struct Config {
     pub connect_rate_limit: u32,
 
     /// Largest client frame in bytes (over: close 1009).
-    #[arg(help_heading = "Clients and limits", long = "max-message-bytes", env = "WS_MAX_MESSAGE_BYTES", value_name = "WS_MAX_MESSAGE_BYTES", default_value = "4096", value_parser = positive)]
+    #[arg(long = "max-message-bytes", env = "WS_MAX_MESSAGE_BYTES", value_name = "WS_MAX_MESSAGE_BYTES", default_value = "4096", value_parser = positive)]
     pub max_message_bytes: usize,
 
     /// Subscriptions per connection (over: `too_many_subscriptions`).
-    #[arg(help_heading = "Clients and limits", long = "max-subscriptions", env = "WS_MAX_SUBSCRIPTIONS", value_name = "WS_MAX_SUBSCRIPTIONS", default_value = "100", value_parser = positive)]
+    #[arg(long = "max-subscriptions", env = "WS_MAX_SUBSCRIPTIONS", value_name = "WS_MAX_SUBSCRIPTIONS", default_value = "100", value_parser = positive)]
     pub max_subscriptions: usize,
 
     /// Bytes of unsent non-conflatable messages per connection before the
     /// client is closed with 1013 as a slow consumer.
-    #[arg(help_heading = "Clients and limits", long = "max-queue-bytes", env = "WS_MAX_QUEUE_BYTES", value_name = "WS_MAX_QUEUE_BYTES", default_value = "1048576", value_parser = positive)]
+    #[arg(long = "max-queue-bytes", env = "WS_MAX_QUEUE_BYTES", value_name = "WS_MAX_QUEUE_BYTES", default_value = "1048576", value_parser = positive)]
     pub max_queue_bytes: usize,
 
     /// Queued messages per connection beyond which pending location updates
     /// are conflated (only the newest per vendor is kept).
-    #[arg(help_heading = "Clients and limits", long = "max-queue-messages", env = "WS_MAX_QUEUE_MESSAGES", value_name = "WS_MAX_QUEUE_MESSAGES", default_value = "1024", value_parser = positive)]
+    #[arg(long = "max-queue-messages", env = "WS_MAX_QUEUE_MESSAGES", value_name = "WS_MAX_QUEUE_MESSAGES", default_value = "1024", value_parser = positive)]
     pub max_queue_messages: usize,
 
     /// Origins allowed to open WebSockets and WebTransport sessions
     /// (comma-separated, e.g. `https://app.example.com`); unset: any. A
     /// request without an Origin header (not a browser) is always allowed.
-    #[arg(help_heading = "Clients and limits", long = "allowed-origins", env = "WS_ALLOWED_ORIGINS", value_name = "WS_ALLOWED_ORIGINS", value_parser = origins)]
+    #[arg(long = "allowed-origins", env = "WS_ALLOWED_ORIGINS", value_name = "WS_ALLOWED_ORIGINS", value_parser = origins)]
     pub allowed_origins: Option<Vec<String>>,
+}
 
+/// Bounds of area subscriptions ("vendors near me"): how long a silent
+/// vendor stays in an area, and how much one connection may watch.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Area subscriptions")]
+pub struct GeoConfig {
+    /// Seconds a vendor may stay silent before it leaves every area it was
+    /// in (reason `expired`), so a vendor that stopped reporting does not
+    /// linger on maps.
+    #[arg(long = "geo-vendor-ttl", env = "GEO_VENDOR_TTL", value_name = "GEO_VENDOR_TTL", default_value = "300", value_parser = nonzero_secs)]
+    pub vendor_ttl_secs: u64,
+
+    /// Areas one connection may watch at once.
+    #[arg(long = "geo-max-areas", env = "GEO_MAX_AREAS", value_name = "GEO_MAX_AREAS", default_value = "8", value_parser = positive)]
+    pub max_areas: usize,
+
+    /// Largest area, km: a box's diagonal or a circle's diameter (over 0, at
+    /// most 20000), so one subscription cannot ask for the whole map.
+    #[arg(long = "geo-max-area-km", env = "GEO_MAX_AREA_KM", value_name = "GEO_MAX_AREA_KM", default_value = "50", value_parser = area_km)]
+    pub max_area_km: f64,
+
+    /// Vendors sent in the snapshot that opens an area subscription (1 to
+    /// 10000); one message, so it stays bounded however dense the area.
+    #[arg(long = "geo-snapshot-max", env = "GEO_SNAPSHOT_MAX", value_name = "GEO_SNAPSHOT_MAX", default_value = "500", value_parser = snapshot_max)]
+    pub snapshot_max: usize,
+
+    /// Replicas of the vendor positions kept in JetStream KV for area
+    /// subscriptions across instances (1 to 5; 3 on a NATS cluster keeps
+    /// them through the loss of a node).
+    #[arg(long = "geo-kv-replicas", env = "GEO_KV_REPLICAS", value_name = "GEO_KV_REPLICAS", default_value = "1", value_parser = kv_replicas)]
+    pub kv_replicas: usize,
+}
+
+/// Bounds of the HTTP side of the clients' port (connections that are not
+/// WebSocket yet).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpConfig {
     /// Milliseconds a connection on the HTTP port has to send a complete
     /// request head, from when it connected or its previous response was
     /// sent (so it is also the keep-alive idle timeout). Slow senders are
     /// closed.
-    #[arg(help_heading = "HTTP", long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT_MS", value_name = "HTTP_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = header_timeout_ms)]
-    pub http_header_timeout_ms: u64,
+    #[arg(long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT_MS", value_name = "HTTP_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = header_timeout_ms)]
+    pub header_timeout_ms: u64,
 
     /// Milliseconds an HTTP request (reading its body included) may take
     /// before it is answered 408.
-    #[arg(help_heading = "HTTP", long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT_MS", value_name = "HTTP_REQUEST_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout_ms)]
-    pub http_request_timeout_ms: u64,
+    #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT_MS", value_name = "HTTP_REQUEST_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout_ms)]
+    pub request_timeout_ms: u64,
 
     /// Connections on the HTTP port that are not WebSocket (plain HTTP,
     /// keep-alive, handshakes in progress). Over: 503 and closed at once.
     /// Room for a reconnect storm's handshakes (each takes milliseconds);
     /// with `HTTP_MAX_HEADER_BYTES` it bounds what idle sockets can hold.
-    #[arg(help_heading = "HTTP", long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS", default_value = "4096", value_parser = positive)]
-    pub http_max_connections: usize,
+    #[arg(id = "http_max_connections", long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS", default_value = "4096", value_parser = positive)]
+    pub max_connections: usize,
 
     /// Largest HTTP request head (request line and headers), bytes; over: 431.
-    #[arg(help_heading = "HTTP", long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", value_name = "HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = header_bytes)]
-    pub http_max_header_bytes: usize,
+    #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", value_name = "HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = header_bytes)]
+    pub max_header_bytes: usize,
+}
 
+/// Who may connect and publish, and whether an open door is refused
+/// (`GATEWAY_ENV`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Auth and tokens")]
+pub struct AuthConfig {
     /// `production` (alias `prod`) refuses to start without a JWT key and
     /// an ingest token; `development` (alias `dev`) warns instead.
     #[arg(
-        help_heading = "Auth and tokens",
         long = "gateway-env",
         env = "GATEWAY_ENV",
         value_name = "GATEWAY_ENV",
@@ -387,222 +462,198 @@ pub struct Config {
 
     /// HS256 secret for client JWTs (at least 16 bytes). Unset, and no
     /// JWT_PUBLIC_KEY: auth is off (logged loudly).
-    #[arg(
-        help_heading = "Auth and tokens",
-        long = "jwt-secret",
-        env = "JWT_SECRET",
-        value_name = "JWT_SECRET",
-        hide_env_values = true
-    )]
+    #[arg(long = "jwt-secret", env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
     /// PEM file of an RSA (RS256) or EC P-256 (ES256) public key for client JWTs.
-    #[arg(
-        help_heading = "Auth and tokens",
-        long = "jwt-public-key",
-        env = "JWT_PUBLIC_KEY",
-        value_name = "JWT_PUBLIC_KEY"
-    )]
+    #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<std::path::PathBuf>,
 
     /// Required `iss` of client JWTs, when set.
-    #[arg(help_heading = "Auth and tokens", long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    #[arg(long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
     /// Required `aud` of client JWTs, when set.
-    #[arg(help_heading = "Auth and tokens", long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    #[arg(long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
     /// Seconds of clock skew tolerated on a token's `exp`/`nbf`; a
     /// connection is closed with 4001 at `exp` plus this.
-    #[arg(help_heading = "Auth and tokens", long = "jwt-leeway", env = "JWT_LEEWAY", value_name = "JWT_LEEWAY", default_value = "30", value_parser = leeway_secs)]
+    #[arg(long = "jwt-leeway", env = "JWT_LEEWAY", value_name = "JWT_LEEWAY", default_value = "30", value_parser = leeway_secs)]
     pub jwt_leeway_secs: u64,
 
     /// Bearer token required by `POST /api/v1/publish/*` and gRPC ingest;
     /// unset: open (logged loudly), refused with GATEWAY_ENV=production.
-    #[arg(
-        help_heading = "Auth and tokens",
-        long = "ingest-token",
-        env = "INGEST_TOKEN",
-        value_name = "INGEST_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long = "ingest-token", env = "INGEST_TOKEN", value_name = "INGEST_TOKEN", hide_env_values = true)]
     pub ingest_token: Option<String>,
 
     /// Bearer token for `GET /api/v1/audit`; unset: that route answers 404.
-    #[arg(
-        help_heading = "Auth and tokens",
-        long = "admin-token",
-        env = "ADMIN_TOKEN",
-        value_name = "ADMIN_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long = "admin-token", env = "ADMIN_TOKEN", value_name = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+}
 
+/// Rate-limit counters shared by every instance.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisConfig {
     /// Redis for rate-limit counters shared by every instance; unset: each
     /// instance limits alone.
-    #[arg(help_heading = "Redis", long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
-    pub redis_url: Option<String>,
+    #[arg(id = "redis_url", long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
+    pub url: Option<String>,
 
     /// Prefix of the rate-limit keys in Redis.
     #[arg(
-        help_heading = "Redis",
         long = "redis-key-prefix",
         env = "REDIS_KEY_PREFIX",
         value_name = "REDIS_KEY_PREFIX",
         default_value = "venta:rl:"
     )]
-    pub redis_key_prefix: String,
+    pub key_prefix: String,
+}
 
+/// The bus between instances and publishers, and the last values kept for
+/// new subscribers.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "NATS")]
+pub struct NatsConfig {
     /// NATS server(s), e.g. `nats://127.0.0.1:4222`; unset: in-process bus.
-    #[arg(help_heading = "NATS", long = "nats-url", env = "NATS_URL", value_name = "NATS_URL")]
-    pub nats_url: Option<String>,
+    #[arg(id = "nats_url", long = "nats-url", env = "NATS_URL", value_name = "NATS_URL")]
+    pub url: Option<String>,
 
     /// Subject prefix: updates travel on `<prefix>.location.<vendorId>` and
     /// `<prefix>.vendor.<vendorId>`.
-    #[arg(help_heading = "NATS", long = "nats-subject-prefix", env = "NATS_SUBJECT_PREFIX", value_name = "NATS_SUBJECT_PREFIX", default_value = "venta", value_parser = subject_prefix)]
-    pub nats_subject_prefix: String,
+    #[arg(long = "nats-subject-prefix", env = "NATS_SUBJECT_PREFIX", value_name = "NATS_SUBJECT_PREFIX", default_value = "venta", value_parser = subject_prefix)]
+    pub subject_prefix: String,
 
     /// Milliseconds an instance keeps a NATS subscription after its last
     /// client left, so flapping clients do not churn NATS.
     #[arg(
-        help_heading = "NATS",
         long = "nats-interest-linger",
         env = "NATS_INTEREST_LINGER_MS",
         value_name = "NATS_INTEREST_LINGER_MS",
         default_value = "2000",
         value_parser = millis
     )]
-    pub nats_interest_linger_ms: u64,
+    pub interest_linger_ms: u64,
 
     /// Keep the last update per vendor in a JetStream stream (nats-server
     /// 2.10+), so new subscribers get it across instances and restarts.
-    #[arg(help_heading = "NATS", long = "nats-jetstream", env = "NATS_JETSTREAM", value_name = "NATS_JETSTREAM", default_value_t = true, action = clap::ArgAction::Set)]
-    pub nats_jetstream: bool,
+    #[arg(long = "nats-jetstream", env = "NATS_JETSTREAM", value_name = "NATS_JETSTREAM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub jetstream: bool,
 
     /// Seconds JetStream keeps a vendor's last update.
-    #[arg(help_heading = "NATS", long = "last-value-max-age", env = "NATS_LAST_VALUE_MAX_AGE", value_name = "NATS_LAST_VALUE_MAX_AGE", default_value = "86400", value_parser = nonzero_secs)]
+    #[arg(long = "last-value-max-age", env = "NATS_LAST_VALUE_MAX_AGE", value_name = "NATS_LAST_VALUE_MAX_AGE", default_value = "86400", value_parser = nonzero_secs)]
     pub last_value_max_age_secs: u64,
 
     /// Bytes (estimated heap) of last values kept in process: by the
     /// in-process bus, and by the NATS bus while JetStream is off or down.
     /// When full, the least recently updated vendors are dropped first.
-    #[arg(help_heading = "NATS", long = "last-value-max-bytes", env = "LAST_VALUE_MAX_BYTES", value_name = "LAST_VALUE_MAX_BYTES", default_value = "67108864", value_parser = crate::bus::parse_store_bytes)]
+    #[arg(long = "last-value-max-bytes", env = "LAST_VALUE_MAX_BYTES", value_name = "LAST_VALUE_MAX_BYTES", default_value = "67108864", value_parser = crate::bus::parse_store_bytes)]
     pub last_value_max_bytes: usize,
 
     /// Bytes the JetStream last-value stream may hold on the NATS server;
     /// past it, the oldest messages go. Applied to an existing stream too.
-    #[arg(help_heading = "NATS", long = "nats-last-value-max-bytes", env = "NATS_LAST_VALUE_MAX_BYTES", value_name = "NATS_LAST_VALUE_MAX_BYTES", default_value = "1073741824", value_parser = crate::bus::parse_store_bytes)]
-    pub nats_last_value_max_bytes: usize,
+    #[arg(long = "nats-last-value-max-bytes", env = "NATS_LAST_VALUE_MAX_BYTES", value_name = "NATS_LAST_VALUE_MAX_BYTES", default_value = "1073741824", value_parser = crate::bus::parse_store_bytes)]
+    pub stream_max_bytes: usize,
 
     /// Milliseconds between background checks of Redis and NATS/JetStream
     /// (100 to 60000), so /health is true on an idle gateway.
-    #[arg(help_heading = "NATS", long = "health-probe-interval", env = "HEALTH_PROBE_INTERVAL_MS", value_name = "HEALTH_PROBE_INTERVAL_MS", default_value = "2000", value_parser = probe_ms)]
+    #[arg(long = "health-probe-interval", env = "HEALTH_PROBE_INTERVAL_MS", value_name = "HEALTH_PROBE_INTERVAL_MS", default_value = "2000", value_parser = probe_ms)]
     pub health_probe_interval_ms: u64,
+}
 
+/// The subscription audit trail: its database, queues and spill journal.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Audit trail")]
+pub struct AuditConfig {
     /// PostgreSQL for the subscription audit trail, e.g.
     /// `postgres://user:pass@host:5432/db`; unset: embedded SQLite file.
-    #[arg(
-        help_heading = "Audit trail",
-        long = "database-url",
-        env = "DATABASE_URL",
-        value_name = "DATABASE_URL",
-        hide_env_values = true
-    )]
+    #[arg(long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// The embedded SQLite audit file, used when DATABASE_URL is unset.
     #[arg(
-        help_heading = "Audit trail",
         long = "audit-sqlite-path",
         env = "AUDIT_SQLITE_PATH",
         value_name = "AUDIT_SQLITE_PATH",
         default_value = "./venta-gateway-audit.db"
     )]
-    pub audit_sqlite_path: PathBuf,
+    pub sqlite_path: PathBuf,
 
     /// Directory of the audit spill journal (rows the database could not
     /// take yet); one per instance.
     #[arg(
-        help_heading = "Audit trail",
         long = "audit-journal-dir",
         env = "AUDIT_JOURNAL_DIR",
         value_name = "AUDIT_JOURNAL_DIR",
         default_value = "./audit-journal"
     )]
-    pub audit_journal_dir: PathBuf,
+    pub journal_dir: PathBuf,
 
     /// Audit rows the hot-path queue holds; when full, rows go straight to
     /// the journal (never dropped, never waited for).
-    #[arg(help_heading = "Audit trail", long = "audit-queue", env = "AUDIT_QUEUE", value_name = "AUDIT_QUEUE", default_value = "10000", value_parser = positive)]
-    pub audit_queue: usize,
+    #[arg(long = "audit-queue", env = "AUDIT_QUEUE", value_name = "AUDIT_QUEUE", default_value = "10000", value_parser = positive)]
+    pub queue: usize,
 
     /// Audit rows per database insert.
-    #[arg(help_heading = "Audit trail", long = "audit-batch", env = "AUDIT_BATCH", value_name = "AUDIT_BATCH", default_value = "500", value_parser = positive)]
-    pub audit_batch: usize,
+    #[arg(long = "audit-batch", env = "AUDIT_BATCH", value_name = "AUDIT_BATCH", default_value = "500", value_parser = positive)]
+    pub batch: usize,
 
     /// Audit rows kept in memory while the database is unreachable before
     /// they spill to the journal.
-    #[arg(help_heading = "Audit trail", long = "audit-buffer", env = "AUDIT_BUFFER", value_name = "AUDIT_BUFFER", default_value = "10000", value_parser = positive)]
-    pub audit_buffer: usize,
+    #[arg(long = "audit-buffer", env = "AUDIT_BUFFER", value_name = "AUDIT_BUFFER", default_value = "10000", value_parser = positive)]
+    pub buffer: usize,
 
     /// While the audit database is unreachable, the longest an audit row
     /// waits in memory before it is journaled (milliseconds, 1-60000): what
     /// a crash during an outage can lose.
     #[arg(
-        help_heading = "Audit trail",
         long = "audit-spill-after",
         env = "AUDIT_SPILL_AFTER_MS",
         value_name = "AUDIT_SPILL_AFTER_MS",
         default_value = "500",
         value_parser = spill_ms
     )]
-    pub audit_spill_after_ms: u64,
+    pub spill_after_ms: u64,
 
     /// How often an idle audit writer probes its database, so /health is
     /// current without traffic (milliseconds, 100-60000).
     #[arg(
-        help_heading = "Audit trail",
         long = "audit-probe-interval",
         env = "AUDIT_PROBE_INTERVAL_MS",
         value_name = "AUDIT_PROBE_INTERVAL_MS",
         default_value = "2000",
         value_parser = probe_ms
     )]
-    pub audit_probe_interval_ms: u64,
-
-    /// Seconds to wait for clients to close and queues to flush on shutdown.
-    #[arg(help_heading = "Lifecycle and logs", long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", value_name = "SHUTDOWN_TIMEOUT", default_value = "10", value_parser = seconds)]
-    pub shutdown_timeout_secs: u64,
-
-    /// This instance's id in /ws/status and logs (default: random).
-    #[arg(help_heading = "Lifecycle and logs", long = "instance-id", env = "INSTANCE_ID", value_name = "INSTANCE_ID")]
-    pub instance_id: Option<String>,
-
-    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
-    #[arg(help_heading = "Lifecycle and logs", long = "log-level", env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info", value_parser = log_level)]
-    pub log_level: String,
-
-    /// Log format.
-    #[arg(
-        help_heading = "Lifecycle and logs",
-        long = "log-format",
-        env = "LOG_FORMAT",
-        value_name = "LOG_FORMAT",
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
-
-    /// Area subscriptions ("vendors near me").
-    #[command(flatten)]
-    pub geo: GeoConfig,
+    pub probe_interval_ms: u64,
 
     /// Audit rows waiting for the journal's thread when the hot-path queue
     /// (`AUDIT_QUEUE`) is full; past both, a row is dropped and counted
     /// (`venta_audit_dropped_total{reason="journal_full"}`): the hot path
     /// never writes a file itself.
-    #[arg(help_heading = "Audit trail", long = "audit-journal-queue", env = "AUDIT_JOURNAL_QUEUE", value_name = "AUDIT_JOURNAL_QUEUE", default_value = "10000", value_parser = positive)]
-    pub audit_journal_queue: usize,
+    #[arg(long = "audit-journal-queue", env = "AUDIT_JOURNAL_QUEUE", value_name = "AUDIT_JOURNAL_QUEUE", default_value = "10000", value_parser = positive)]
+    pub journal_queue: usize,
+}
+
+/// How the process names itself, logs and stops.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Lifecycle and logs")]
+pub struct LogConfig {
+    /// Seconds to wait for clients to close and queues to flush on shutdown.
+    #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", value_name = "SHUTDOWN_TIMEOUT", default_value = "10", value_parser = seconds)]
+    pub shutdown_timeout_secs: u64,
+
+    /// This instance's id in /ws/status and logs (default: random).
+    #[arg(long = "instance-id", env = "INSTANCE_ID", value_name = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long = "log-level", env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info", value_parser = log_level)]
+    pub level: String,
+
+    /// Log format.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
+    pub format: LogFormat,
 }
 
 /// A setting that parsed but cannot work (the binary exits 2).
@@ -644,7 +695,7 @@ impl Config {
     /// Checks what clap cannot without printing secrets: URLs (which may
     /// carry passwords) and the JWT secret. Every error names the variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(secret) = &self.jwt_secret
+        if let Some(secret) = &self.auth.jwt_secret
             && secret.len() < crate::auth::MIN_SECRET_BYTES
         {
             let reason = format!(
@@ -654,13 +705,13 @@ impl Config {
             );
             return Err(bad("JWT_SECRET", "(hidden)".into(), reason));
         }
-        if let Some(url) = &self.database_url
+        if let Some(url) = &self.audit.database_url
             && !matches!(scheme(url).as_deref(), Some("postgres" | "postgresql"))
         {
             let reason = "must be a PostgreSQL URL (postgres://user:pass@host:5432/db); unset it for the embedded SQLite audit trail";
             return Err(bad("DATABASE_URL", format!("{:?}", redact_url(url)), reason));
         }
-        if let Some(url) = &self.redis_url {
+        if let Some(url) = &self.redis.url {
             let shown = format!("{:?}", redact_url(url));
             if !matches!(scheme(url).as_deref(), Some("redis" | "rediss" | "redis+unix" | "unix")) {
                 return Err(bad("REDIS_URL", shown, "must be a Redis URL (redis://host:6379 or rediss:// for TLS)"));
@@ -669,7 +720,7 @@ impl Config {
                 return Err(bad("REDIS_URL", shown, e.to_string()));
             }
         }
-        if let Some(urls) = &self.nats_url {
+        if let Some(urls) = &self.nats.url {
             for url in urls.split(',').map(str::trim) {
                 let shown = format!("{:?}", redact_url(url));
                 if url.is_empty() {
@@ -689,93 +740,124 @@ impl Config {
 
     /// Whether `GATEWAY_ENV` is production.
     pub fn is_production(&self) -> bool {
-        self.gateway_env == GatewayEnv::Production
+        self.auth.is_production()
     }
 
-    /// The HTTP limits of the clients' port.
+    /// The HTTP limits of the clients' port: the HTTP group's bounds and the
+    /// listener's socket send buffer, which the accept loop applies.
     pub fn http_limits(&self) -> crate::listener::HttpLimits {
         crate::listener::HttpLimits {
-            header_timeout: Duration::from_millis(self.http_header_timeout_ms),
-            max_header_bytes: self.http_max_header_bytes,
-            max_connections: self.http_max_connections,
-            send_buffer: self.send_buffer_bytes,
+            header_timeout: Duration::from_millis(self.http.header_timeout_ms),
+            max_header_bytes: self.http.max_header_bytes,
+            max_connections: self.http.max_connections,
+            send_buffer: self.server.send_buffer_bytes,
         }
-    }
-
-    /// The heartbeat interval.
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms)
-    }
-
-    /// Validity of the self-signed WebTransport certificate.
-    pub fn wt_cert_validity(&self) -> Duration {
-        Duration::from_secs(self.wt_cert_validity_secs)
-    }
-
-    /// The shutdown grace period.
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.shutdown_timeout_secs)
     }
 
     /// The documented defaults, ignoring the environment: for tests and embedding.
     pub fn defaults() -> Self {
         Self {
-            port: 5006,
-            grpc_port: 5007,
-            wt_port: None,
-            wt_cert: None,
-            wt_key: None,
-            wt_cert_validity_secs: 13 * 86_400,
-            bind_addr: IpAddr::from([0u16; 8]),
-            heartbeat_interval_ms: 30_000,
-            max_connections: 1000,
-            rate_limit: 100,
-            max_message_bytes: 4096,
-            max_subscriptions: 100,
-            max_queue_bytes: 1 << 20,
-            max_queue_messages: 1024,
-            accept_backlog: 4096,
-            http_header_timeout_ms: 10_000,
-            http_request_timeout_ms: 30_000,
-            http_max_connections: 4096,
-            http_max_header_bytes: 16_384,
-            allowed_origins: None,
-            send_buffer_bytes: 65_536,
-            connect_rate_limit: 0,
-            max_connections_per_user: 10,
-            jwt_secret: None,
-            jwt_public_key: None,
-            jwt_issuer: None,
-            jwt_audience: None,
-            jwt_leeway_secs: 30,
-            gateway_env: GatewayEnv::Development,
-            redis_url: None,
-            redis_key_prefix: "venta:rl:".into(),
-            ingest_token: None,
-            nats_url: None,
-            nats_subject_prefix: "venta".into(),
-            nats_interest_linger_ms: 2000,
-            nats_jetstream: true,
-            last_value_max_age_secs: 86_400,
-            database_url: None,
-            audit_sqlite_path: PathBuf::from("./venta-gateway-audit.db"),
-            audit_journal_dir: PathBuf::from("./audit-journal"),
-            audit_queue: 10_000,
-            audit_batch: 500,
-            audit_buffer: 10_000,
-            admin_token: None,
-            shutdown_timeout_secs: 10,
+            server: ServerConfig {
+                port: 5006,
+                grpc_port: 5007,
+                bind_addr: IpAddr::from([0u16; 8]),
+                accept_backlog: 4096,
+                send_buffer_bytes: 65_536,
+            },
+            webtransport: WebTransportConfig { port: None, cert: None, key: None, cert_validity_secs: 13 * 86_400 },
+            limits: LimitsConfig {
+                heartbeat_interval_ms: 30_000,
+                max_connections: 1000,
+                max_connections_per_user: 10,
+                rate_limit: 100,
+                connect_rate_limit: 0,
+                max_message_bytes: 4096,
+                max_subscriptions: 100,
+                max_queue_bytes: 1 << 20,
+                max_queue_messages: 1024,
+                allowed_origins: None,
+            },
             geo: GeoConfig { vendor_ttl_secs: 300, max_areas: 8, max_area_km: 50.0, snapshot_max: 500, kv_replicas: 1 },
-            instance_id: None,
-            log_level: "info".into(),
-            log_format: LogFormat::Text,
-            audit_spill_after_ms: 500,
-            audit_probe_interval_ms: 2000,
-            last_value_max_bytes: 64 << 20,
-            nats_last_value_max_bytes: 1 << 30,
-            health_probe_interval_ms: 2000,
-            audit_journal_queue: 10_000,
+            http: HttpConfig {
+                header_timeout_ms: 10_000,
+                request_timeout_ms: 30_000,
+                max_connections: 4096,
+                max_header_bytes: 16_384,
+            },
+            auth: AuthConfig {
+                gateway_env: GatewayEnv::Development,
+                jwt_secret: None,
+                jwt_public_key: None,
+                jwt_issuer: None,
+                jwt_audience: None,
+                jwt_leeway_secs: 30,
+                ingest_token: None,
+                admin_token: None,
+            },
+            redis: RedisConfig { url: None, key_prefix: "venta:rl:".into() },
+            nats: NatsConfig {
+                url: None,
+                subject_prefix: "venta".into(),
+                interest_linger_ms: 2000,
+                jetstream: true,
+                last_value_max_age_secs: 86_400,
+                last_value_max_bytes: 64 << 20,
+                stream_max_bytes: 1 << 30,
+                health_probe_interval_ms: 2000,
+            },
+            audit: AuditConfig {
+                database_url: None,
+                sqlite_path: PathBuf::from("./venta-gateway-audit.db"),
+                journal_dir: PathBuf::from("./audit-journal"),
+                queue: 10_000,
+                batch: 500,
+                buffer: 10_000,
+                spill_after_ms: 500,
+                probe_interval_ms: 2000,
+                journal_queue: 10_000,
+            },
+            log: LogConfig {
+                shutdown_timeout_secs: 10,
+                instance_id: None,
+                level: "info".into(),
+                format: LogFormat::Text,
+            },
         }
+    }
+}
+
+impl AuthConfig {
+    /// Whether `GATEWAY_ENV` is production.
+    pub fn is_production(&self) -> bool {
+        self.gateway_env == GatewayEnv::Production
+    }
+}
+
+impl LimitsConfig {
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+}
+
+impl WebTransportConfig {
+    /// Validity of the self-signed WebTransport certificate.
+    pub fn cert_validity(&self) -> Duration {
+        Duration::from_secs(self.cert_validity_secs)
+    }
+}
+
+impl LogConfig {
+    /// The shutdown grace period.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+impl GeoConfig {
+    /// How long a silent vendor stays in its areas.
+    pub fn vendor_ttl(&self) -> Duration {
+        Duration::from_secs(self.vendor_ttl_secs)
     }
 }
 
@@ -838,18 +920,18 @@ mod tests {
             f(&mut c);
             c.validate().err()
         };
-        let e = check(|c| c.jwt_secret = Some("short-secret".into())).unwrap_or_else(|| panic!("accepted"));
+        let e = check(|c| c.auth.jwt_secret = Some("short-secret".into())).unwrap_or_else(|| panic!("accepted"));
         assert_eq!(e.variable, "JWT_SECRET");
         assert!(!e.to_string().contains("short-secret"), "{e}");
-        let e = check(|c| c.database_url = Some("mysql://root:hunter2@db/venta".into()))
+        let e = check(|c| c.audit.database_url = Some("mysql://root:hunter2@db/venta".into()))
             .unwrap_or_else(|| panic!("accepted"));
         assert_eq!(e.variable, "DATABASE_URL");
         assert!(!e.to_string().contains("hunter2") && e.to_string().contains("mysql://root:***@db/venta"), "{e}");
-        assert_eq!(check(|c| c.redis_url = Some("notaurl".into())).map(|e| e.variable), Some("REDIS_URL"));
-        assert_eq!(check(|c| c.nats_url = Some("nats://a:1,nats://b:x".into())).map(|e| e.variable), Some("NATS_URL"));
-        assert_eq!(check(|c| c.nats_url = Some("nats://a:1, nats://b:2".into())), None);
-        assert_eq!(check(|c| c.database_url = Some("postgresql://u@h/db".into())), None);
-        assert_eq!(check(|c| c.redis_url = Some("redis://127.0.0.1:6379".into())), None);
+        assert_eq!(check(|c| c.redis.url = Some("notaurl".into())).map(|e| e.variable), Some("REDIS_URL"));
+        assert_eq!(check(|c| c.nats.url = Some("nats://a:1,nats://b:x".into())).map(|e| e.variable), Some("NATS_URL"));
+        assert_eq!(check(|c| c.nats.url = Some("nats://a:1, nats://b:2".into())), None);
+        assert_eq!(check(|c| c.audit.database_url = Some("postgresql://u@h/db".into())), None);
+        assert_eq!(check(|c| c.redis.url = Some("redis://127.0.0.1:6379".into())), None);
     }
 
     #[test]
@@ -861,8 +943,8 @@ mod tests {
         assert_eq!(parse_duration("2m", 1000), Ok(120));
         assert!(parse_duration("5 parsecs", 1).is_err());
         assert!(parse_duration("ms", 1).is_err());
-        assert_eq!(parse(&["--heartbeat-interval", "45s"]).map(|c| c.heartbeat_interval_ms), Ok(45_000));
-        assert_eq!(parse(&["--shutdown-timeout", "1m"]).map(|c| c.shutdown_timeout_secs), Ok(60));
+        assert_eq!(parse(&["--heartbeat-interval", "45s"]).map(|c| c.limits.heartbeat_interval_ms), Ok(45_000));
+        assert_eq!(parse(&["--shutdown-timeout", "1m"]).map(|c| c.log.shutdown_timeout_secs), Ok(60));
         assert!(parse(&["--heartbeat-interval", "999ms"]).is_err());
     }
 
@@ -871,38 +953,73 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--wt-cert", "c.pem"]).is_err());
         assert!(Cli::try_parse_from(["x", "--wt-key", "k.pem"]).is_err());
         let both = Cli::try_parse_from(["x", "--wt-cert", "c.pem", "--wt-key", "k.pem"]).map(|c| c.config);
-        assert!(both.is_ok_and(|c| c.wt_cert.is_some() && c.wt_key.is_some()));
+        assert!(both.is_ok_and(|c| c.webtransport.cert.is_some() && c.webtransport.key.is_some()));
     }
-}
 
-/// Bounds of area subscriptions ("vendors near me"): how long a silent
-/// vendor stays in an area, and how much one connection may watch.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Area subscriptions")]
-pub struct GeoConfig {
-    /// Seconds a vendor may stay silent before it leaves every area it was
-    /// in (reason `expired`), so a vendor that stopped reporting does not
-    /// linger on maps.
-    #[arg(long = "geo-vendor-ttl", env = "GEO_VENDOR_TTL", value_name = "GEO_VENDOR_TTL", default_value = "300", value_parser = nonzero_secs)]
-    pub vendor_ttl_secs: u64,
+    #[test]
+    fn geo_settings_parse_with_units() {
+        let geo = |args: &[&str]| parse(args).map(|c| c.geo);
+        let Ok(d) = geo(&[]) else { panic!("defaults do not parse") };
+        assert_eq!((d.vendor_ttl_secs, d.max_areas, d.max_area_km, d.snapshot_max), (300, 8, 50.0, 500));
+        assert_eq!(geo(&["--geo-vendor-ttl", "90"]).map(|g| g.vendor_ttl_secs), Ok(90));
+        assert_eq!(geo(&["--geo-vendor-ttl", "5m"]).map(|g| g.vendor_ttl_secs), Ok(300));
+        assert_eq!(geo(&["--geo-vendor-ttl", "1500ms"]).map(|g| g.vendor_ttl_secs), Ok(2));
+        assert_eq!(geo(&["--geo-max-areas", "1"]).map(|g| g.max_areas), Ok(1));
+        assert_eq!(geo(&["--geo-max-area-km", "0.5"]).map(|g| g.max_area_km), Ok(0.5));
+        assert_eq!(geo(&["--geo-max-area-km", "20000"]).map(|g| g.max_area_km), Ok(20_000.0));
+        assert_eq!(geo(&["--geo-snapshot-max", "1"]).map(|g| g.snapshot_max), Ok(1));
+        assert_eq!(geo(&["--geo-snapshot-max", "10000"]).map(|g| g.snapshot_max), Ok(10_000));
+    }
 
-    /// Areas one connection may watch at once.
-    #[arg(long = "geo-max-areas", env = "GEO_MAX_AREAS", value_name = "GEO_MAX_AREAS", default_value = "8", value_parser = positive)]
-    pub max_areas: usize,
+    #[test]
+    fn bad_geo_settings_are_refused_naming_the_variable() {
+        for (flag, value, var) in [
+            ("--geo-vendor-ttl", "0", "GEO_VENDOR_TTL"),
+            ("--geo-vendor-ttl", "0s", "GEO_VENDOR_TTL"),
+            ("--geo-vendor-ttl", "5 minutes", "GEO_VENDOR_TTL"),
+            ("--geo-max-areas", "0", "GEO_MAX_AREAS"),
+            ("--geo-max-areas", "-1", "GEO_MAX_AREAS"),
+            ("--geo-max-area-km", "0", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "-5", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "20000.5", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "NaN", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "inf", "GEO_MAX_AREA_KM"),
+            ("--geo-max-area-km", "far", "GEO_MAX_AREA_KM"),
+            ("--geo-snapshot-max", "0", "GEO_SNAPSHOT_MAX"),
+            ("--geo-snapshot-max", "10001", "GEO_SNAPSHOT_MAX"),
+        ] {
+            // `=` so that a negative value is not read as a flag.
+            let err = parse(&[&format!("{flag}={value}")]).err().unwrap_or_default();
+            assert!(err.contains(var) && err.contains(value), "{flag}={value}: {err}");
+        }
+    }
 
-    /// Largest area, km: a box's diagonal or a circle's diameter (over 0, at
-    /// most 20000), so one subscription cannot ask for the whole map.
-    #[arg(long = "geo-max-area-km", env = "GEO_MAX_AREA_KM", value_name = "GEO_MAX_AREA_KM", default_value = "50", value_parser = area_km)]
-    pub max_area_km: f64,
-
-    /// Vendors sent in the snapshot that opens an area subscription (1 to
-    /// 10000); one message, so it stays bounded however dense the area.
-    #[arg(long = "geo-snapshot-max", env = "GEO_SNAPSHOT_MAX", value_name = "GEO_SNAPSHOT_MAX", default_value = "500", value_parser = snapshot_max)]
-    pub snapshot_max: usize,
-
-    /// Replicas of the vendor positions kept in JetStream KV for area
-    /// subscriptions across instances (1 to 5; 3 on a NATS cluster keeps
-    /// them through the loss of a node).
-    #[arg(long = "geo-kv-replicas", env = "GEO_KV_REPLICAS", value_name = "GEO_KV_REPLICAS", default_value = "1", value_parser = kv_replicas)]
-    pub kv_replicas: usize,
+    /// Each group's flags sit under its own heading, and the groups come in
+    /// the order `--help` has always listed them.
+    #[test]
+    fn help_headings_follow_the_groups() {
+        use clap::CommandFactory as _;
+        let cmd = Cli::command();
+        let heading = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id().as_str() == id)
+                .and_then(|a| a.get_help_heading())
+                .map(str::to_owned)
+        };
+        for (id, want) in [
+            ("port", "Listeners"),
+            ("wt_port", "WebTransport"),
+            ("max_subscriptions", "Clients and limits"),
+            ("vendor_ttl_secs", "Area subscriptions"),
+            ("max_area_km", "Area subscriptions"),
+            ("http_max_connections", "HTTP"),
+            ("gateway_env", "Auth and tokens"),
+            ("redis_url", "Redis"),
+            ("nats_url", "NATS"),
+            ("journal_queue", "Audit trail"),
+            ("level", "Lifecycle and logs"),
+        ] {
+            assert_eq!(heading(id).as_deref(), Some(want), "{id}");
+        }
+    }
 }

@@ -70,12 +70,12 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     use tracing_subscriber::util::SubscriberInitExt as _;
     // async-nats logs every failed reconnect attempt at info, without the
     // address; the bus logs the outage once, naming it. Unless asked for.
-    let level = if config.log_level.contains("async_nats") {
-        config.log_level.clone()
+    let level = if config.log.level.contains("async_nats") {
+        config.log.level.clone()
     } else {
-        format!("{},async_nats=warn", config.log_level)
+        format!("{},async_nats=warn", config.log.level)
     };
-    let filter = EnvFilter::try_new(&level).with_context(|| format!("invalid LOG_LEVEL {:?}", config.log_level))?;
+    let filter = EnvFilter::try_new(&level).with_context(|| format!("invalid LOG_LEVEL {:?}", config.log.level))?;
     // The level hint matters: without one tracing assumes `trace` is on,
     // and every `log` record of tungstenite (one per frame) is bridged and
     // filtered at runtime (measured: ~8 % of the gateway's CPU per delivery).
@@ -89,7 +89,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     };
     // Colours only for a person at a terminal, never into files or collectors.
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    let layer = match config.log_format {
+    let layer = match config.log.format {
         LogFormat::Json => fmt.json().with_filter(filter).with_filter(no_secrets).boxed(),
         LogFormat::Text => fmt.with_filter(filter).with_filter(no_secrets).boxed(),
     };

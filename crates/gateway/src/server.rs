@@ -115,27 +115,28 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the engines and binds the listener (port 0 picks a free one).
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let addr = SocketAddr::new(config.bind_addr, config.port);
-        let listener = listen(addr, config.accept_backlog).map_err(|reason| StartError::Bind { addr, reason })?;
-        let grpc_addr = SocketAddr::new(config.bind_addr, config.grpc_port);
+        let addr = SocketAddr::new(config.server.bind_addr, config.server.port);
+        let listener =
+            listen(addr, config.server.accept_backlog).map_err(|reason| StartError::Bind { addr, reason })?;
+        let grpc_addr = SocketAddr::new(config.server.bind_addr, config.server.grpc_port);
         let grpc_listener =
             TcpListener::bind(grpc_addr).await.map_err(|reason| StartError::Bind { addr: grpc_addr, reason })?;
         let metrics = Arc::new(Metrics::new()?);
         let hub = Arc::new(Hub::new());
         let deliver = Deliver::new(Arc::clone(&hub), Arc::clone(&metrics));
         let areas = Areas::new(GeoLimits::from_config(&config.geo), Arc::clone(&metrics));
-        let bus: Arc<dyn Bus> = match &config.nats_url {
+        let bus: Arc<dyn Bus> = match &config.nats.url {
             Some(url) => {
                 let opts = NatsOptions {
                     url: url.clone(),
-                    prefix: config.nats_subject_prefix.clone(),
-                    linger: Duration::from_millis(config.nats_interest_linger_ms),
-                    jetstream: config.nats_jetstream,
-                    last_value_max_age: Duration::from_secs(config.last_value_max_age_secs),
-                    last_value_max_bytes: config.last_value_max_bytes,
-                    stream_max_bytes: config.nats_last_value_max_bytes,
+                    prefix: config.nats.subject_prefix.clone(),
+                    linger: Duration::from_millis(config.nats.interest_linger_ms),
+                    jetstream: config.nats.jetstream,
+                    last_value_max_age: Duration::from_secs(config.nats.last_value_max_age_secs),
+                    last_value_max_bytes: config.nats.last_value_max_bytes,
+                    stream_max_bytes: config.nats.stream_max_bytes,
                     max_message_size: ingest::http::MAX_BODY,
-                    probe_interval: Duration::from_millis(config.health_probe_interval_ms),
+                    probe_interval: Duration::from_millis(config.nats.health_probe_interval_ms),
                 };
                 let nats = Arc::new(NatsBus::connect(opts, deliver, Arc::clone(&metrics)).await?);
                 let geo_opts = NatsGeoOptions {
@@ -150,36 +151,42 @@ impl Gateway {
                 tracing::info!("no NATS_URL: in-process bus (this instance alone)");
                 let geo = LocalGeo::new(&areas);
                 areas.set_engine(Arc::clone(&geo) as Arc<dyn crate::geo::GeoEngine>);
-                Arc::new(LocalBus::new(deliver, config.last_value_max_bytes).with_geo(geo))
+                Arc::new(LocalBus::new(deliver, config.nats.last_value_max_bytes).with_geo(geo))
             }
         };
         let auth = Authenticator::from_config(
-            config.jwt_secret.as_deref(),
-            config.jwt_public_key.as_deref(),
-            config.jwt_issuer.as_deref(),
-            config.jwt_audience.as_deref(),
-            config.is_production(),
+            config.auth.jwt_secret.as_deref(),
+            config.auth.jwt_public_key.as_deref(),
+            config.auth.jwt_issuer.as_deref(),
+            config.auth.jwt_audience.as_deref(),
+            config.auth.is_production(),
         )?
-        .with_leeway(config.jwt_leeway_secs);
+        .with_leeway(config.auth.jwt_leeway_secs);
         if !auth.enabled() {
             tracing::warn!("AUTH IS OFF: no JWT_SECRET or JWT_PUBLIC_KEY; any client may connect as any user");
         }
-        ingest::check_config(&config)?;
-        let limiter: Arc<dyn RateLimiter> = match &config.redis_url {
+        ingest::check_config(&config.auth)?;
+        let limiter: Arc<dyn RateLimiter> = match &config.redis.url {
             Some(url) => Arc::new(RedisLimiter::start(
                 url,
-                &config.redis_key_prefix,
-                config.rate_limit,
-                Duration::from_millis(config.health_probe_interval_ms),
+                &config.redis.key_prefix,
+                config.limits.rate_limit,
+                Duration::from_millis(config.nats.health_probe_interval_ms),
             )?),
-            None => Arc::new(MemoryLimiter::new(config.rate_limit)),
+            None => Arc::new(MemoryLimiter::new(config.limits.rate_limit)),
         };
-        let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let instance_id = config.log.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let audit =
-            Arc::new(Audit::start(AuditOptions::from_config(&config), &instance_id, Arc::clone(&metrics)).await?);
+            Arc::new(Audit::start(AuditOptions::from_config(&config.audit), &instance_id, Arc::clone(&metrics)).await?);
         let shared = Arc::new(Shared::new(config, hub, bus, metrics, auth, limiter, audit, areas));
-        let http_port = listener.local_addr().map(|a| a.port()).unwrap_or(shared.config.port);
-        let wt = wt::Listener::bind(&shared.config, http_port, &shared.wt_certs).await?;
+        let http_port = listener.local_addr().map(|a| a.port()).unwrap_or(shared.config.server.port);
+        let wt = wt::Listener::bind(
+            &shared.config.webtransport,
+            shared.config.server.bind_addr,
+            http_port,
+            &shared.wt_certs,
+        )
+        .await?;
         Ok(Self { shared, listener, grpc_listener, wt })
     }
 
@@ -239,7 +246,7 @@ impl Gateway {
                 () = signal_token.cancelled() => {}
             }
         });
-        let timeout = shared.config.shutdown_timeout();
+        let timeout = shared.config.log.shutdown_timeout();
         // The last part of the grace period belongs to the audit flush and
         // the bus drain; clients and HTTP requests get the rest.
         let tail = (timeout / 4).min(Duration::from_secs(2));
@@ -339,7 +346,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/audit", get(audit::api::list))
         .merge(publish)
         .layer(middleware::from_fn_with_state(
-            Duration::from_millis(shared.config.http_request_timeout_ms),
+            Duration::from_millis(shared.config.http.request_timeout_ms),
             request_timeout,
         ))
         .with_state(shared)

@@ -143,15 +143,15 @@ pub struct SessionLimits {
 
 impl SessionLimits {
     /// The limits of a configuration.
-    pub fn from_config(config: &crate::Config) -> Self {
+    pub fn from_config(config: &crate::config::LimitsConfig, geo: &crate::config::GeoConfig) -> Self {
         Self {
             heartbeat: config.heartbeat_interval(),
             max_subscriptions: config.max_subscriptions,
             rate_limit: config.rate_limit,
             max_message_bytes: config.max_message_bytes,
             outbox: OutboxLimits { max_messages: config.max_queue_messages, max_bytes: config.max_queue_bytes },
-            max_areas: config.geo.max_areas,
-            max_area_km: config.geo.max_area_km,
+            max_areas: geo.max_areas,
+            max_area_km: geo.max_area_km,
         }
     }
 }

@@ -79,7 +79,8 @@ impl Shared {
         areas: Arc<Areas>,
     ) -> Self {
         let instance_id = audit.instance_id().to_string();
-        let connect_limiter = (config.connect_rate_limit > 0).then(|| MemoryLimiter::new(config.connect_rate_limit));
+        let connect_limiter =
+            (config.limits.connect_rate_limit > 0).then(|| MemoryLimiter::new(config.limits.connect_rate_limit));
         let sessions = Arc::new(SessionContext::new(
             Arc::clone(&hub),
             Arc::clone(&bus),
@@ -87,7 +88,7 @@ impl Shared {
             Arc::clone(&audit),
             auth.clone(),
             Arc::clone(&areas),
-            SessionLimits::from_config(&config),
+            SessionLimits::from_config(&config.limits, &config.geo),
         ));
         let deps = Deps { limiter: Arc::clone(&limiter), bus: Arc::clone(&bus), areas: Arc::clone(&areas) };
         Self {
@@ -131,7 +132,7 @@ impl Shared {
 
     /// Takes a connection slot if fewer than `WS_MAX_CONNECTIONS` are open.
     pub fn try_admit(self: &Arc<Self>) -> Option<Admission> {
-        let max = self.config.max_connections;
+        let max = self.config.limits.max_connections;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
@@ -143,7 +144,7 @@ impl Shared {
     /// browser). With cookies or other ambient credentials a page on any
     /// site could otherwise open a connection as its visitor.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match (&self.config.allowed_origins, origin) {
+        match (&self.config.limits.allowed_origins, origin) {
             (None, _) | (_, None) => true,
             (Some(list), Some(origin)) => {
                 let origin = origin.trim_end_matches('/');
@@ -163,7 +164,7 @@ impl Shared {
     pub fn try_admit_user(self: &Arc<Self>, user: &UserId) -> Option<UserAdmission> {
         let mut per_user = self.per_user.lock();
         let n = per_user.entry(user.clone()).or_insert(0);
-        if *n >= self.config.max_connections_per_user {
+        if *n >= self.config.limits.max_connections_per_user {
             return None;
         }
         *n += 1;

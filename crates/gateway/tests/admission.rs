@@ -15,7 +15,7 @@ fn rejected(gw: &TestGateway, reason: &str) -> u64 {
 #[tokio::test]
 async fn a_foreign_origin_is_refused_on_both_transports() {
     let mut config = test_config();
-    config.allowed_origins = Some(vec!["https://app.example.com".into()]);
+    config.limits.allowed_origins = Some(vec!["https://app.example.com".into()]);
     let gw = TestGateway::start_with(config).await;
     let mut req =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(gw.url("/ws/location"))
@@ -42,7 +42,7 @@ async fn a_foreign_origin_is_refused_on_both_transports() {
 #[tokio::test]
 async fn over_capacity_both_transports_close_with_1013() {
     let mut config = test_config();
-    config.max_connections = 1;
+    config.limits.max_connections = 1;
     let gw = TestGateway::start_with(config).await;
     let mut first = WsClient::connect(&gw.url("/ws/location")).await;
     first.subscribe("location", "v1").await;

@@ -272,7 +272,7 @@ async fn a_client_holds_areas_and_vendor_subscriptions_side_by_side() {
 #[tokio::test]
 async fn area_subscriptions_are_audited_with_their_shape() {
     let mut config = test_config();
-    config.admin_token = Some("area-audit-admin-token-0123456789".into());
+    config.auth.admin_token = Some("area-audit-admin-token-0123456789".into());
     let gw = TestGateway::start_with(config).await;
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
     subscribe(&mut c, circle("near", SOL.0, SOL.1, 500.0)).await;

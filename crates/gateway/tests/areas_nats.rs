@@ -16,8 +16,8 @@ const TOKYO: (f64, f64) = (35.6812, 139.7671);
 
 async fn gateway(nats: &OwnNats, prefix: &str) -> TestGateway {
     let mut config = test_config();
-    config.nats_url = Some(nats.url());
-    config.nats_subject_prefix = prefix.to_owned();
+    config.nats.url = Some(nats.url());
+    config.nats.subject_prefix = prefix.to_owned();
     TestGateway::start_with(config).await
 }
 

@@ -24,8 +24,8 @@ const TOKEN: &str = "audit-secret";
 
 fn pg_config(url: String) -> Config {
     let mut c = test_config();
-    c.database_url = Some(url);
-    c.admin_token = Some(TOKEN.into());
+    c.audit.database_url = Some(url);
+    c.auth.admin_token = Some(TOKEN.into());
     c
 }
 
@@ -158,12 +158,12 @@ async fn a_ten_second_outage_loses_no_row_and_duplicates_none() {
     let journal = Dir::new();
     let mut config = pg_config(schema.url_via(proxy.addr));
     // Small bounds, so the outage overflows memory into the journal.
-    config.audit_queue = 64;
-    config.audit_buffer = 200;
-    config.audit_batch = 100;
-    config.audit_journal_dir = journal.0.clone();
-    config.max_subscriptions = 2000;
-    config.rate_limit = 1_000_000;
+    config.audit.queue = 64;
+    config.audit.buffer = 200;
+    config.audit.batch = 100;
+    config.audit.journal_dir = journal.0.clone();
+    config.limits.max_subscriptions = 2000;
+    config.limits.rate_limit = 1_000_000;
     let gw = TestGateway::start_with(config).await;
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
     schema.wait_count("action = 'connect'", 1).await;
@@ -229,7 +229,7 @@ async fn a_journal_left_at_shutdown_is_written_exactly_once_by_the_next_gateway(
     let proxy = Proxy::start(MACHINE_PG.parse().unwrap()).await;
     let journal = Dir::new();
     let mut config = pg_config(schema.url_via(proxy.addr));
-    config.audit_journal_dir = journal.0.clone();
+    config.audit.journal_dir = journal.0.clone();
     let gw = TestGateway::start_with(config).await;
     assert_eq!(gw.health().await.1["checks"]["database"]["status"], "ok");
 
@@ -248,7 +248,7 @@ async fn a_journal_left_at_shutdown_is_written_exactly_once_by_the_next_gateway(
 
     // The database is reachable again: the next gateway replays at start.
     let mut config = pg_config(schema.url());
-    config.audit_journal_dir = journal.0.clone();
+    config.audit.journal_dir = journal.0.clone();
     let gw = TestGateway::start_with(config).await;
     schema.wait_count("TRUE", 102).await;
     wait_until("journal emptied", async || journal_lines(&journal.0) == 0).await;
@@ -262,7 +262,7 @@ async fn a_journal_left_at_shutdown_is_written_exactly_once_by_the_next_gateway(
         std::fs::write(path, bytes).unwrap();
     }
     let mut config = pg_config(schema.url());
-    config.audit_journal_dir = journal.0.clone();
+    config.audit.journal_dir = journal.0.clone();
     let gw = TestGateway::start_with(config).await;
     wait_until("journal replayed again", async || journal_lines(&journal.0) == 0).await;
     wait_until("all rows re-sent", async || metric(&gw, "venta_audit_rows_written_total").await >= 102.0).await;
@@ -436,7 +436,7 @@ async fn the_audit_api_filters_and_pages_postgres_rows() {
 #[tokio::test]
 async fn the_audit_api_filters_and_pages_sqlite_rows_and_is_off_without_a_token() {
     let mut config = test_config();
-    config.admin_token = Some(TOKEN.into());
+    config.auth.admin_token = Some(TOKEN.into());
     let gw = TestGateway::start_with(config).await;
     api_scenario(&gw).await;
     assert!(gw.shutdown().await);
@@ -576,8 +576,8 @@ async fn with_auth_on_every_row_carries_the_tokens_user() {
     )
     .unwrap();
     let mut config = test_config();
-    config.jwt_secret = Some(SECRET.into());
-    config.admin_token = Some(TOKEN.into());
+    config.auth.jwt_secret = Some(SECRET.into());
+    config.auth.admin_token = Some(TOKEN.into());
     let gw = TestGateway::start_with(config).await;
     let mut c = WsClient::connect(&format!("{}?token={token}", gw.url("/ws/location"))).await;
     subscribe_as(&mut c, "location", "v1", "carol").await;
@@ -600,7 +600,7 @@ async fn with_auth_on_every_row_carries_the_tokens_user() {
 #[tokio::test]
 async fn webtransport_sessions_are_audited_with_their_transport() {
     let mut config = test_config();
-    config.admin_token = Some(TOKEN.into());
+    config.auth.admin_token = Some(TOKEN.into());
     let gw = TestGateway::start_with(config).await;
     let mut c = common::wt::WtClient::connect(&gw, "/wt/location").await;
     c.subscribe("location", "v1").await;
@@ -693,7 +693,7 @@ async fn two_runs_of_one_instance_give_their_connections_distinct_ids() {
     let schema = TestSchema::new().await;
     for _ in 0..2 {
         let mut config = pg_config(schema.url());
-        config.instance_id = Some("pod-0".into());
+        config.log.instance_id = Some("pod-0".into());
         let gw = TestGateway::start_with(config).await;
         let c = WsClient::connect(&gw.url("/ws/location")).await;
         close(c).await;
@@ -731,7 +731,7 @@ async fn numeric_connection_ids_survive_the_migration_and_old_journals_replay() 
     std::fs::write(journal.0.join("active.jsonl"), format!("{line}\n")).unwrap();
 
     let mut config = pg_config(schema.url());
-    config.audit_journal_dir = journal.0.clone();
+    config.audit.journal_dir = journal.0.clone();
     let gw = TestGateway::start_with(config).await;
     schema.wait_count("TRUE", 2).await;
     let (_, v) = api(&gw, &format!("?connectionId={}", legacy_connection_id(42)), Some(TOKEN)).await;
@@ -778,7 +778,7 @@ async fn idle_health_follows_the_database_within_the_probe_interval() {
     let schema = TestSchema::new().await;
     let proxy = Proxy::start(MACHINE_PG.parse().unwrap()).await;
     let mut config = pg_config(schema.url_via(proxy.addr));
-    config.audit_probe_interval_ms = 500;
+    config.audit.probe_interval_ms = 500;
     let gw = TestGateway::start_with(config).await;
     let database = async || gw.health().await.1["checks"]["database"]["status"].as_str().map(str::to_owned);
     assert_eq!(database().await.as_deref(), Some("ok"));

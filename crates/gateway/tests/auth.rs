@@ -24,7 +24,7 @@ fn hs_token(claims: Value) -> String {
 
 fn auth_config() -> venta_gateway::Config {
     let mut c = test_config();
-    c.jwt_secret = Some(SECRET.into());
+    c.auth.jwt_secret = Some(SECRET.into());
     c
 }
 
@@ -39,9 +39,9 @@ fn require_redis() {
 
 fn redis_config(url: &str, prefix: &str, limit: u32) -> venta_gateway::Config {
     let mut c = auth_config();
-    c.redis_url = Some(url.into());
-    c.redis_key_prefix = prefix.into();
-    c.rate_limit = limit;
+    c.redis.url = Some(url.into());
+    c.redis.key_prefix = prefix.into();
+    c.limits.rate_limit = limit;
     c
 }
 
@@ -118,8 +118,8 @@ async fn rs256_key_refuses_hs256_tokens_made_with_its_public_key() {
                 .success();
     assert!(ok, "openssl could not make an RSA key pair");
     let mut config = test_config();
-    config.jwt_public_key = Some(public.clone());
-    config.jwt_issuer = Some("venta-auth".into());
+    config.auth.jwt_public_key = Some(public.clone());
+    config.auth.jwt_issuer = Some("venta-auth".into());
     let gw = TestGateway::start_with(config).await;
     let url = gw.url("/ws/vendor");
     let claims = json!({"sub": "u1", "exp": now() + 60, "iss": "venta-auth"});
@@ -164,8 +164,8 @@ async fn user_id_must_match_the_token_subject() {
 #[tokio::test]
 async fn per_user_connections_and_per_ip_connect_attempts_are_limited() {
     let mut config = auth_config();
-    config.max_connections_per_user = 2;
-    config.connect_rate_limit = 5;
+    config.limits.max_connections_per_user = 2;
+    config.limits.connect_rate_limit = 5;
     let gw = TestGateway::start_with(config).await;
     let token = hs_token(json!({"sub": "u1", "exp": now() + 60}));
     let url = format!("{}?token={token}", gw.url("/ws/location"));
@@ -335,8 +335,8 @@ async fn upgrade_answer(url: &str, authorization: Option<&str>) -> (u16, Value) 
 #[tokio::test]
 async fn issuer_and_audience_are_required_when_configured() {
     let mut config = auth_config();
-    config.jwt_issuer = Some("venta-auth".into());
-    config.jwt_audience = Some("venta-gateway".into());
+    config.auth.jwt_issuer = Some("venta-auth".into());
+    config.auth.jwt_audience = Some("venta-gateway".into());
     let gw = TestGateway::start_with(config).await;
     let url = gw.url("/ws/location");
     let exp = now() + 60;
@@ -417,8 +417,8 @@ async fn gentoken_adds_issuer_and_audience_and_refuses_what_the_gateway_would() 
     let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
     assert_eq!((claims["iss"].as_str(), claims["aud"].as_str()), (Some("venta-auth"), Some("venta-gateway")));
     let mut config = auth_config();
-    config.jwt_issuer = Some("venta-auth".into());
-    config.jwt_audience = Some("venta-gateway".into());
+    config.auth.jwt_issuer = Some("venta-auth".into());
+    config.auth.jwt_audience = Some("venta-gateway".into());
     let gw = TestGateway::start_with(config).await;
     assert_eq!(upgrade_status(&format!("{}?token={token}", gw.url("/ws/location")), None).await, 101);
     gw.shutdown().await;

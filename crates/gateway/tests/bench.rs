@@ -112,8 +112,8 @@ async fn bench_over_nats() {
     require_machine_nats();
     let prefix = unique_prefix();
     let mut config = test_config();
-    config.nats_url = Some(MACHINE_NATS.into());
-    config.nats_subject_prefix = prefix.clone();
+    config.nats.url = Some(MACHINE_NATS.into());
+    config.nats.subject_prefix = prefix.clone();
     let gw = TestGateway::start_with(config).await;
     let mut args = small(&gw);
     // Two source addresses (both loopback) exercise --src-ips.
@@ -141,9 +141,9 @@ async fn bench_over_nats() {
 async fn bench_over_grpc_with_client_tokens_and_an_ingest_token() {
     let secret = "bench-test-secret-0123456789";
     let mut config = test_config();
-    config.jwt_secret = Some(secret.into());
-    config.max_connections_per_user = 100;
-    config.ingest_token = Some("ingest-secret".into());
+    config.auth.jwt_secret = Some(secret.into());
+    config.limits.max_connections_per_user = 100;
+    config.auth.ingest_token = Some("ingest-secret".into());
     let gw = TestGateway::start_with(config).await;
     let token = venta_gateway::auth::dev_token(secret, "bench-user", 600).expect("token");
     let mut args = small(&gw);
@@ -172,7 +172,7 @@ async fn bench_over_grpc_with_client_tokens_and_an_ingest_token() {
 #[tokio::test]
 async fn refused_connections_are_counted_and_the_rest_measured() {
     let mut config = test_config();
-    config.max_connections = 20;
+    config.limits.max_connections = 20;
     let gw = TestGateway::start_with(config).await;
     let mut args = small(&gw);
     args.extend(["--via".into(), "http".into(), "--http-url".into(), gw.http(""), "--step-retries".into(), "0".into()]);
@@ -207,8 +207,8 @@ async fn bench_over_webtransport_streams() {
 async fn bench_over_webtransport_datagrams_with_a_token() {
     let secret = "bench-test-secret-0123456789";
     let mut config = test_config();
-    config.jwt_secret = Some(secret.into());
-    config.max_connections_per_user = 100;
+    config.auth.jwt_secret = Some(secret.into());
+    config.limits.max_connections_per_user = 100;
     let gw = TestGateway::start_with(config).await;
     let token = venta_gateway::auth::dev_token(secret, "bench-user", 600).expect("token");
     let mut args = small_wt(&gw);
@@ -233,7 +233,7 @@ async fn bench_over_webtransport_datagrams_with_a_token() {
 #[tokio::test]
 async fn refused_webtransport_sessions_report_the_close_code() {
     let mut config = test_config();
-    config.max_connections = 20;
+    config.limits.max_connections = 20;
     let gw = TestGateway::start_with(config).await;
     let mut args = small_wt(&gw);
     args.extend(["--step-retries", "0"].map(str::to_owned));
@@ -309,8 +309,8 @@ async fn bench_over_nats_honours_the_gateways_variables() {
     require_machine_nats();
     let prefix = unique_prefix();
     let mut config = test_config();
-    config.nats_url = Some(MACHINE_NATS.into());
-    config.nats_subject_prefix = prefix.clone();
+    config.nats.url = Some(MACHINE_NATS.into());
+    config.nats.subject_prefix = prefix.clone();
     let gw = TestGateway::start_with(config).await;
     let mut args = small(&gw);
     args.extend(["--via", "nats"].map(str::to_owned));
@@ -360,7 +360,7 @@ async fn a_preset_says_up_front_what_the_gateway_must_admit() {
 #[tokio::test]
 async fn the_first_1013_stops_the_connect_phase_with_a_clear_message() {
     let mut config = test_config();
-    config.max_connections = 5;
+    config.limits.max_connections = 5;
     let gw = TestGateway::start_with(config).await;
     let mut args = small(&gw);
     args.extend(

@@ -329,7 +329,7 @@ async fn chromium_reaches_a_dual_stack_gateway_at_localhost() {
     std::net::UdpSocket::bind("[::1]:0")
         .expect("this test needs IPv6 loopback (::1), as the default BIND_ADDR :: does");
     let mut config = test_config();
-    config.bind_addr = "::".parse().unwrap();
+    config.server.bind_addr = "::".parse().unwrap();
     let gw = TestGateway::start_with(config).await;
     let wt_url = format!("https://localhost:{}/wt/vendor", gw.wt_addr.port());
     let report = run_page(&format!("http://localhost:{}", gw.addr.port()), &wt_url, "browser2", None).await;

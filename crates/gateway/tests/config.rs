@@ -155,3 +155,62 @@ fn subcommands_ignore_settings_that_only_the_gateway_uses() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("NATS_SUBJECT_PREFIX"));
 }
+
+#[test]
+fn bad_geo_settings_exit_2_naming_the_variable_and_the_value() {
+    for (var, value) in [
+        ("GEO_VENDOR_TTL", "0"),
+        ("GEO_VENDOR_TTL", "soon"),
+        ("GEO_MAX_AREAS", "0"),
+        ("GEO_MAX_AREA_KM", "0"),
+        ("GEO_MAX_AREA_KM", "NaN"),
+        ("GEO_MAX_AREA_KM", "20001"),
+        ("GEO_SNAPSHOT_MAX", "10001"),
+    ] {
+        let (code, err) = run(&[(var, value)]);
+        assert_eq!(code, Some(2), "{var}={value}: {err}");
+        assert!(err.contains(var) && err.contains(value), "{var}={value} not named: {err}");
+    }
+}
+
+/// `--help` groups settings by subsystem, in this order; the area
+/// subscription settings have their own heading.
+#[test]
+fn help_groups_the_settings_and_lists_the_geo_ones_under_their_heading() {
+    let out = Command::new(env!("CARGO_BIN_EXE_venta-gateway")).arg("--help").output().expect("run --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let headings: Vec<&str> =
+        help.lines().filter(|l| !l.starts_with(' ') && l.ends_with(':')).map(|l| l.trim_end_matches(':')).collect();
+    assert_eq!(
+        headings,
+        [
+            "Commands",
+            "Options",
+            "Listeners",
+            "WebTransport",
+            "Clients and limits",
+            "Area subscriptions",
+            "HTTP",
+            "Auth and tokens",
+            "Redis",
+            "NATS",
+            "Audit trail",
+            "Lifecycle and logs",
+        ],
+        "{help}"
+    );
+    let section = help.split("\nArea subscriptions:\n").nth(1).and_then(|s| s.split("\nHTTP:\n").next()).unwrap_or("");
+    for (var, default) in
+        [("GEO_VENDOR_TTL", "300"), ("GEO_MAX_AREAS", "8"), ("GEO_MAX_AREA_KM", "50"), ("GEO_SNAPSHOT_MAX", "500")]
+    {
+        let flag = format!("--{} <{var}>", var.to_ascii_lowercase().replace('_', "-"));
+        let at = section.find(&flag).unwrap_or_else(|| panic!("{flag} not under Area subscriptions:\n{section}"));
+        let entry = &section[at..];
+        let entry = entry.split("\n\n").next().unwrap_or(entry);
+        assert!(
+            entry.contains(&format!("[env: {var}=]")) && entry.contains(&format!("[default: {default}]")),
+            "{entry}"
+        );
+    }
+}

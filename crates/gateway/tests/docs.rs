@@ -561,7 +561,7 @@ async fn the_health_probe_tells_live_from_ready() {
     // Alive but not ready: NATS configured and unreachable.
     let dead_nats = common::free_port();
     let mut config = common::test_config();
-    config.nats_url = Some(format!("nats://127.0.0.1:{dead_nats}"));
+    config.nats.url = Some(format!("nats://127.0.0.1:{dead_nats}"));
     let gw = common::TestGateway::start_with(config).await;
     let port = gw.addr.port();
     common::wait_until("liveness while NATS is down", async || probe(&bin, &[], Some(port)).await.0 == Some(0)).await;

@@ -95,7 +95,7 @@ async fn invalid_requests_are_invalid_argument_naming_the_field() {
 #[tokio::test]
 async fn ingest_token_is_unauthenticated_when_missing_or_wrong() {
     let mut config = test_config();
-    config.ingest_token = Some("tok".into());
+    config.auth.ingest_token = Some("tok".into());
     let gw = TestGateway::start_with(config).await;
     let mut grpc = client(&gw).await;
     let err = grpc.publish_location(loc("g1", 0.0, 0.0)).await.expect_err("no token");
@@ -112,7 +112,7 @@ async fn ingest_token_is_unauthenticated_when_missing_or_wrong() {
 #[tokio::test]
 async fn stream_of_ten_thousand_counts_exactly_and_delivers_only_valid_ones() {
     let mut config = test_config();
-    config.max_queue_messages = 100_000;
+    config.limits.max_queue_messages = 100_000;
     let gw = TestGateway::start_with(config).await;
     let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
     ws.subscribe("location", "s0").await;
@@ -182,8 +182,8 @@ async fn with_nats_a_grpc_publish_reaches_another_instance() {
     let prefix = unique_prefix();
     let config = || {
         let mut c = test_config();
-        c.nats_url = Some(MACHINE_NATS.into());
-        c.nats_subject_prefix = prefix.clone();
+        c.nats.url = Some(MACHINE_NATS.into());
+        c.nats.subject_prefix = prefix.clone();
         c
     };
     let a = TestGateway::start_with(config()).await;
@@ -210,8 +210,8 @@ async fn health_and_unavailable_follow_a_nats_outage() {
     let own = OwnNats::start().await;
     let proxy = Proxy::start(format!("127.0.0.1:{}", own.port).parse().unwrap()).await;
     let mut config = test_config();
-    config.nats_url = Some(format!("nats://{}", proxy.addr));
-    config.nats_subject_prefix = unique_prefix();
+    config.nats.url = Some(format!("nats://{}", proxy.addr));
+    config.nats.subject_prefix = unique_prefix();
     let gw = TestGateway::start_with(config).await;
     let mut health = HealthClient::new(channel(&gw).await);
     let status = async |h: &mut HealthClient<Channel>| {
@@ -240,7 +240,7 @@ async fn health_and_unavailable_follow_a_nats_outage() {
 #[tokio::test]
 async fn lower_case_bearer_scheme_is_accepted() {
     let mut config = test_config();
-    config.ingest_token = Some("tok".into());
+    config.auth.ingest_token = Some("tok".into());
     let gw = TestGateway::start_with(config).await;
     let mut grpc = client(&gw).await;
     for auth in ["bearer tok", "BEARER tok"] {

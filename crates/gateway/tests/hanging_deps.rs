@@ -16,10 +16,10 @@ async fn a_hanging_nats_stops_neither_pings_nor_shutdown() {
     let own = OwnNats::start().await;
     let proxy = Proxy::start(format!("127.0.0.1:{}", own.port).parse().expect("addr")).await;
     let mut config = test_config();
-    config.nats_url = Some(format!("nats://{}", proxy.addr));
-    config.nats_subject_prefix = unique_prefix();
-    config.heartbeat_interval_ms = 1000;
-    config.shutdown_timeout_secs = 3;
+    config.nats.url = Some(format!("nats://{}", proxy.addr));
+    config.nats.subject_prefix = unique_prefix();
+    config.limits.heartbeat_interval_ms = 1000;
+    config.log.shutdown_timeout_secs = 3;
     let gw = TestGateway::start_with(config).await;
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
     c.subscribe("location", "v0").await;

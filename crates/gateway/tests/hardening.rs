@@ -59,7 +59,7 @@ async fn unknown_message_types_never_become_metric_labels() {
 #[tokio::test]
 async fn a_slowloris_request_and_an_idle_keep_alive_connection_are_closed() {
     let mut config = test_config();
-    config.http_header_timeout_ms = 500;
+    config.http.header_timeout_ms = 500;
     let gw = TestGateway::start_with(config).await;
     // One byte of a request head every 100 ms: never complete.
     let mut slow = TcpStream::connect(gw.addr).await.expect("connect");
@@ -83,8 +83,8 @@ async fn a_slowloris_request_and_an_idle_keep_alive_connection_are_closed() {
 #[tokio::test]
 async fn connections_that_never_upgrade_are_bounded_and_websockets_do_not_count() {
     let mut config = test_config();
-    config.http_max_connections = 4;
-    config.http_header_timeout_ms = 60_000;
+    config.http.max_connections = 4;
+    config.http.header_timeout_ms = 60_000;
     let gw = TestGateway::start_with(config).await;
     // WebSockets leave the HTTP count at their upgrade: more of them than
     // the HTTP bound all work.
@@ -124,7 +124,7 @@ async fn connections_that_never_upgrade_are_bounded_and_websockets_do_not_count(
 #[tokio::test]
 async fn request_heads_over_the_limit_are_refused_with_431() {
     let mut config = test_config();
-    config.http_max_header_bytes = 8192;
+    config.http.max_header_bytes = 8192;
     let gw = TestGateway::start_with(config).await;
     let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");
     let big = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
@@ -138,7 +138,7 @@ async fn request_heads_over_the_limit_are_refused_with_431() {
 #[tokio::test]
 async fn a_publish_body_sent_a_byte_at_a_time_times_out_with_408() {
     let mut config = test_config();
-    config.http_request_timeout_ms = 500;
+    config.http.request_timeout_ms = 500;
     let gw = TestGateway::start_with(config).await;
     let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");
     let head = "POST /api/v1/publish/location HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
@@ -168,8 +168,8 @@ async fn a_publish_body_sent_a_byte_at_a_time_times_out_with_408() {
 #[tokio::test]
 async fn shutdown_ends_within_its_timeout_whatever_clients_do() {
     let mut config = test_config();
-    config.shutdown_timeout_secs = 2;
-    config.http_header_timeout_ms = 600_000;
+    config.log.shutdown_timeout_secs = 2;
+    config.http.header_timeout_ms = 600_000;
     let gw = TestGateway::start_with(config).await;
     // A half-sent request, a client that never reads, and a subscriber.
     let mut half = TcpStream::connect(gw.addr).await.expect("connect");
@@ -191,8 +191,8 @@ async fn shutdown_ends_within_its_timeout_whatever_clients_do() {
 #[tokio::test]
 async fn a_client_that_stops_reading_but_keeps_sending_is_closed() {
     let mut config = test_config();
-    config.max_queue_bytes = 64 * 1024;
-    config.send_buffer_bytes = 4096;
+    config.limits.max_queue_bytes = 64 * 1024;
+    config.server.send_buffer_bytes = 4096;
     let gw = TestGateway::start_with(config).await;
     // A client socket with a tiny receive window, so the server's writer
     // blocks soon after the client stops reading.
@@ -251,7 +251,7 @@ async fn a_client_close_is_answered_with_its_code() {
 #[tokio::test]
 async fn allowed_origins_refuse_other_pages_but_not_non_browsers() {
     let mut config = test_config();
-    config.allowed_origins = Some(vec!["https://app.example.com".into()]);
+    config.limits.allowed_origins = Some(vec!["https://app.example.com".into()]);
     let gw = TestGateway::start_with(config).await;
     let request = |origin: Option<&str>| {
         let mut req =
@@ -277,7 +277,7 @@ async fn allowed_origins_refuse_other_pages_but_not_non_browsers() {
 #[tokio::test]
 async fn unsubscribe_in_another_users_name_is_forbidden() {
     let mut config = test_config();
-    config.jwt_secret = Some("0123456789abcdef0123456789".into());
+    config.auth.jwt_secret = Some("0123456789abcdef0123456789".into());
     let gw = TestGateway::start_with(config).await;
     let token = venta_gateway::auth::dev_token("0123456789abcdef0123456789", "u1", 600).expect("token");
     let mut c = WsClient::connect(&format!("{}?token={token}", gw.url("/ws/location"))).await;

@@ -18,9 +18,9 @@ async fn check(gw: &TestGateway, name: &str) -> String {
 async fn redis_health_follows_redis_with_no_client_traffic() {
     let redis = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let mut config = test_config();
-    config.redis_url = Some(format!("redis://{}", redis.addr));
-    config.redis_key_prefix = format!("venta:test:{}:", uuid::Uuid::new_v4().simple());
-    config.health_probe_interval_ms = 200;
+    config.redis.url = Some(format!("redis://{}", redis.addr));
+    config.redis.key_prefix = format!("venta:test:{}:", uuid::Uuid::new_v4().simple());
+    config.nats.health_probe_interval_ms = 200;
     let gw = TestGateway::start_with(config).await;
     wait_until("redis ok", async || check(&gw, "redis").await == "ok").await;
     for round in 0..2 {
@@ -40,9 +40,9 @@ async fn jetstream_health_follows_nats_with_no_client_traffic() {
     let own = OwnNats::start().await;
     let proxy = Proxy::start(format!("127.0.0.1:{}", own.port).parse().unwrap()).await;
     let mut config = test_config();
-    config.nats_url = Some(format!("nats://{}", proxy.addr));
-    config.nats_subject_prefix = unique_prefix();
-    config.health_probe_interval_ms = 200;
+    config.nats.url = Some(format!("nats://{}", proxy.addr));
+    config.nats.subject_prefix = unique_prefix();
+    config.nats.health_probe_interval_ms = 200;
     let gw = TestGateway::start_with(config).await;
     wait_until("jetstream ok", async || check(&gw, "jetstream").await == "ok").await;
     proxy.cut();
@@ -65,8 +65,8 @@ async fn jetstream_health_follows_nats_with_no_client_traffic() {
 async fn publishes_fail_fast_while_nats_is_known_unreachable() {
     let dead = free_port();
     let mut config = test_config();
-    config.nats_url = Some(format!("nats://user:hunter2@127.0.0.1:{dead}"));
-    config.nats_subject_prefix = unique_prefix();
+    config.nats.url = Some(format!("nats://user:hunter2@127.0.0.1:{dead}"));
+    config.nats.subject_prefix = unique_prefix();
     let gw = TestGateway::start_with(config).await;
     wait_until("health says nats down", async || check(&gw, "nats").await == "down").await;
     let (code, h) = gw.health().await;

@@ -67,7 +67,7 @@ async fn publish_validates_and_answers_with_codes() {
 #[tokio::test]
 async fn ingest_token_is_required_when_set() {
     let mut config = common::test_config();
-    config.ingest_token = Some("s3cret".into());
+    config.auth.ingest_token = Some("s3cret".into());
     let gw = TestGateway::start_with(config).await;
     let url = gw.http("/api/v1/publish/location");
     let body = json!({"vendorId": "v1", "location": {"lat": 0, "long": 0}}).to_string();
@@ -143,7 +143,7 @@ async fn operator_endpoints() {
 #[tokio::test]
 async fn in_process_last_values_are_bounded_by_bytes_and_evict_the_oldest() {
     let mut config = common::test_config();
-    config.last_value_max_bytes = 256 * 1024;
+    config.nats.last_value_max_bytes = 256 * 1024;
     let gw = TestGateway::start_with(config).await;
     let pad = "p".repeat(2000);
     for i in 0..500 {

@@ -65,7 +65,7 @@ async fn http_publish_accepts_only_json_content_types() {
 #[tokio::test]
 async fn ingest_bearer_scheme_is_case_insensitive() {
     let mut config = test_config();
-    config.ingest_token = Some("s3cret-ingest".into());
+    config.auth.ingest_token = Some("s3cret-ingest".into());
     let gw = TestGateway::start_with(config).await;
     let url = gw.http("/api/v1/publish/location");
     for auth in ["bearer s3cret-ingest", "BEARER s3cret-ingest", "Bearer  s3cret-ingest"] {
@@ -84,9 +84,9 @@ async fn ingest_bearer_scheme_is_case_insensitive() {
 async fn production_refuses_to_start_without_an_ingest_token() {
     for token in [None, Some("")] {
         let mut config = test_config();
-        config.gateway_env = venta_gateway::config::GatewayEnv::Production;
-        config.jwt_secret = Some("production-secret-0123456789".into());
-        config.ingest_token = token.map(str::to_owned);
+        config.auth.gateway_env = venta_gateway::config::GatewayEnv::Production;
+        config.auth.jwt_secret = Some("production-secret-0123456789".into());
+        config.auth.ingest_token = token.map(str::to_owned);
         let _dir = common::private_audit_paths(&mut config);
         match Gateway::bind(config).await {
             Err(StartError::Ingest(e)) => {
@@ -100,9 +100,9 @@ async fn production_refuses_to_start_without_an_ingest_token() {
     }
     // With a token it starts.
     let mut config = test_config();
-    config.gateway_env = venta_gateway::config::GatewayEnv::Production;
-    config.jwt_secret = Some("production-secret-0123456789".into());
-    config.ingest_token = Some("tok".into());
+    config.auth.gateway_env = venta_gateway::config::GatewayEnv::Production;
+    config.auth.jwt_secret = Some("production-secret-0123456789".into());
+    config.auth.ingest_token = Some("tok".into());
     let gw = TestGateway::start_with(config).await;
     gw.shutdown().await;
 }
@@ -221,9 +221,9 @@ async fn publish_honours_the_gateways_variables() {
     common::nats::require_machine_nats();
     let prefix = common::nats::unique_prefix();
     let mut config = test_config();
-    config.nats_url = Some(common::nats::MACHINE_NATS.into());
-    config.nats_subject_prefix = prefix.clone();
-    config.ingest_token = Some("cli-ingest-token".into());
+    config.nats.url = Some(common::nats::MACHINE_NATS.into());
+    config.nats.subject_prefix = prefix.clone();
+    config.auth.ingest_token = Some("cli-ingest-token".into());
     let gw = TestGateway::start_with(config).await;
     common::wait_until("gateway ready", async || gw.is_ready().await).await;
     let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
@@ -296,8 +296,8 @@ async fn publish_over_nats_says_when_nothing_subscribes() {
     common::nats::require_machine_nats();
     let prefix = common::nats::unique_prefix();
     let mut config = test_config();
-    config.nats_url = Some(common::nats::MACHINE_NATS.into());
-    config.nats_subject_prefix = prefix.clone();
+    config.nats.url = Some(common::nats::MACHINE_NATS.into());
+    config.nats.subject_prefix = prefix.clone();
     let gw = TestGateway::start_with(config).await;
     let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
     ws.subscribe("location", "lost1").await;
@@ -319,7 +319,7 @@ async fn publish_over_nats_says_when_nothing_subscribes() {
 #[tokio::test]
 async fn publish_without_the_ingest_token_fails_loudly() {
     let mut config = test_config();
-    config.ingest_token = Some("needed-token".into());
+    config.auth.ingest_token = Some("needed-token".into());
     let gw = TestGateway::start_with(config).await;
     let grpc_url = format!("http://{}", gw.grpc_addr);
     let http_url = gw.http("");

@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 
 fn nats_config(url: &str, prefix: &str) -> venta_gateway::Config {
     let mut c = test_config();
-    c.nats_url = Some(url.to_owned());
-    c.nats_subject_prefix = prefix.to_owned();
-    c.nats_interest_linger_ms = 100;
+    c.nats.url = Some(url.to_owned());
+    c.nats.subject_prefix = prefix.to_owned();
+    c.nats.interest_linger_ms = 100;
     c
 }
 
@@ -295,7 +295,7 @@ async fn jetstream_is_set_up_again_when_nats_returns_without_its_state() {
     let port = common::free_port();
     let prefix = unique_prefix();
     let mut config = nats_config(&format!("nats://127.0.0.1:{port}"), &prefix);
-    config.health_probe_interval_ms = 200;
+    config.nats.health_probe_interval_ms = 200;
     let js = async |gw: &TestGateway| gw.health().await.1["checks"]["jetstream"]["status"].as_str().map(str::to_owned);
     let server = PortNats::start(port, true).await;
     let gw = TestGateway::start_with(config).await;
@@ -339,7 +339,7 @@ async fn an_existing_stream_is_updated_to_the_byte_limits() {
     .await
     .unwrap();
     let mut config = nats_config(&own.url(), &prefix);
-    config.nats_last_value_max_bytes = 1 << 20;
+    config.nats.stream_max_bytes = 1 << 20;
     let gw = TestGateway::start_with(config).await;
     wait_until("JetStream ready", async || gw.health().await.1["checks"]["jetstream"]["status"] == "ok").await;
     let info = js.get_stream(&name).await.unwrap().info().await.unwrap().config.clone();
@@ -354,7 +354,7 @@ async fn an_existing_stream_is_updated_to_the_byte_limits() {
 async fn distinct_subscribe_unsubscribe_pairs_leave_no_state_behind() {
     require_machine_nats();
     let mut config = nats_config(MACHINE_NATS, &unique_prefix());
-    config.rate_limit = 100_000;
+    config.limits.rate_limit = 100_000;
     let gw = TestGateway::start_with(config).await;
     wait_until("gateway ready", async || gw.is_ready().await).await;
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;

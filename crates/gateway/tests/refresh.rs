@@ -23,11 +23,11 @@ fn token(sub: &str, ttl: u64) -> String {
 
 async fn gateway() -> TestGateway {
     let mut config = test_config();
-    config.jwt_secret = Some(SECRET.into());
+    config.auth.jwt_secret = Some(SECRET.into());
     // No leeway: the tests wait for real expiry.
-    config.jwt_leeway_secs = 0;
+    config.auth.jwt_leeway_secs = 0;
     // Heartbeats far away, so only the token can end the connection.
-    config.heartbeat_interval_ms = 600_000;
+    config.limits.heartbeat_interval_ms = 600_000;
     TestGateway::start_with(config).await
 }
 

@@ -34,7 +34,7 @@ fn location(vendor: &str, lat: f64) -> Update {
 #[tokio::test]
 async fn a_stalled_client_gets_the_newest_positions_and_costs_bounded_memory() {
     let config = test_config();
-    let limit = config.max_queue_messages;
+    let limit = config.limits.max_queue_messages;
     let gw = TestGateway::start_with(config).await;
     let vendors: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
     let mut slow = stalled_client(&gw.url("/ws/location")).await;
@@ -104,7 +104,7 @@ async fn a_stalled_client_gets_the_newest_positions_and_costs_bounded_memory() {
 #[tokio::test]
 async fn a_stalled_client_on_vendor_data_is_closed_with_1013_and_others_get_everything() {
     let mut config = test_config();
-    config.max_queue_bytes = 256 * 1024;
+    config.limits.max_queue_bytes = 256 * 1024;
     let gw = TestGateway::start_with(config).await;
     let mut slow = stalled_client(&gw.url("/ws/vendor")).await;
     let mut fast = WsClient::connect(&gw.url("/ws/vendor")).await;
@@ -222,11 +222,11 @@ async fn nats_and_redis_faults_under_load_disconnect_no_client() {
     let redis_proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let prefix = unique_prefix();
     let mut config = test_config();
-    config.nats_url = Some(format!("nats://{}", nats_proxy.addr));
-    config.nats_subject_prefix = prefix.clone();
-    config.redis_url = Some(format!("redis://{}", redis_proxy.addr));
-    config.redis_key_prefix = format!("venta:test:{}:", uuid::Uuid::new_v4().simple());
-    config.rate_limit = 10_000;
+    config.nats.url = Some(format!("nats://{}", nats_proxy.addr));
+    config.nats.subject_prefix = prefix.clone();
+    config.redis.url = Some(format!("redis://{}", redis_proxy.addr));
+    config.redis.key_prefix = format!("venta:test:{}:", uuid::Uuid::new_v4().simple());
+    config.limits.rate_limit = 10_000;
     let gw = TestGateway::start_with(config).await;
     let health = async || -> (u16, Value) {
         let r = reqwest::get(gw.http("/health")).await.unwrap();

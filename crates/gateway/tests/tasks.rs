@@ -21,11 +21,11 @@ async fn no_task_is_left_after_shutdown() {
     let mut kept = Vec::new();
     for round in 0..ROUNDS {
         let mut config = test_config();
-        config.nats_url = Some(MACHINE_NATS.into());
-        config.nats_subject_prefix = unique_prefix();
-        config.redis_url = Some("redis://127.0.0.1:6379".into());
-        config.redis_key_prefix = format!("venta:test:{}:", uuid::Uuid::new_v4().simple());
-        config.health_probe_interval_ms = 200;
+        config.nats.url = Some(MACHINE_NATS.into());
+        config.nats.subject_prefix = unique_prefix();
+        config.redis.url = Some("redis://127.0.0.1:6379".into());
+        config.redis.key_prefix = format!("venta:test:{}:", uuid::Uuid::new_v4().simple());
+        config.nats.health_probe_interval_ms = 200;
         let gw = TestGateway::start_with(config).await;
         wait_until("gateway ready", async || gw.is_ready().await).await;
         wait_until("redis ok", async || gw.health().await.1["checks"]["redis"]["status"] == "ok").await;

@@ -87,7 +87,7 @@ async fn vendors_are_isolated_and_unsubscribe_stops_delivery() {
 #[tokio::test]
 async fn a_thousand_subscribers_each_receive_exactly_once() {
     let mut config = common::test_config();
-    config.max_connections = 1100;
+    config.limits.max_connections = 1100;
     let gw = TestGateway::start_with(config).await;
     let url = gw.url("/ws/location");
     let mut clients = Vec::new();
@@ -222,7 +222,7 @@ async fn invalid_utf8_closes_with_1007() {
 #[tokio::test]
 async fn protocol_level_pongs_count_as_life() {
     let mut config = common::test_config();
-    config.heartbeat_interval_ms = 1000;
+    config.limits.heartbeat_interval_ms = 1000;
     let gw = TestGateway::start_with(config).await;
     // This client never sends a message of its own, but its WebSocket stack
     // answers Ping frames while it reads: that keeps it connected.
@@ -241,7 +241,7 @@ async fn protocol_level_pongs_count_as_life() {
 #[tokio::test]
 async fn heartbeat_pings_and_closes_a_silent_client_with_4000() {
     let mut config = common::test_config();
-    config.heartbeat_interval_ms = 1000;
+    config.limits.heartbeat_interval_ms = 1000;
     let gw = TestGateway::start_with(config).await;
     // A client that answers pings stays connected past two intervals.
     let mut alive = WsClient::connect(&gw.url("/ws/location")).await;
@@ -273,7 +273,7 @@ async fn heartbeat_pings_and_closes_a_silent_client_with_4000() {
 #[tokio::test]
 async fn over_max_connections_closes_with_1013() {
     let mut config = common::test_config();
-    config.max_connections = 2;
+    config.limits.max_connections = 2;
     let gw = TestGateway::start_with(config).await;
     let mut a = WsClient::connect(&gw.url("/ws/location")).await;
     let _b = WsClient::connect(&gw.url("/ws/location")).await;
@@ -295,7 +295,7 @@ async fn over_max_connections_closes_with_1013() {
 #[tokio::test]
 async fn rate_limit_answers_rate_limited_with_retry_after() {
     let mut config = common::test_config();
-    config.rate_limit = 5;
+    config.limits.rate_limit = 5;
     let gw = TestGateway::start_with(config).await;
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
     for i in 0..5 {

@@ -116,8 +116,8 @@ async fn a_nats_publish_reaches_a_webtransport_client() {
     require_machine_nats();
     let prefix = unique_prefix();
     let mut config = test_config();
-    config.nats_url = Some(MACHINE_NATS.to_owned());
-    config.nats_subject_prefix = prefix.clone();
+    config.nats.url = Some(MACHINE_NATS.to_owned());
+    config.nats.subject_prefix = prefix.clone();
     let gw = TestGateway::start_with(config).await;
     let nats = async_nats::connect(MACHINE_NATS).await.unwrap();
     let mut c = WtClient::connect(&gw, "/wt/location").await;
@@ -237,7 +237,7 @@ async fn bad_frames_get_documented_errors_and_the_gateway_is_unharmed() {
     c.send_raw(&kept[6].1).await;
     assert_eq!(c.recv().await["id"], "d");
     // A frame of exactly WS_MAX_MESSAGE_BYTES is accepted.
-    let max = gw.shared.config.max_message_bytes;
+    let max = gw.shared.config.limits.max_message_bytes;
     let mut msg = json!({"type": "ping", "id": "big", "pad": ""});
     let base = rmp_serde::to_vec_named(&msg).unwrap().len();
     msg["pad"] = Value::String("x".repeat(max - base - 2)); // str8 header grows by 2 bytes (fixstr → str16)
@@ -285,7 +285,7 @@ async fn bad_frames_get_documented_errors_and_the_gateway_is_unharmed() {
 #[tokio::test]
 async fn max_connections_counts_both_transports() {
     let mut config = test_config();
-    config.max_connections = 2;
+    config.limits.max_connections = 2;
     let gw = TestGateway::start_with(config).await;
     let _ws = WsClient::connect(&gw.url("/ws/location")).await;
     let mut wt = WtClient::connect(&gw, "/wt/location").await;
@@ -319,7 +319,7 @@ async fn max_connections_counts_both_transports() {
 #[tokio::test]
 async fn heartbeat_pings_and_closes_silent_sessions() {
     let mut config = test_config();
-    config.heartbeat_interval_ms = 1000;
+    config.limits.heartbeat_interval_ms = 1000;
     let gw = TestGateway::start_with(config).await;
     let mut lively = WtClient::connect(&gw, "/wt/location").await;
     lively.auto_pong = false;
@@ -371,7 +371,7 @@ async fn shutdown_closes_webtransport_sessions_with_1001() {
 #[tokio::test]
 async fn self_signed_certificate_rotates_while_sessions_stay() {
     let mut config = test_config();
-    config.wt_cert_validity_secs = 12;
+    config.webtransport.cert_validity_secs = 12;
     let gw = TestGateway::start_with(config).await;
     let first = cert_hash(&gw.http("")).await;
     let first_hash = first["value"].as_str().unwrap().to_owned();
@@ -423,8 +423,8 @@ async fn pem_files_from_wt_cert_and_wt_key() {
     let expected: String =
         identity.certificate_chain().as_slice()[0].hash().as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let mut config = test_config();
-    config.wt_cert = Some(cert);
-    config.wt_key = Some(key);
+    config.webtransport.cert = Some(cert);
+    config.webtransport.key = Some(key);
     let gw = TestGateway::start_with(config).await;
     assert_eq!(cert_hash(&gw.http("")).await["value"], expected.as_str());
     let mut c = WtClient::connect_url(&gw.wt_url("/wt/vendor"), &[&expected]).await;
@@ -436,8 +436,8 @@ async fn pem_files_from_wt_cert_and_wt_key() {
 #[tokio::test]
 async fn unreadable_wt_cert_fails_startup_naming_the_file() {
     let mut config = test_config();
-    config.wt_cert = Some("/nonexistent/cert.pem".into());
-    config.wt_key = Some("/nonexistent/key.pem".into());
+    config.webtransport.cert = Some("/nonexistent/cert.pem".into());
+    config.webtransport.key = Some("/nonexistent/key.pem".into());
     let err = venta_gateway::Gateway::bind(config).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("WT_CERT") && err.contains("/nonexistent/cert.pem"), "{err}");
 }

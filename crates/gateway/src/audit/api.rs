@@ -120,7 +120,7 @@ pub async fn list(
     headers: HeaderMap,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    let Some(expected) = &shared.config.admin_token else {
+    let Some(expected) = &shared.config.auth.admin_token else {
         return error(StatusCode::NOT_FOUND, ErrorCode::Unavailable, "the audit API is off: ADMIN_TOKEN is not set");
     };
     let given = crate::auth::bearer_token(&headers);

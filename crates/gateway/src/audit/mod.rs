@@ -123,7 +123,7 @@ pub trait AuditSink: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Settings of the audit trail (from [`crate::Config`]).
+/// Settings of the audit trail (from [`crate::config::AuditConfig`]).
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
     /// PostgreSQL; `None`: embedded SQLite.
@@ -149,17 +149,17 @@ pub struct AuditOptions {
 
 impl AuditOptions {
     /// The options a configuration asks for.
-    pub fn from_config(config: &crate::Config) -> Self {
+    pub fn from_config(config: &crate::config::AuditConfig) -> Self {
         Self {
             database_url: config.database_url.clone(),
-            sqlite_path: config.audit_sqlite_path.clone(),
-            journal_dir: config.audit_journal_dir.clone(),
-            queue: config.audit_queue,
-            batch: config.audit_batch,
-            buffer: config.audit_buffer,
-            journal_queue: config.audit_journal_queue,
-            spill_after: Duration::from_millis(config.audit_spill_after_ms),
-            probe_interval: Duration::from_millis(config.audit_probe_interval_ms),
+            sqlite_path: config.sqlite_path.clone(),
+            journal_dir: config.journal_dir.clone(),
+            queue: config.queue,
+            batch: config.batch,
+            buffer: config.buffer,
+            journal_queue: config.journal_queue,
+            spill_after: Duration::from_millis(config.spill_after_ms),
+            probe_interval: Duration::from_millis(config.probe_interval_ms),
         }
     }
 }

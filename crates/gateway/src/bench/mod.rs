@@ -123,18 +123,18 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
 fn capacity_notes(conns: usize, one_jwt: bool) -> Vec<String> {
     let defaults = venta_gateway::Config::defaults();
     let mut notes = Vec::new();
-    if conns > defaults.max_connections {
+    if conns > defaults.limits.max_connections {
         notes.push(format!(
             "this run opens {conns} connections; a gateway with default settings admits {} \
              (WS_MAX_CONNECTIONS={}): start it with WS_MAX_CONNECTIONS={conns} or more",
-            defaults.max_connections, defaults.max_connections
+            defaults.limits.max_connections, defaults.limits.max_connections
         ));
     }
-    if one_jwt && conns > defaults.max_connections_per_user {
+    if one_jwt && conns > defaults.limits.max_connections_per_user {
         notes.push(format!(
             "every client uses one --jwt (one user); a default gateway admits {} connections per user: \
              start it with WS_MAX_CONNECTIONS_PER_USER={conns} or more",
-            defaults.max_connections_per_user
+            defaults.limits.max_connections_per_user
         ));
     }
     notes

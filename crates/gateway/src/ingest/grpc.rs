@@ -58,7 +58,7 @@ impl IngestService {
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
-        if super::authorized(&self.shared.config, given) {
+        if super::authorized(&self.shared.config.auth, given) {
             Ok(())
         } else {
             Err(Status::unauthenticated("missing or wrong bearer token (INGEST_TOKEN)"))

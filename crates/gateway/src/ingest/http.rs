@@ -54,7 +54,7 @@ pub fn is_json(headers: &HeaderMap) -> bool {
 }
 
 async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes, channel: Channel) -> Response {
-    if !super::authorized(&shared.config, crate::auth::bearer_token(&headers)) {
+    if !super::authorized(&shared.config.auth, crate::auth::bearer_token(&headers)) {
         let mut resp =
             error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong bearer token (INGEST_TOKEN)");
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));

@@ -4,7 +4,7 @@ pub mod codec;
 pub mod grpc;
 pub mod http;
 
-use crate::config::Config;
+use crate::config::AuthConfig;
 
 /// Ingest is misconfigured for this environment.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,13 +28,13 @@ impl IngestConfigError {
 /// The ingest bearer token, if one is configured. An empty `INGEST_TOKEN=`
 /// (as container files write for an unset variable) counts as none: it
 /// must never match an empty bearer.
-pub fn token(config: &Config) -> Option<&str> {
+pub fn token(config: &AuthConfig) -> Option<&str> {
     config.ingest_token.as_deref().filter(|t| !t.is_empty())
 }
 
 /// Refuses open ingest in production; in development says once, loudly,
 /// that anyone may publish.
-pub fn check_config(config: &Config) -> Result<(), IngestConfigError> {
+pub fn check_config(config: &AuthConfig) -> Result<(), IngestConfigError> {
     if token(config).is_some() {
         return Ok(());
     }
@@ -55,7 +55,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether a request presenting `given` may publish: always when no token
 /// is configured, else only with the same token.
-pub(crate) fn authorized(config: &Config, given: Option<&str>) -> bool {
+pub(crate) fn authorized(config: &AuthConfig, given: Option<&str>) -> bool {
     match token(config) {
         None => true,
         Some(expected) => given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())),

@@ -95,7 +95,7 @@ fn upgrade(
     {
         return refuse(refusal);
     }
-    let max = shared.config.max_message_bytes;
+    let max = shared.config.limits.max_message_bytes;
     let tracker = shared.tracker.clone();
     ws.max_message_size(max)
         .max_frame_size(max)

@@ -24,7 +24,7 @@ use wtransport::{Endpoint, Identity, ServerConfig, VarInt};
 use self::cert::{CertError, CertInfo, CertSource, CertStore};
 use crate::admission::{self, Knock};
 use crate::auth;
-use crate::config::Config;
+use crate::config::WebTransportConfig;
 use crate::protocol::Channel as Path;
 use crate::protocol::Close;
 use crate::state::Shared;
@@ -70,12 +70,18 @@ pub struct Listener {
 
 impl Listener {
     /// Loads or makes the certificate, publishes its hash in `certs` and
-    /// binds UDP `WT_PORT` (default: `http_port`, the HTTP listener's port).
-    pub async fn bind(config: &Config, http_port: u16, certs: &CertStore) -> Result<Self, WtError> {
+    /// binds UDP `WT_PORT` (default: `http_port`, the HTTP listener's port)
+    /// on `bind_addr`, the `BIND_ADDR` the TCP listeners share.
+    pub async fn bind(
+        config: &WebTransportConfig,
+        bind_addr: IpAddr,
+        http_port: u16,
+        certs: &CertStore,
+    ) -> Result<Self, WtError> {
         let source = CertSource::from_config(config);
         let identity = cert::load(&source).await?;
         let info = CertInfo::of(&identity)?;
-        let addr = SocketAddr::new(config.bind_addr, config.wt_port.unwrap_or(http_port));
+        let addr = SocketAddr::new(bind_addr, config.port.unwrap_or(http_port));
         let endpoint =
             Endpoint::server(server_config(addr, identity)).map_err(|reason| WtError::Bind { addr, reason })?;
         let addr = endpoint.local_addr().map_err(|reason| WtError::Bind { addr, reason })?;

@@ -65,28 +65,28 @@ pub struct TestGateway {
 /// a fresh temporary directory, so tests neither share nor litter them.
 pub fn private_audit_paths(config: &mut Config) -> Option<nats::tempdir::Dir> {
     let defaults = Config::defaults();
-    if config.audit_journal_dir != defaults.audit_journal_dir && config.audit_sqlite_path != defaults.audit_sqlite_path
+    if config.audit.journal_dir != defaults.audit.journal_dir && config.audit.sqlite_path != defaults.audit.sqlite_path
     {
         return None;
     }
     let dir = nats::tempdir::Dir::new();
-    if config.audit_journal_dir == defaults.audit_journal_dir {
-        config.audit_journal_dir = dir.0.join("journal");
+    if config.audit.journal_dir == defaults.audit.journal_dir {
+        config.audit.journal_dir = dir.0.join("journal");
     }
-    if config.audit_sqlite_path == defaults.audit_sqlite_path {
-        config.audit_sqlite_path = dir.0.join("audit.db");
+    if config.audit.sqlite_path == defaults.audit.sqlite_path {
+        config.audit.sqlite_path = dir.0.join("audit.db");
     }
     Some(dir)
 }
 
 pub fn test_config() -> Config {
     let mut c = Config::defaults();
-    c.bind_addr = "127.0.0.1".parse().unwrap();
-    c.port = 0;
-    c.grpc_port = 0;
+    c.server.bind_addr = "127.0.0.1".parse().unwrap();
+    c.server.port = 0;
+    c.server.grpc_port = 0;
     // Ephemeral: the HTTP port's number may be some client's UDP port.
-    c.wt_port = Some(0);
-    c.shutdown_timeout_secs = 5;
+    c.webtransport.port = Some(0);
+    c.log.shutdown_timeout_secs = 5;
     c
 }
 

@@ -21,7 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 use wtransport::Identity;
 
-use crate::config::Config;
+use crate::config::WebTransportConfig;
 
 /// How often `WT_CERT`/`WT_KEY` are checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(60);
@@ -50,10 +50,10 @@ pub enum CertSource {
 
 impl CertSource {
     /// The source the configuration asks for.
-    pub fn from_config(config: &Config) -> Self {
-        match (&config.wt_cert, &config.wt_key) {
+    pub fn from_config(config: &WebTransportConfig) -> Self {
+        match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => Self::Files { cert: cert.clone(), key: key.clone() },
-            _ => Self::SelfSigned { validity: config.wt_cert_validity() },
+            _ => Self::SelfSigned { validity: config.cert_validity() },
         }
     }
 }

@@ -45,7 +45,7 @@ pub(super) async fn serve(
     let mut session = Session::open(Arc::clone(&shared.sessions), Transport::WebTransport, endpoint, remote, user, now);
     // The protocol starts when the client opens its stream; a client that
     // never does is as silent as one that stops answering pings.
-    let wait = 2 * shared.config.heartbeat_interval();
+    let wait = 2 * shared.config.limits.heartbeat_interval();
     let stream = tokio::select! {
         s = tokio::time::timeout(wait, conn.accept_bi()) => s,
         () = shared.shutdown.cancelled() => {
@@ -95,7 +95,7 @@ pub(super) async fn serve(
 /// session's timers, the dependency call it asked for, and shutdown.
 async fn read_loop(mut recv: RecvStream, conn: &Connection, session: &mut Session, shared: &Shared) -> Option<Close> {
     use crate::transport::{completion, now, start_call};
-    let mut frames = FrameReader::new(shared.config.max_message_bytes);
+    let mut frames = FrameReader::new(shared.config.limits.max_message_bytes);
     let mut chunk = [0u8; READ_CHUNK];
     let mut pending: crate::transport::PendingCall = None;
     // The client finished its side at a frame boundary: a goodbye, once
