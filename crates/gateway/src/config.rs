@@ -155,6 +155,22 @@ fn positive(s: &str) -> Result<usize, String> {
     Ok(v)
 }
 
+fn area_km(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if !(v.is_finite() && v > 0.0 && v <= 20_000.0) {
+        return Err("must be a number of kilometres greater than 0 and at most 20000".into());
+    }
+    Ok(v)
+}
+
+fn snapshot_max(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=10_000).contains(&v) {
+        return Err("must be between 1 and 10000".into());
+    }
+    Ok(v)
+}
+
 fn nonzero_secs(s: &str) -> Result<u64, String> {
     let v = seconds(s)?;
     if v == 0 {
@@ -569,6 +585,10 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
+    /// Area subscriptions ("vendors near me").
+    #[command(flatten)]
+    pub geo: GeoConfig,
+
     /// Audit rows waiting for the journal's thread when the hot-path queue
     /// (`AUDIT_QUEUE`) is full; past both, a row is dropped and counted
     /// (`venta_audit_dropped_total{reason="journal_full"}`): the hot path
@@ -737,6 +757,7 @@ impl Config {
             audit_buffer: 10_000,
             admin_token: None,
             shutdown_timeout_secs: 10,
+            geo: GeoConfig { vendor_ttl_secs: 300, max_areas: 8, max_area_km: 50.0, snapshot_max: 500 },
             instance_id: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -844,4 +865,30 @@ mod tests {
         let both = Cli::try_parse_from(["x", "--wt-cert", "c.pem", "--wt-key", "k.pem"]).map(|c| c.config);
         assert!(both.is_ok_and(|c| c.wt_cert.is_some() && c.wt_key.is_some()));
     }
+}
+
+/// Bounds of area subscriptions ("vendors near me"): how long a silent
+/// vendor stays in an area, and how much one connection may watch.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Area subscriptions")]
+pub struct GeoConfig {
+    /// Seconds a vendor may stay silent before it leaves every area it was
+    /// in (reason `expired`), so a vendor that stopped reporting does not
+    /// linger on maps.
+    #[arg(long = "geo-vendor-ttl", env = "GEO_VENDOR_TTL", value_name = "GEO_VENDOR_TTL", default_value = "300", value_parser = nonzero_secs)]
+    pub vendor_ttl_secs: u64,
+
+    /// Areas one connection may watch at once.
+    #[arg(long = "geo-max-areas", env = "GEO_MAX_AREAS", value_name = "GEO_MAX_AREAS", default_value = "8", value_parser = positive)]
+    pub max_areas: usize,
+
+    /// Largest area, km: a box's diagonal or a circle's diameter (over 0, at
+    /// most 20000), so one subscription cannot ask for the whole map.
+    #[arg(long = "geo-max-area-km", env = "GEO_MAX_AREA_KM", value_name = "GEO_MAX_AREA_KM", default_value = "50", value_parser = area_km)]
+    pub max_area_km: f64,
+
+    /// Vendors sent in the snapshot that opens an area subscription (1 to
+    /// 10000); one message, so it stays bounded however dense the area.
+    #[arg(long = "geo-snapshot-max", env = "GEO_SNAPSHOT_MAX", value_name = "GEO_SNAPSHOT_MAX", default_value = "500", value_parser = snapshot_max)]
+    pub snapshot_max: usize,
 }

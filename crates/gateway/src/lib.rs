@@ -17,6 +17,9 @@
 //! - [`bus`]: how updates travel between publishers and instances
 //!   (`nats`, `local`: in-process).
 //! - [`ingest`]: publish entry points (`http`, `grpc`).
+//! - [`geo`]: live area subscriptions ("vendors near me"): this instance's
+//!   area index (geometry in `crates/geo`, pure) and its engines (`local`,
+//!   `nats`: cell subjects and shared positions in JetStream KV).
 //! - [`audit`]: the subscription audit trail (`postgres`, `sqlite`), fed
 //!   through a bounded queue, a batching writer and a spill journal.
 //! - [`http`]: health, readiness, metrics, status.
@@ -34,6 +37,7 @@ pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod geo;
 pub mod http;
 pub mod hub;
 pub mod ingest;

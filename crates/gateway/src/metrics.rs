@@ -82,6 +82,14 @@ pub struct Metrics {
     pub audit_dropped: IntCounterVec,
     /// Last values dropped from the in-process store to stay within its bytes.
     pub last_value_evictions: IntCounter,
+    /// Area subscriptions held by this instance's clients.
+    pub areas: IntGauge,
+    /// Grid cells this instance receives positions of.
+    pub area_cells: IntGauge,
+    /// Vendor positions held for those cells.
+    pub area_vendors: IntGauge,
+    /// Area events queued to clients, by message type.
+    pub area_events: IntCounterVec,
     in_total: AtomicU64,
     out_total: AtomicU64,
 }
@@ -201,6 +209,20 @@ impl Metrics {
             "Last values dropped from the in-process store to stay within LAST_VALUE_MAX_BYTES",
         )?;
         reg(Box::new(last_value_evictions.clone()))?;
+        let areas = IntGauge::new("venta_areas", "Area subscriptions of this instance's clients")?;
+        let area_cells = IntGauge::new("venta_area_cells", "Grid cells this instance receives vendor positions of")?;
+        let area_vendors = IntGauge::new("venta_area_vendors", "Vendor positions held for the watched cells")?;
+        let area_events = IntCounterVec::new(
+            Opts::new("venta_area_events_total", "Area events queued to clients, by message type"),
+            &["type"],
+        )?;
+        for ty in ["vendor_entered", "location_updated", "vendor_left"] {
+            area_events.with_label_values(&[ty]);
+        }
+        reg(Box::new(areas.clone()))?;
+        reg(Box::new(area_cells.clone()))?;
+        reg(Box::new(area_vendors.clone()))?;
+        reg(Box::new(area_events.clone()))?;
         reg(Box::new(bus_connected.clone()))?;
         reg(Box::new(bus_disconnects.clone()))?;
         reg(Box::new(bus_outage_seconds.clone()))?;
@@ -258,6 +280,10 @@ impl Metrics {
             audit_write_errors,
             audit_spilled,
             audit_dropped,
+            areas,
+            area_cells,
+            area_vendors,
+            area_events,
             last_value_evictions,
             in_total: AtomicU64::new(0),
             out_total: AtomicU64::new(0),

@@ -22,6 +22,8 @@ use crate::bus::local::LocalBus;
 use crate::bus::nats::{ConnectError, NatsBus, NatsOptions};
 use crate::bus::{Bus, Deliver};
 use crate::config::Config;
+use crate::geo::local::LocalGeo;
+use crate::geo::{Areas, GeoLimits};
 use crate::hub::Hub;
 use crate::metrics::{Metrics, MetricsError};
 use crate::ratelimit::RateLimiter;
@@ -120,6 +122,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new()?);
         let hub = Arc::new(Hub::new());
         let deliver = Deliver::new(Arc::clone(&hub), Arc::clone(&metrics));
+        let areas = Areas::new(GeoLimits::from_config(&config.geo), Arc::clone(&metrics));
         let bus: Arc<dyn Bus> = match &config.nats_url {
             Some(url) => {
                 let opts = NatsOptions {
@@ -137,7 +140,9 @@ impl Gateway {
             }
             None => {
                 tracing::info!("no NATS_URL: in-process bus (this instance alone)");
-                Arc::new(LocalBus::new(deliver, config.last_value_max_bytes))
+                let geo = LocalGeo::new(&areas);
+                areas.set_engine(Arc::clone(&geo) as Arc<dyn crate::geo::GeoEngine>);
+                Arc::new(LocalBus::new(deliver, config.last_value_max_bytes).with_geo(geo))
             }
         };
         let auth = Authenticator::from_config(
@@ -164,7 +169,7 @@ impl Gateway {
         let instance_id = config.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let audit =
             Arc::new(Audit::start(AuditOptions::from_config(&config), &instance_id, Arc::clone(&metrics)).await?);
-        let shared = Arc::new(Shared::new(config, hub, bus, metrics, auth, limiter, audit));
+        let shared = Arc::new(Shared::new(config, hub, bus, metrics, auth, limiter, audit, areas));
         let http_port = listener.local_addr().map(|a| a.port()).unwrap_or(shared.config.port);
         let wt = wt::Listener::bind(&shared.config, http_port, &shared.wt_certs).await?;
         Ok(Self { shared, listener, grpc_listener, wt })
@@ -210,6 +215,7 @@ impl Gateway {
                 .add_routes(grpc_routes)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_token.cancelled_owned()),
         );
+        shared.tasks.spawn(Arc::clone(&shared.areas).run_expiry(shared.shutdown.clone()));
         shared.set_ready(true);
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, instance = %shared.instance_id, "venta-gateway listening (HTTP + WebSocket)");

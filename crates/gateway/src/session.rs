@@ -25,11 +25,12 @@ use time::OffsetDateTime;
 use crate::audit::{Action, Audit, AuditEvent};
 use crate::auth::{Authenticator, Verified};
 use crate::bus::{Bus, BusError};
+use crate::geo::{AreaError, Areas, Shape, ShapeError, Subscribed};
 use crate::hub::{ConnId, Frame, Hub, Outbox, OutboxLimits, Push};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    Channel, Close, Codec, Command, Delivery, ErrorCode, Rejection, Request, ServerMessage, Topic, Update, UserId,
-    VendorId, encode, type_label,
+    AreaId, AreaShape, Channel, Close, Codec, Command, Delivery, ErrorCode, Rejection, Request, ServerMessage, Topic,
+    Update, UserId, VendorId, encode, type_label,
 };
 use crate::ratelimit::{Decision, RateLimiter};
 
@@ -134,6 +135,10 @@ pub struct SessionLimits {
     pub max_message_bytes: usize,
     /// The outbound queue's bounds.
     pub outbox: OutboxLimits,
+    /// Area subscriptions per connection (`GEO_MAX_AREAS`).
+    pub max_areas: usize,
+    /// Largest area, km (`GEO_MAX_AREA_KM`).
+    pub max_area_km: f64,
 }
 
 impl SessionLimits {
@@ -145,6 +150,8 @@ impl SessionLimits {
             rate_limit: config.rate_limit,
             max_message_bytes: config.max_message_bytes,
             outbox: OutboxLimits { max_messages: config.max_queue_messages, max_bytes: config.max_queue_bytes },
+            max_areas: config.geo.max_areas,
+            max_area_km: config.geo.max_area_km,
         }
     }
 }
@@ -163,6 +170,9 @@ pub struct SessionContext {
     pub audit: Arc<Audit>,
     /// Verifies `refresh` tokens (CPU only).
     pub auth: Authenticator,
+    /// Area subscriptions; only for releasing them, which never waits
+    /// (subscribing goes through [`Call::SubscribeArea`]).
+    pub areas: Arc<Areas>,
     /// The limits.
     pub limits: SessionLimits,
     next_conn: AtomicU64,
@@ -176,9 +186,10 @@ impl SessionContext {
         metrics: Arc<Metrics>,
         audit: Arc<Audit>,
         auth: Authenticator,
+        areas: Arc<Areas>,
         limits: SessionLimits,
     ) -> Self {
-        Self { hub, bus, metrics, audit, auth, limits, next_conn: AtomicU64::new(1) }
+        Self { hub, bus, metrics, audit, auth, areas, limits, next_conn: AtomicU64::new(1) }
     }
 
     fn next_conn_id(&self) -> ConnId {
@@ -188,7 +199,7 @@ impl SessionContext {
 
 /// A dependency call the session needs made; the transport runs it (see
 /// [`Deps::start`]) and hands the result back to [`Session::on_completion`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Call {
     /// Spend one unit of this rate-limit key's budget.
     Budget(String),
@@ -196,6 +207,46 @@ pub enum Call {
     Watch(Topic),
     /// The topic's last known value.
     LastValue(Topic),
+    /// Subscribe or move an area: its cells subscribed and read, then the
+    /// ack and the snapshot (or difference) queued.
+    SubscribeArea(AreaCall),
+}
+
+/// The arguments of [`Call::SubscribeArea`].
+#[derive(Clone)]
+pub struct AreaCall {
+    /// The connection.
+    pub conn: ConnId,
+    /// Where its frames go.
+    pub outbox: Arc<Outbox>,
+    /// The client's name for the area.
+    pub area: AreaId,
+    /// Where.
+    pub shape: Shape,
+    /// Moves inside as datagrams.
+    pub datagram: bool,
+    /// The request's id, echoed in the ack.
+    pub id: Option<String>,
+}
+
+impl std::fmt::Debug for AreaCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AreaCall")
+            .field("conn", &self.conn)
+            .field("area", &self.area)
+            .field("shape", &self.shape)
+            .finish()
+    }
+}
+
+impl PartialEq for AreaCall {
+    fn eq(&self, other: &Self) -> bool {
+        self.conn == other.conn
+            && self.area == other.area
+            && self.shape == other.shape
+            && self.datagram == other.datagram
+            && self.id == other.id
+    }
 }
 
 /// A finished [`Call`].
@@ -207,6 +258,8 @@ pub enum Completion {
     Watch(Result<(), BusError>),
     /// The topic's last known value, if any.
     LastValue(Option<Update>),
+    /// The area's subscription.
+    Area(Result<Subscribed, AreaError>),
 }
 
 /// The engines behind [`Call`]s.
@@ -216,6 +269,8 @@ pub struct Deps {
     pub limiter: Arc<dyn RateLimiter>,
     /// Updates between publishers and instances.
     pub bus: Arc<dyn Bus>,
+    /// Area subscriptions.
+    pub areas: Arc<Areas>,
 }
 
 impl Deps {
@@ -234,6 +289,12 @@ impl Deps {
             Call::LastValue(topic) => {
                 let bus = Arc::clone(&self.bus);
                 Box::pin(async move { Completion::LastValue(bus.last_value(&topic).await) })
+            }
+            Call::SubscribeArea(c) => {
+                let areas = Arc::clone(&self.areas);
+                Box::pin(async move {
+                    Completion::Area(areas.subscribe(c.conn, c.outbox, c.area, c.shape, c.datagram, c.id).await)
+                })
             }
         }
     }
@@ -272,6 +333,8 @@ enum Waiting {
     Watch { topic: Topic, channel: Channel, vendor: VendorId, id: Option<String>, request_type: &'static str },
     /// The snapshot after a `subscribed` ack.
     LastValue(Topic),
+    /// An area's subscription (the ack comes with its snapshot).
+    Area { area: AreaId, shape: AreaShape, id: Option<String> },
 }
 
 /// One connected client.
@@ -289,6 +352,8 @@ pub struct Session {
     outbox: Arc<Outbox>,
     datagram_topics: Arc<DatagramTopics>,
     subscriptions: HashSet<Topic>,
+    /// The areas subscribed (or being subscribed).
+    areas: HashSet<AreaId>,
     /// The token's `sub` when auth is on: every `userId` must equal it.
     user: Option<UserId>,
     /// Rate-limit key: the user, or this connection while auth is off.
@@ -353,6 +418,7 @@ impl Session {
             outbox,
             datagram_topics: Arc::default(),
             subscriptions: HashSet::new(),
+            areas: HashSet::new(),
             denied_in_a_row: 0,
             last_seen: now,
             next_ping,
@@ -390,6 +456,11 @@ impl Session {
     /// Topics this session is subscribed to.
     pub fn subscriptions(&self) -> usize {
         self.subscriptions.len()
+    }
+
+    /// Areas this session holds.
+    pub fn areas(&self) -> usize {
+        self.areas.len()
     }
 
     /// Whether the transport may read another frame: false while
@@ -481,6 +552,9 @@ impl Session {
                 self.on_last_value(&topic, last.as_ref());
                 None
             }
+            (Some(Waiting::Area { area, shape, id }), Completion::Area(result)) => {
+                self.on_area(area, &shape, id.as_deref(), result)
+            }
             (waiting, done) => {
                 // A transport bug; say so rather than guess.
                 tracing::error!(conn = %self.uid, ?waiting, ?done, "session got a completion it did not ask for");
@@ -542,7 +616,19 @@ impl Session {
             self.ctx.hub.unsubscribe(topic, self.id);
             self.datagram_topics.set(topic, false);
         }
-        self.waiting = None;
+        // An area whose subscribe was in flight never got its row.
+        let pending = match self.waiting.take() {
+            Some(Waiting::Area { area, .. }) => Some(area),
+            _ => None,
+        };
+        let mut areas: Vec<AreaId> = std::mem::take(&mut self.areas).into_iter().collect();
+        if !areas.is_empty() {
+            self.ctx.areas.release(self.id);
+            areas.sort();
+            for area in areas.iter().filter(|a| Some(*a) != pending.as_ref()) {
+                self.audit_area(Action::Unsubscribe, area, Some(why));
+            }
+        }
         let mut held: Vec<Topic> = std::mem::take(&mut self.subscriptions).into_iter().collect();
         held.sort();
         for topic in held {
@@ -663,6 +749,49 @@ impl Session {
                 });
                 None
             }
+            Command::SubscribeArea { user, .. } if !self.acts_as_self(Some(user)) => self.forbidden(&req),
+            Command::SubscribeArea { area, user, shape, delivery } => {
+                self.audit_user = Some(user.clone());
+                let rejection = |code, message: String| Rejection {
+                    code,
+                    message,
+                    request_type: Some("subscribe_area".into()),
+                    id: req.id.clone(),
+                };
+                let geometry = crate::geo::shape_of(shape);
+                match geometry.validate(self.ctx.limits.max_area_km) {
+                    Ok(()) => {}
+                    Err(ShapeError::Invalid { field, message }) => {
+                        return self.reject(&rejection(ErrorCode::InvalidField, format!("data.{field}: {message}")));
+                    }
+                    Err(ShapeError::TooLarge { message }) => {
+                        let msg = format!("{message} (GEO_MAX_AREA_KM); zoom in");
+                        return self.reject(&rejection(ErrorCode::AreaTooLarge, msg));
+                    }
+                }
+                if !self.areas.contains(area) && self.areas.len() >= self.ctx.limits.max_areas {
+                    let msg = format!("at most {} areas per connection (GEO_MAX_AREAS)", self.ctx.limits.max_areas);
+                    return self.reject(&rejection(ErrorCode::TooManySubscriptions, msg));
+                }
+                self.areas.insert(area.clone());
+                self.call = Some(Call::SubscribeArea(AreaCall {
+                    conn: self.id,
+                    outbox: Arc::clone(&self.outbox),
+                    area: area.clone(),
+                    shape: geometry,
+                    datagram: self.transport.has_datagrams() && *delivery == Delivery::Datagram,
+                    id: req.id.clone(),
+                }));
+                self.waiting = Some(Waiting::Area { area: area.clone(), shape: *shape, id: req.id.clone() });
+                None
+            }
+            Command::UnsubscribeArea { area } => {
+                if self.areas.remove(area) {
+                    self.ctx.areas.unsubscribe(self.id, area);
+                    self.audit_area(Action::Unsubscribe, area, None);
+                }
+                self.send(&ServerMessage::AreaUnsubscribed { area, id })
+            }
             Command::Unsubscribe { channel, vendor, .. } => {
                 let topic = Topic::new(*channel, vendor.clone());
                 self.datagram_topics.set(&topic, false);
@@ -707,6 +836,39 @@ impl Session {
         close
     }
 
+    fn on_area(
+        &mut self,
+        area: AreaId,
+        shape: &AreaShape,
+        id: Option<&str>,
+        result: Result<Subscribed, AreaError>,
+    ) -> Option<Close> {
+        match result {
+            // The ack and the snapshot are queued already, in order.
+            Ok(outcome) => {
+                let detail = crate::geo::describe(shape);
+                let what = if outcome == Subscribed::New { detail } else { format!("moved to {detail}") };
+                self.audit_area(Action::Subscribe, &area, Some(&what));
+                None
+            }
+            Err(e) => {
+                // The area is gone on every failure; the client may retry.
+                self.areas.remove(&area);
+                let code = match &e {
+                    AreaError::Shape(ShapeError::TooLarge { .. }) => ErrorCode::AreaTooLarge,
+                    AreaError::Shape(ShapeError::Invalid { .. }) => ErrorCode::InvalidField,
+                    AreaError::Bus(_) => ErrorCode::Unavailable,
+                };
+                self.reject(&Rejection {
+                    code,
+                    message: e.to_string(),
+                    request_type: Some("subscribe_area".into()),
+                    id: id.map(str::to_owned),
+                })
+            }
+        }
+    }
+
     fn on_last_value(&mut self, topic: &Topic, last: Option<&Update>) {
         let frame = last.map(|u| {
             let msg = ServerMessage::Snapshot(u);
@@ -715,6 +877,7 @@ impl Session {
                 ty: msg.type_name(),
                 topic: Some(topic.clone()),
                 published_at: None,
+                datagram: false,
             }
         });
         self.outbox.push_snapshot(topic, frame);
@@ -768,6 +931,16 @@ impl Session {
 
     /// Hands one row to the audit trail; never waits (see [`crate::audit`]).
     fn audit(&mut self, action: Action, topic: Option<&Topic>, reason: Option<&str>) {
+        self.audit_row(action, topic.map(|t| (t.channel.as_str(), t.vendor.as_str())), reason);
+    }
+
+    /// An area's row: channel `area`, the area id in the subscription
+    /// column, the shape (or why it ended) as the reason.
+    fn audit_area(&mut self, action: Action, area: &AreaId, reason: Option<&str>) {
+        self.audit_row(action, Some(("area", area.as_str())), reason);
+    }
+
+    fn audit_row(&mut self, action: Action, subscription: Option<(&str, &str)>, reason: Option<&str>) {
         let time = crate::audit::next_time(self.audit_clock);
         self.audit_clock = Some(time);
         self.ctx.audit.record(AuditEvent {
@@ -777,8 +950,8 @@ impl Session {
             connection_id: self.uid,
             user_id: self.audit_user.as_ref().map(|u| u.as_str().to_owned()),
             transport: self.transport.as_str().to_owned(),
-            channel: topic.map(|t| t.channel.as_str().to_owned()),
-            vendor_id: topic.map(|t| t.vendor.as_str().to_owned()),
+            channel: subscription.map(|(c, _)| c.to_owned()),
+            vendor_id: subscription.map(|(_, v)| v.to_owned()),
             action,
             client_addr: Some(self.remote.to_string()),
             reason: reason.map(str::to_owned),

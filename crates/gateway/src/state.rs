@@ -14,6 +14,7 @@ use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::geo::Areas;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::UserId;
@@ -47,6 +48,8 @@ pub struct Shared {
     pub sessions: Arc<SessionContext>,
     /// The engines behind the sessions' dependency calls.
     pub deps: Deps,
+    /// This instance's area subscriptions.
+    pub areas: Arc<Areas>,
     /// Cancelled when shutdown begins; every connection watches it.
     pub shutdown: CancellationToken,
     /// Client connection tasks, awaited on shutdown.
@@ -64,6 +67,7 @@ pub struct Shared {
 
 impl Shared {
     /// Assembles the shared state; the instance id is the audit trail's.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         hub: Arc<Hub>,
@@ -72,6 +76,7 @@ impl Shared {
         auth: Authenticator,
         limiter: Arc<dyn RateLimiter>,
         audit: Arc<Audit>,
+        areas: Arc<Areas>,
     ) -> Self {
         let instance_id = audit.instance_id().to_string();
         let connect_limiter = (config.connect_rate_limit > 0).then(|| MemoryLimiter::new(config.connect_rate_limit));
@@ -81,12 +86,14 @@ impl Shared {
             Arc::clone(&metrics),
             Arc::clone(&audit),
             auth.clone(),
+            Arc::clone(&areas),
             SessionLimits::from_config(&config),
         ));
-        let deps = Deps { limiter: Arc::clone(&limiter), bus: Arc::clone(&bus) };
+        let deps = Deps { limiter: Arc::clone(&limiter), bus: Arc::clone(&bus), areas: Arc::clone(&areas) };
         Self {
             sessions,
             deps,
+            areas,
             config,
             instance_id,
             hub,

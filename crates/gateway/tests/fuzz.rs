@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use venta_gateway::auth::Authenticator;
 use venta_gateway::protocol::frame::{FrameReader, write_frame};
-use venta_gateway::protocol::{Channel, Command, ErrorCode, Update, decode_json, decode_msgpack};
+use venta_gateway::protocol::{AreaShape, Channel, Command, ErrorCode, Update, decode_json, decode_msgpack};
 
 fn cases(default: u32) -> ProptestConfig {
     let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
@@ -91,6 +91,16 @@ proptest! {
                     prop_assert!(safe(vendor.as_str()) && user.as_ref().is_none_or(|u| safe(u.as_str())));
                 }
                 Command::Refresh { token } => prop_assert!(!token.is_empty()),
+                Command::SubscribeArea { area, user, shape, .. } => {
+                    prop_assert!(safe(area.as_str()) && safe(user.as_str()));
+                    // Every accepted number is finite; the geometry judges the rest.
+                    let finite = match shape {
+                        AreaShape::BBox { south, west, north, east } => [south, west, north, east].iter().all(|v| v.is_finite()),
+                        AreaShape::Circle { lat, long, radius_m } => [lat, long, radius_m].iter().all(|v| v.is_finite()),
+                    };
+                    prop_assert!(finite);
+                }
+                Command::UnsubscribeArea { area } => prop_assert!(safe(area.as_str())),
                 Command::Ping | Command::Pong => {}
             },
             Err(rej) => prop_assert!(CODES.contains(&rej.code), "{rej:?}"),

@@ -3,7 +3,36 @@
 use serde::Deserialize as _;
 use serde_json::{Map, Value};
 
-use super::{Channel, ErrorCode, UserId, VendorId};
+use super::{AreaId, Channel, ErrorCode, UserId, VendorId};
+
+/// The shape of an area as the client sent it: numbers checked to be
+/// finite, nothing more. Geometry rules (ranges, `south <= north`, a
+/// positive radius, the size limit) belong to the geo crate, which judges
+/// the shape once for every entry point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AreaShape {
+    /// `bbox {south, west, north, east}`; `west > east` crosses the
+    /// antimeridian.
+    BBox {
+        /// Southern latitude.
+        south: f64,
+        /// Western longitude.
+        west: f64,
+        /// Northern latitude.
+        north: f64,
+        /// Eastern longitude.
+        east: f64,
+    },
+    /// `circle {center {lat, long}, radiusM}`.
+    Circle {
+        /// Centre latitude.
+        lat: f64,
+        /// Centre longitude.
+        long: f64,
+        /// Radius in metres.
+        radius_m: f64,
+    },
+}
 
 /// How a location subscription wants its updates (WebTransport only;
 /// WebSocket always uses the stream).
@@ -46,6 +75,23 @@ pub enum Command {
         /// The new JWT.
         token: String,
     },
+    /// `subscribe_area`: follow every vendor inside an area; again with the
+    /// same `areaId`, the area moves.
+    SubscribeArea {
+        /// The client's name for the area.
+        area: AreaId,
+        /// Who is asking (checked against the token when auth is on).
+        user: UserId,
+        /// Where.
+        shape: AreaShape,
+        /// Moves inside the area as datagrams (WebTransport).
+        delivery: Delivery,
+    },
+    /// `unsubscribe_area`.
+    UnsubscribeArea {
+        /// Which area.
+        area: AreaId,
+    },
     /// Client heartbeat; answered with `pong`.
     Ping,
     /// Answer to the server's `ping`.
@@ -61,6 +107,8 @@ impl Command {
             Self::Unsubscribe { channel: Channel::Location, .. } => "unsubscribe_location",
             Self::Unsubscribe { channel: Channel::Vendor, .. } => "unsubscribe_vendor",
             Self::Refresh { .. } => "refresh",
+            Self::SubscribeArea { .. } => "subscribe_area",
+            Self::UnsubscribeArea { .. } => "unsubscribe_area",
             Self::Ping => "ping",
             Self::Pong => "pong",
         }
@@ -68,8 +116,17 @@ impl Command {
 }
 
 /// Every client message type, spelled as on the wire.
-pub const CLIENT_TYPES: [&str; 7] =
-    ["subscribe_location", "subscribe_vendor", "unsubscribe_location", "unsubscribe_vendor", "refresh", "ping", "pong"];
+pub const CLIENT_TYPES: [&str; 9] = [
+    "subscribe_location",
+    "subscribe_vendor",
+    "unsubscribe_location",
+    "unsubscribe_vendor",
+    "subscribe_area",
+    "unsubscribe_area",
+    "refresh",
+    "ping",
+    "pong",
+];
 
 /// A client's `type` as a metrics label: itself when it is a known type,
 /// else `"unknown"`. Label values must never be chosen by a client: each
@@ -178,18 +235,7 @@ pub fn decode_value(value: Value) -> Result<Request, Rejection> {
             let user = user_field(data)
                 .map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?
                 .ok_or_else(|| reject(ErrorCode::InvalidField, "missing field data.userId".into(), Some(ty)))?;
-            let delivery = match data.get("delivery") {
-                None | Some(Value::Null) => Delivery::Stream,
-                Some(Value::String(s)) if s == "stream" => Delivery::Stream,
-                Some(Value::String(s)) if s == "datagram" => Delivery::Datagram,
-                Some(_) => {
-                    return Err(reject(
-                        ErrorCode::InvalidField,
-                        "data.delivery must be \"stream\" or \"datagram\"".into(),
-                        Some(ty),
-                    ));
-                }
-            };
+            let delivery = delivery_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
             Command::Subscribe { channel, vendor, user, delivery }
         }
         "unsubscribe_location" | "unsubscribe_vendor" => {
@@ -198,6 +244,21 @@ pub fn decode_value(value: Value) -> Result<Request, Rejection> {
             let vendor = vendor_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
             let user = user_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
             Command::Unsubscribe { channel, vendor, user }
+        }
+        "subscribe_area" => {
+            let data = data_object(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            let area = area_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            let user = user_field(data)
+                .map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?
+                .ok_or_else(|| reject(ErrorCode::InvalidField, "missing field data.userId".into(), Some(ty)))?;
+            let shape = shape_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            let delivery = delivery_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            Command::SubscribeArea { area, user, shape, delivery }
+        }
+        "unsubscribe_area" => {
+            let data = data_object(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            let area = area_field(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
+            Command::UnsubscribeArea { area }
         }
         "refresh" => {
             let data = data_object(data).map_err(|m| reject(ErrorCode::InvalidField, m, Some(ty)))?;
@@ -234,6 +295,69 @@ fn user_field(data: &Map<String, Value>) -> Result<Option<UserId>, String> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => UserId::parse(s).map(Some).map_err(|e| format!("data.userId {e}")),
         Some(_) => Err("data.userId must be a string".into()),
+    }
+}
+
+fn delivery_field(data: &Map<String, Value>) -> Result<Delivery, String> {
+    match data.get("delivery") {
+        None | Some(Value::Null) => Ok(Delivery::Stream),
+        Some(Value::String(s)) if s == "stream" => Ok(Delivery::Stream),
+        Some(Value::String(s)) if s == "datagram" => Ok(Delivery::Datagram),
+        Some(_) => Err("data.delivery must be \"stream\" or \"datagram\"".into()),
+    }
+}
+
+fn area_field(data: &Map<String, Value>) -> Result<AreaId, String> {
+    match data.get("areaId") {
+        Some(Value::String(s)) => AreaId::parse(s).map_err(|e| format!("data.areaId {e}")),
+        Some(_) => Err("data.areaId must be a string".into()),
+        None => Err("missing field data.areaId".into()),
+    }
+}
+
+/// A finite number at `obj[key]`; `path` names it in the error.
+fn number(obj: &Map<String, Value>, key: &str, path: &str) -> Result<f64, String> {
+    match obj.get(key) {
+        Some(Value::Number(n)) => {
+            n.as_f64().filter(|v| v.is_finite()).ok_or_else(|| format!("{path} must be a finite number"))
+        }
+        Some(_) => Err(format!("{path} must be a number")),
+        None => Err(format!("missing field {path}")),
+    }
+}
+
+fn object<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a Map<String, Value>, String> {
+    match obj.get(key) {
+        Some(Value::Object(m)) => Ok(m),
+        Some(_) => Err(format!("{path} must be an object")),
+        None => Err(format!("missing field {path}")),
+    }
+}
+
+/// Exactly one of `bbox` and `circle`.
+fn shape_field(data: &Map<String, Value>) -> Result<AreaShape, String> {
+    let present = |k: &str| data.get(k).is_some_and(|v| !v.is_null());
+    match (present("bbox"), present("circle")) {
+        (true, true) => Err("give exactly one of data.bbox and data.circle, not both".into()),
+        (false, false) => Err("missing field data.bbox or data.circle".into()),
+        (true, false) => {
+            let b = object(data, "bbox", "data.bbox")?;
+            Ok(AreaShape::BBox {
+                south: number(b, "south", "data.bbox.south")?,
+                west: number(b, "west", "data.bbox.west")?,
+                north: number(b, "north", "data.bbox.north")?,
+                east: number(b, "east", "data.bbox.east")?,
+            })
+        }
+        (false, true) => {
+            let c = object(data, "circle", "data.circle")?;
+            let center = object(c, "center", "data.circle.center")?;
+            Ok(AreaShape::Circle {
+                lat: number(center, "lat", "data.circle.center.lat")?,
+                long: number(center, "long", "data.circle.center.long")?,
+                radius_m: number(c, "radiusM", "data.circle.radiusM")?,
+            })
+        }
     }
 }
 
@@ -356,6 +480,43 @@ mod tests {
         );
         assert_eq!(code(r#"{"type":"refresh","data":{"token":""}}"#), ErrorCode::InvalidField);
         assert_eq!(code(r#"{"type":"refresh","data":{}}"#), ErrorCode::InvalidField);
+    }
+
+    #[test]
+    fn area_messages_decode_with_exactly_one_shape() {
+        let r = decode_json(
+            br#"{"type":"subscribe_area","id":"1","data":{"areaId":"map","userId":"u1","bbox":{"south":40.4,"west":-3.72,"north":40.43,"east":-3.68}}}"#,
+        );
+        let Ok(Request { command: Command::SubscribeArea { area, shape, delivery, .. }, .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(area.as_str(), "map");
+        assert_eq!(shape, AreaShape::BBox { south: 40.4, west: -3.72, north: 40.43, east: -3.68 });
+        assert_eq!(delivery, Delivery::Stream);
+        let r = decode_json(
+            br#"{"type":"subscribe_area","data":{"areaId":"c","userId":"u1","circle":{"center":{"lat":1,"long":2},"radiusM":500},"delivery":"datagram"}}"#,
+        );
+        let Ok(Request { command: Command::SubscribeArea { shape, delivery, .. }, .. }) = r else { panic!("{r:?}") };
+        assert_eq!(shape, AreaShape::Circle { lat: 1.0, long: 2.0, radius_m: 500.0 });
+        assert_eq!(delivery, Delivery::Datagram);
+        assert!(matches!(
+            decode_json(br#"{"type":"unsubscribe_area","data":{"areaId":"c"}}"#).map(|r| r.command),
+            Ok(Command::UnsubscribeArea { .. })
+        ));
+        for bad in [
+            r#"{"type":"subscribe_area","data":{"areaId":"a","userId":"u"}}"#,
+            r#"{"type":"subscribe_area","data":{"areaId":"a","userId":"u","bbox":{"south":1,"west":1,"north":2,"east":2},"circle":{"center":{"lat":1,"long":2},"radiusM":5}}}"#,
+            r#"{"type":"subscribe_area","data":{"areaId":"a","userId":"u","bbox":{"south":"1","west":1,"north":2,"east":2}}}"#,
+            r#"{"type":"subscribe_area","data":{"areaId":"a","userId":"u","bbox":{"west":1,"north":2,"east":2}}}"#,
+            r#"{"type":"subscribe_area","data":{"areaId":"a","userId":"u","circle":{"center":{"lat":1},"radiusM":5}}}"#,
+            r#"{"type":"subscribe_area","data":{"areaId":"a","userId":"u","circle":[1,2]}}"#,
+            r#"{"type":"subscribe_area","data":{"areaId":"a.b","userId":"u","circle":{"center":{"lat":1,"long":2},"radiusM":5}}}"#,
+            r#"{"type":"subscribe_area","data":{"userId":"u","circle":{"center":{"lat":1,"long":2},"radiusM":5}}}"#,
+            r#"{"type":"subscribe_area","data":{"areaId":"a","circle":{"center":{"lat":1,"long":2},"radiusM":5}}}"#,
+            r#"{"type":"unsubscribe_area","data":{}}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::InvalidField, "{bad}");
+        }
     }
 
     #[test]

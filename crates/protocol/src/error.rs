@@ -22,6 +22,9 @@ pub enum ErrorCode {
     MessageTooLarge,
     /// A transport frame that cannot be decoded (WebTransport).
     InvalidFrame,
+    /// An area over `GEO_MAX_AREA_KM` (box diagonal or circle diameter):
+    /// the app should zoom in.
+    AreaTooLarge,
     /// A dependency needed for this request is down.
     Unavailable,
     /// A bug or an unexpected failure on our side.
@@ -30,7 +33,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for metrics pre-registration and tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::InvalidJson,
         Self::UnknownType,
         Self::InvalidField,
@@ -40,6 +43,7 @@ impl ErrorCode {
         Self::TooManySubscriptions,
         Self::MessageTooLarge,
         Self::InvalidFrame,
+        Self::AreaTooLarge,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -56,6 +60,7 @@ impl ErrorCode {
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::MessageTooLarge => "message_too_large",
             Self::InvalidFrame => "invalid_frame",
+            Self::AreaTooLarge => "area_too_large",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }

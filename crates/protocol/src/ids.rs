@@ -50,6 +50,11 @@ id_type!(
     /// A user's id as the client (or, with auth, the token) names it.
     UserId
 );
+id_type!(
+    /// The client's name for one of its area subscriptions (unique per
+    /// connection; the same rules as a vendor id).
+    AreaId
+);
 
 /// The two kinds of update a client can subscribe to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

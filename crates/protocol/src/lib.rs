@@ -16,10 +16,11 @@ mod server;
 mod update;
 
 pub use client::{
-    CLIENT_TYPES, Command, Delivery, Rejection, Request, decode_json, decode_msgpack, decode_value, type_label,
+    AreaShape, CLIENT_TYPES, Command, Delivery, Rejection, Request, decode_json, decode_msgpack, decode_value,
+    type_label,
 };
 pub use close::Close;
 pub use error::ErrorCode;
-pub use ids::{Channel, IdError, Topic, UserId, VendorId};
-pub use server::{Codec, ServerMessage, encode};
+pub use ids::{AreaId, Channel, IdError, Topic, UserId, VendorId};
+pub use server::{AreaVendor, Codec, LeftReason, ServerMessage, encode};
 pub use update::{Location, LocationUpdate, Update, ValidationError, VendorUpdate, now_rfc3339};

@@ -3,7 +3,32 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{Channel, ErrorCode, Update, VendorId};
+use super::{AreaId, Channel, ErrorCode, Location, Update, VendorId};
+
+/// A vendor inside an area: an entry of `area_snapshot`, and the body of
+/// `vendor_entered` and of an area's `location_updated`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AreaVendor {
+    /// Who.
+    pub vendor_id: VendorId,
+    /// Where.
+    pub location: Location,
+    /// The position's time (RFC 3339, UTC).
+    pub timestamp: String,
+}
+
+/// Why a vendor left an area (`vendor_left.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftReason {
+    /// It moved out.
+    Moved,
+    /// No position for `GEO_VENDOR_TTL`.
+    Expired,
+    /// The client moved the area away from it.
+    AreaChanged,
+}
 
 /// A wire encoding. The hub encodes each update at most once per codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +78,53 @@ pub enum ServerMessage<'a> {
         /// The request's id, echoed.
         id: Option<&'a str>,
     },
+    /// `subscribed` to an area: `{channel: "area", areaId}`.
+    AreaSubscribed {
+        /// The area.
+        area: &'a AreaId,
+        /// The request's id, echoed.
+        id: Option<&'a str>,
+    },
+    /// `unsubscribed` from an area.
+    AreaUnsubscribed {
+        /// The area.
+        area: &'a AreaId,
+        /// The request's id, echoed.
+        id: Option<&'a str>,
+    },
+    /// The vendors inside a new area, once, before any live event of it.
+    AreaSnapshot {
+        /// The area.
+        area: &'a AreaId,
+        /// Who is inside (at most `GEO_SNAPSHOT_MAX`).
+        vendors: &'a [AreaVendor],
+        /// More were inside than listed.
+        truncated: bool,
+    },
+    /// A vendor came into an area (or the area moved over it).
+    VendorEntered {
+        /// The area.
+        area: &'a AreaId,
+        /// Who and where.
+        vendor: &'a AreaVendor,
+    },
+    /// A vendor inside an area moved and stayed inside: `location_updated`
+    /// with `areaId`.
+    AreaMoved {
+        /// The area.
+        area: &'a AreaId,
+        /// Who and where.
+        vendor: &'a AreaVendor,
+    },
+    /// A vendor is no longer inside an area.
+    VendorLeft {
+        /// The area.
+        area: &'a AreaId,
+        /// Who.
+        vendor: &'a VendorId,
+        /// Why.
+        reason: LeftReason,
+    },
     /// Server heartbeat; clients answer `pong`.
     Ping,
     /// Answer to a client `ping`.
@@ -76,8 +148,12 @@ impl ServerMessage<'_> {
         match self {
             Self::Update(Update::Location(_)) | Self::Snapshot(Update::Location(_)) => "location_updated",
             Self::Update(Update::Vendor(_)) | Self::Snapshot(Update::Vendor(_)) => "vendor_updated",
-            Self::Subscribed { .. } => "subscribed",
-            Self::Unsubscribed { .. } => "unsubscribed",
+            Self::Subscribed { .. } | Self::AreaSubscribed { .. } => "subscribed",
+            Self::Unsubscribed { .. } | Self::AreaUnsubscribed { .. } => "unsubscribed",
+            Self::AreaSnapshot { .. } => "area_snapshot",
+            Self::VendorEntered { .. } => "vendor_entered",
+            Self::AreaMoved { .. } => "location_updated",
+            Self::VendorLeft { .. } => "vendor_left",
             Self::Error { .. } => "error",
             Self::Ping => "ping",
             Self::Pong { .. } => "pong",
@@ -108,6 +184,47 @@ struct Ack<'a> {
     channel: Channel,
     #[serde(rename = "vendorId")]
     vendor_id: &'a VendorId,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AreaAck<'a> {
+    channel: &'static str,
+    area_id: &'a AreaId,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AreaSnapshotData<'a> {
+    area_id: &'a AreaId,
+    vendors: &'a [AreaVendor],
+    truncated: bool,
+}
+
+/// `vendor_entered` puts `areaId` first, `location_updated` last (as an
+/// addition to the per-vendor message's fields).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AreaVendorData<'a> {
+    area_id: &'a AreaId,
+    #[serde(flatten)]
+    vendor: &'a AreaVendor,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AreaMovedData<'a> {
+    #[serde(flatten)]
+    vendor: &'a AreaVendor,
+    area_id: &'a AreaId,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VendorLeftData<'a> {
+    area_id: &'a AreaId,
+    vendor_id: &'a VendorId,
+    reason: LeftReason,
 }
 
 #[derive(Serialize)]
@@ -159,6 +276,21 @@ pub fn encode(msg: &ServerMessage<'_>, codec: Codec) -> Bytes {
             Some(ErrorData { code: *code, message, request_type: *request_type, retry_after_ms: *retry_after_ms }),
             *id,
         ),
+        ServerMessage::AreaSubscribed { area, id } | ServerMessage::AreaUnsubscribed { area, id } => {
+            to_bytes(codec, ty, Some(AreaAck { channel: "area", area_id: area }), *id)
+        }
+        ServerMessage::AreaSnapshot { area, vendors, truncated } => {
+            to_bytes(codec, ty, Some(AreaSnapshotData { area_id: area, vendors, truncated: *truncated }), None)
+        }
+        ServerMessage::VendorEntered { area, vendor } => {
+            to_bytes(codec, ty, Some(AreaVendorData { area_id: area, vendor }), None)
+        }
+        ServerMessage::AreaMoved { area, vendor } => {
+            to_bytes(codec, ty, Some(AreaMovedData { vendor, area_id: area }), None)
+        }
+        ServerMessage::VendorLeft { area, vendor, reason } => {
+            to_bytes(codec, ty, Some(VendorLeftData { area_id: area, vendor_id: vendor, reason: *reason }), None)
+        }
         // Every connection gets one per interval: no allocation for it.
         ServerMessage::Ping if codec == Codec::Json => Bytes::from_static(br#"{"type":"ping"}"#),
         ServerMessage::Ping => to_bytes::<()>(codec, ty, None, None),
@@ -194,6 +326,38 @@ mod tests {
         assert_eq!(encode(&ServerMessage::Ping, Codec::Json), &br#"{"type":"ping"}"#[..]);
     }
 
+    #[test]
+    fn encodes_the_area_messages() {
+        let area = AreaId::parse("map").unwrap_or_else(|_| unreachable!());
+        let vendor = VendorId::parse("v1").unwrap_or_else(|_| unreachable!());
+        let inside = AreaVendor {
+            vendor_id: vendor.clone(),
+            location: Location { lat: 1.5, long: -2.0 },
+            timestamp: "2026-01-01T00:00:00Z".into(),
+        };
+        let json = |m: &ServerMessage<'_>| String::from_utf8(encode(m, Codec::Json).to_vec()).unwrap_or_default();
+        assert_eq!(
+            json(&ServerMessage::AreaSubscribed { area: &area, id: Some("1") }),
+            r#"{"type":"subscribed","data":{"channel":"area","areaId":"map"},"id":"1"}"#
+        );
+        assert_eq!(
+            json(&ServerMessage::AreaSnapshot { area: &area, vendors: std::slice::from_ref(&inside), truncated: true }),
+            r#"{"type":"area_snapshot","data":{"areaId":"map","vendors":[{"vendorId":"v1","location":{"lat":1.5,"long":-2.0},"timestamp":"2026-01-01T00:00:00Z"}],"truncated":true}}"#
+        );
+        assert_eq!(
+            json(&ServerMessage::VendorEntered { area: &area, vendor: &inside }),
+            r#"{"type":"vendor_entered","data":{"areaId":"map","vendorId":"v1","location":{"lat":1.5,"long":-2.0},"timestamp":"2026-01-01T00:00:00Z"}}"#
+        );
+        assert_eq!(
+            json(&ServerMessage::AreaMoved { area: &area, vendor: &inside }),
+            r#"{"type":"location_updated","data":{"vendorId":"v1","location":{"lat":1.5,"long":-2.0},"timestamp":"2026-01-01T00:00:00Z","areaId":"map"}}"#
+        );
+        assert_eq!(
+            json(&ServerMessage::VendorLeft { area: &area, vendor: &vendor, reason: LeftReason::Expired }),
+            r#"{"type":"vendor_left","data":{"areaId":"map","vendorId":"v1","reason":"expired"}}"#
+        );
+    }
+
     /// Every message decodes from MessagePack to exactly its JSON form.
     #[test]
     fn msgpack_is_the_json_message_as_a_map() {
@@ -211,6 +375,12 @@ mod tests {
             vendor: fields,
             timestamp: "2026-01-01T00:00:00Z".into(),
         });
+        let area = AreaId::parse("map").unwrap_or_else(|_| unreachable!());
+        let inside = AreaVendor {
+            vendor_id: vendor.clone(),
+            location: Location { lat: 1.5, long: -2.0 },
+            timestamp: "2026-01-01T00:00:00Z".into(),
+        };
         let msgs = [
             ServerMessage::Update(&loc),
             ServerMessage::Update(&ven),
@@ -225,6 +395,12 @@ mod tests {
                 retry_after_ms: Some(5),
                 id: Some("x"),
             },
+            ServerMessage::AreaSubscribed { area: &area, id: Some("a") },
+            ServerMessage::AreaUnsubscribed { area: &area, id: None },
+            ServerMessage::AreaSnapshot { area: &area, vendors: std::slice::from_ref(&inside), truncated: false },
+            ServerMessage::VendorEntered { area: &area, vendor: &inside },
+            ServerMessage::AreaMoved { area: &area, vendor: &inside },
+            ServerMessage::VendorLeft { area: &area, vendor: &vendor, reason: LeftReason::AreaChanged },
             ServerMessage::Ping,
             ServerMessage::Pong { id: Some("p") },
             ServerMessage::Refreshed { expires_at: Some("2026-01-01T00:00:00Z"), id: Some("r") },

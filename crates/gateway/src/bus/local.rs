@@ -1,6 +1,7 @@
 //! The in-process bus: publishing is delivering. Used when no `NATS_URL` is
 //! set, so a single gateway is useful on its own.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::FutureExt;
@@ -8,6 +9,7 @@ use futures_util::future::BoxFuture;
 
 use super::last::LastValues;
 use super::{Bus, BusError, BusStats, Deliver, DependencyStatus};
+use crate::geo::local::LocalGeo;
 use crate::protocol::{Topic, Update};
 
 /// A bus that only reaches this process.
@@ -15,6 +17,8 @@ use crate::protocol::{Topic, Update};
 pub struct LocalBus {
     deliver: Deliver,
     last: LastValues,
+    /// Indexes every location for area subscriptions.
+    geo: Option<Arc<LocalGeo>>,
 }
 
 impl LocalBus {
@@ -25,7 +29,13 @@ impl LocalBus {
         // Always connected: a 0 here would read as an outage on dashboards.
         metrics.bus_connected.set(1);
         let last = LastValues::new(last_value_max_bytes, metrics.last_value_evictions.clone());
-        Self { deliver, last }
+        Self { deliver, last, geo: None }
+    }
+
+    /// Also index every location published for area subscriptions.
+    pub fn with_geo(mut self, geo: Arc<LocalGeo>) -> Self {
+        self.geo = Some(geo);
+        self
     }
 }
 
@@ -34,6 +44,9 @@ impl Bus for LocalBus {
         let received = Instant::now();
         self.last.insert(&update);
         self.deliver.deliver(&update, received);
+        if let (Some(geo), Update::Location(loc)) = (&self.geo, &update) {
+            geo.index(loc, received);
+        }
         futures_util::future::ready(Ok(())).boxed()
     }
 

@@ -217,8 +217,13 @@ impl Hub {
                 Codec::Json => json.get_or_insert_with(|| encode(&msg, Codec::Json)).clone(),
                 Codec::MsgPack => msgpack.get_or_insert_with(|| encode(&msg, Codec::MsgPack)).clone(),
             };
-            let frame =
-                Frame { bytes, ty: msg.type_name(), topic: Some(topic.clone()), published_at: Some(published_at) };
+            let frame = Frame {
+                bytes,
+                ty: msg.type_name(),
+                topic: Some(topic.clone()),
+                published_at: Some(published_at),
+                datagram: false,
+            };
             match outbox.push_if(frame, &sub.live) {
                 Push::Queued => fanout.queued += 1,
                 Push::Conflated => fanout.conflated += 1,

@@ -23,12 +23,15 @@ pub struct Frame {
     pub topic: Option<Topic>,
     /// When the update entered the gateway, for the publish→write histogram.
     pub published_at: Option<Instant>,
+    /// A move inside an area subscribed with `"delivery": "datagram"`: may
+    /// go as a datagram (per-vendor topics decide by their own set).
+    pub datagram: bool,
 }
 
 impl Frame {
     /// A frame that is never dropped or conflated (acks, errors, heartbeats).
     pub fn control(bytes: Bytes, ty: &'static str) -> Self {
-        Self { bytes, ty, topic: None, published_at: None }
+        Self { bytes, ty, topic: None, published_at: None, datagram: false }
     }
 
     fn conflatable(&self) -> bool {
@@ -270,7 +273,13 @@ mod tests {
     }
 
     fn loc(vendor: &str, n: u8) -> Frame {
-        Frame { bytes: Bytes::from(vec![n]), ty: "location_updated", topic: Some(topic(vendor)), published_at: None }
+        Frame {
+            bytes: Bytes::from(vec![n]),
+            ty: "location_updated",
+            topic: Some(topic(vendor)),
+            published_at: None,
+            datagram: false,
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::*;
 use crate::audit::{Audit, AuditOptions};
 use crate::bus::Deliver;
 use crate::bus::local::LocalBus;
+use crate::geo::GeoLimits;
 use crate::hub::{Batch, Hub};
 use crate::metrics::Metrics;
 use crate::protocol::{Location, LocationUpdate};
@@ -56,10 +57,14 @@ async fn fixture(auth: Authenticator) -> Fixture {
         rate_limit: 5,
         max_message_bytes: 4096,
         outbox: OutboxLimits { max_messages: 64, max_bytes: 1 << 20 },
+        max_areas: 2,
+        max_area_km: 50.0,
     };
     // Virtual time from here on: every instant below is passed explicitly.
     tokio::time::pause();
-    Fixture { ctx: Arc::new(SessionContext::new(hub, bus, metrics, audit, auth, limits)), _dir: dir }
+    let geo = GeoLimits { max_areas: 2, max_area_km: 50.0, snapshot_max: 10, vendor_ttl: Duration::from_secs(300) };
+    let areas = Areas::new(geo, Arc::clone(&metrics));
+    Fixture { ctx: Arc::new(SessionContext::new(hub, bus, metrics, audit, auth, areas, limits)), _dir: dir }
 }
 
 fn remote() -> SocketAddr {

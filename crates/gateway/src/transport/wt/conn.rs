@@ -222,5 +222,5 @@ async fn write_loop(
 /// Live location updates (not snapshots: those follow the ack reliably) of
 /// a topic subscribed with `"delivery": "datagram"`.
 fn wants_datagram(frame: &Frame, datagrams: &DatagramTopics) -> bool {
-    frame.published_at.is_some() && frame.topic.as_ref().is_some_and(|t| datagrams.contains(t))
+    frame.published_at.is_some() && (frame.datagram || frame.topic.as_ref().is_some_and(|t| datagrams.contains(t)))
 }
