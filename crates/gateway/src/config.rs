@@ -163,6 +163,14 @@ fn area_km(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+fn kv_replicas(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=5).contains(&v) {
+        return Err("must be between 1 and 5".into());
+    }
+    Ok(v)
+}
+
 fn snapshot_max(s: &str) -> Result<usize, String> {
     let v: usize = s.parse().map_err(|e| format!("{e}"))?;
     if !(1..=10_000).contains(&v) {
@@ -757,7 +765,7 @@ impl Config {
             audit_buffer: 10_000,
             admin_token: None,
             shutdown_timeout_secs: 10,
-            geo: GeoConfig { vendor_ttl_secs: 300, max_areas: 8, max_area_km: 50.0, snapshot_max: 500 },
+            geo: GeoConfig { vendor_ttl_secs: 300, max_areas: 8, max_area_km: 50.0, snapshot_max: 500, kv_replicas: 1 },
             instance_id: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -891,4 +899,10 @@ pub struct GeoConfig {
     /// 10000); one message, so it stays bounded however dense the area.
     #[arg(long = "geo-snapshot-max", env = "GEO_SNAPSHOT_MAX", value_name = "GEO_SNAPSHOT_MAX", default_value = "500", value_parser = snapshot_max)]
     pub snapshot_max: usize,
+
+    /// Replicas of the vendor positions kept in JetStream KV for area
+    /// subscriptions across instances (1 to 5; 3 on a NATS cluster keeps
+    /// them through the loss of a node).
+    #[arg(long = "geo-kv-replicas", env = "GEO_KV_REPLICAS", value_name = "GEO_KV_REPLICAS", default_value = "1", value_parser = kv_replicas)]
+    pub kv_replicas: usize,
 }

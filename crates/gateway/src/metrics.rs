@@ -90,6 +90,8 @@ pub struct Metrics {
     pub area_vendors: IntGauge,
     /// Area events queued to clients, by message type.
     pub area_events: IntCounterVec,
+    /// Location updates this instance failed to index for areas.
+    pub area_index_errors: IntCounter,
     in_total: AtomicU64,
     out_total: AtomicU64,
 }
@@ -219,6 +221,11 @@ impl Metrics {
         for ty in ["vendor_entered", "location_updated", "vendor_left"] {
             area_events.with_label_values(&[ty]);
         }
+        let area_index_errors = IntCounter::new(
+            "venta_area_index_errors_total",
+            "Location updates this instance failed to index for area subscriptions (shared state unreachable)",
+        )?;
+        reg(Box::new(area_index_errors.clone()))?;
         reg(Box::new(areas.clone()))?;
         reg(Box::new(area_cells.clone()))?;
         reg(Box::new(area_vendors.clone()))?;
@@ -284,6 +291,7 @@ impl Metrics {
             area_cells,
             area_vendors,
             area_events,
+            area_index_errors,
             last_value_evictions,
             in_total: AtomicU64::new(0),
             out_total: AtomicU64::new(0),

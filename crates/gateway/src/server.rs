@@ -23,6 +23,7 @@ use crate::bus::nats::{ConnectError, NatsBus, NatsOptions};
 use crate::bus::{Bus, Deliver};
 use crate::config::Config;
 use crate::geo::local::LocalGeo;
+use crate::geo::nats::{NatsGeo, NatsGeoOptions};
 use crate::geo::{Areas, GeoLimits};
 use crate::hub::Hub;
 use crate::metrics::{Metrics, MetricsError};
@@ -136,7 +137,14 @@ impl Gateway {
                     max_message_size: ingest::http::MAX_BODY,
                     probe_interval: Duration::from_millis(config.health_probe_interval_ms),
                 };
-                Arc::new(NatsBus::connect(opts, deliver, Arc::clone(&metrics)).await?)
+                let nats = Arc::new(NatsBus::connect(opts, deliver, Arc::clone(&metrics)).await?);
+                let geo_opts = NatsGeoOptions {
+                    ttl: Duration::from_secs(config.geo.vendor_ttl_secs),
+                    replicas: config.geo.kv_replicas,
+                };
+                let geo = NatsGeo::start(Arc::clone(&nats), &areas, Arc::clone(&metrics), geo_opts);
+                areas.set_engine(geo);
+                nats
             }
             None => {
                 tracing::info!("no NATS_URL: in-process bus (this instance alone)");

@@ -209,7 +209,7 @@ pub enum Call {
     LastValue(Topic),
     /// Subscribe or move an area: its cells subscribed and read, then the
     /// ack and the snapshot (or difference) queued.
-    SubscribeArea(AreaCall),
+    SubscribeArea(Box<AreaCall>),
 }
 
 /// The arguments of [`Call::SubscribeArea`].
@@ -334,7 +334,45 @@ enum Waiting {
     /// The snapshot after a `subscribed` ack.
     LastValue(Topic),
     /// An area's subscription (the ack comes with its snapshot).
-    Area { area: AreaId, shape: AreaShape, id: Option<String> },
+    Area { area: AreaId, shape: Box<AreaShape>, id: Option<String> },
+}
+
+/// A connection's area ids: 8 bytes on the many connections that hold
+/// none, a short list (at most `GEO_MAX_AREAS`) on the others.
+// A thin pointer on purpose: 8 bytes on every connection, where a `Vec`
+// (24) or a boxed slice (16) would cost the many that hold no area.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Default)]
+struct AreaSet(Option<Box<Vec<AreaId>>>);
+
+impl AreaSet {
+    fn contains(&self, area: &AreaId) -> bool {
+        self.0.as_ref().is_some_and(|v| v.contains(area))
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.len())
+    }
+
+    fn insert(&mut self, area: &AreaId) {
+        if !self.contains(area) {
+            self.0.get_or_insert_default().push(area.clone());
+        }
+    }
+
+    fn remove(&mut self, area: &AreaId) -> bool {
+        let Some(v) = self.0.as_mut() else { return false };
+        let Some(i) = v.iter().position(|a| a == area) else { return false };
+        v.swap_remove(i);
+        if v.is_empty() {
+            self.0 = None;
+        }
+        true
+    }
+
+    fn take(&mut self) -> Vec<AreaId> {
+        self.0.take().map(|v| *v).unwrap_or_default()
+    }
 }
 
 /// One connected client.
@@ -352,8 +390,9 @@ pub struct Session {
     outbox: Arc<Outbox>,
     datagram_topics: Arc<DatagramTopics>,
     subscriptions: HashSet<Topic>,
-    /// The areas subscribed (or being subscribed).
-    areas: HashSet<AreaId>,
+    /// The areas subscribed (or being subscribed): a few at most
+    /// (`GEO_MAX_AREAS`), and every idle connection carries the field.
+    areas: AreaSet,
     /// The token's `sub` when auth is on: every `userId` must equal it.
     user: Option<UserId>,
     /// Rate-limit key: the user, or this connection while auth is off.
@@ -418,7 +457,7 @@ impl Session {
             outbox,
             datagram_topics: Arc::default(),
             subscriptions: HashSet::new(),
-            areas: HashSet::new(),
+            areas: AreaSet::default(),
             denied_in_a_row: 0,
             last_seen: now,
             next_ping,
@@ -621,7 +660,7 @@ impl Session {
             Some(Waiting::Area { area, .. }) => Some(area),
             _ => None,
         };
-        let mut areas: Vec<AreaId> = std::mem::take(&mut self.areas).into_iter().collect();
+        let mut areas = self.areas.take();
         if !areas.is_empty() {
             self.ctx.areas.release(self.id);
             areas.sort();
@@ -773,16 +812,16 @@ impl Session {
                     let msg = format!("at most {} areas per connection (GEO_MAX_AREAS)", self.ctx.limits.max_areas);
                     return self.reject(&rejection(ErrorCode::TooManySubscriptions, msg));
                 }
-                self.areas.insert(area.clone());
-                self.call = Some(Call::SubscribeArea(AreaCall {
+                self.areas.insert(area);
+                self.call = Some(Call::SubscribeArea(Box::new(AreaCall {
                     conn: self.id,
                     outbox: Arc::clone(&self.outbox),
                     area: area.clone(),
                     shape: geometry,
                     datagram: self.transport.has_datagrams() && *delivery == Delivery::Datagram,
                     id: req.id.clone(),
-                }));
-                self.waiting = Some(Waiting::Area { area: area.clone(), shape: *shape, id: req.id.clone() });
+                })));
+                self.waiting = Some(Waiting::Area { area: area.clone(), shape: Box::new(*shape), id: req.id.clone() });
                 None
             }
             Command::UnsubscribeArea { area } => {

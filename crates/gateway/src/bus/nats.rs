@@ -286,6 +286,38 @@ impl NatsBus {
         Ok(Self { inner })
     }
 
+    /// The connection, for engines that share it (area subscriptions).
+    pub fn client(&self) -> Client {
+        self.inner.client.clone()
+    }
+
+    /// The subject prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.opts.prefix
+    }
+
+    /// Resolves once the server has processed everything this connection
+    /// sent before (see [`Inner::round_trip`]): after it, a new SUB is live.
+    pub async fn sync(&self) -> Result<(), BusError> {
+        self.inner.connected_soon().await?;
+        self.inner.round_trip().await.map_err(BusError::Unavailable)
+    }
+
+    /// Runs a task of an engine sharing the connection on the bus's tracker:
+    /// it gets the bus's stop token and [`Bus::drain`] waits for it.
+    pub fn spawn<F>(&self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let fut = task(self.inner.stop.clone());
+        self.inner.tasks.spawn(fut);
+    }
+
+    /// Whether the connection is up now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected().is_ok()
+    }
+
     /// The subject of a topic.
     pub fn subject(prefix: &str, topic: &Topic) -> String {
         format!("{prefix}.{}.{}", topic.channel.as_str(), topic.vendor)
@@ -421,7 +453,9 @@ impl Inner {
     fn stream_config(&self) -> stream::Config {
         stream::Config {
             name: stream_name(&self.opts.prefix),
-            subjects: vec![format!("{}.>", self.opts.prefix)],
+            // The updates only: other subjects under the prefix (the area
+            // cells' `<prefix>.geo.*`) are live traffic, not last values.
+            subjects: vec![format!("{}.location.*", self.opts.prefix), format!("{}.vendor.*", self.opts.prefix)],
             max_messages_per_subject: 1,
             max_age: self.opts.last_value_max_age,
             max_bytes: i64::try_from(self.opts.stream_max_bytes).unwrap_or(i64::MAX),

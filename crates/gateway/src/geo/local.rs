@@ -110,14 +110,14 @@ impl LocalGeo {
 }
 
 impl GeoEngine for LocalGeo {
-    fn watch(&self, _cells: Vec<Cell>) -> BoxFuture<'static, Result<(), BusError>> {
+    fn watch(self: Arc<Self>, _cells: Vec<Cell>) -> BoxFuture<'static, Result<(), BusError>> {
         // Every publish reaches `index` already.
         futures_util::future::ready(Ok(())).boxed()
     }
 
     fn unwatch(&self, _cells: Vec<Cell>) {}
 
-    fn load(&self, cells: Vec<Cell>) -> BoxFuture<'static, Result<Vec<StoredPosition>, BusError>> {
+    fn load(self: Arc<Self>, cells: Vec<Cell>) -> BoxFuture<'static, Result<Vec<StoredPosition>, BusError>> {
         let mut p = self.positions.lock();
         p.sweep(now_ms(), self.ttl_ms);
         let mut out = Vec::new();

@@ -20,6 +20,7 @@
 //! the ack is missed.
 
 pub mod local;
+pub mod nats;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -59,13 +60,13 @@ pub trait GeoEngine: Send + Sync + 'static {
     /// Starts receiving the positions of these cells (none was watched on
     /// this instance before); resolves once updates published from now on
     /// will arrive.
-    fn watch(&self, cells: Vec<Cell>) -> BoxFuture<'static, Result<(), BusError>>;
+    fn watch(self: Arc<Self>, cells: Vec<Cell>) -> BoxFuture<'static, Result<(), BusError>>;
 
     /// Stops receiving these cells (no area of this instance covers them).
     fn unwatch(&self, cells: Vec<Cell>);
 
     /// The positions shared state holds in these cells.
-    fn load(&self, cells: Vec<Cell>) -> BoxFuture<'static, Result<Vec<StoredPosition>, BusError>>;
+    fn load(self: Arc<Self>, cells: Vec<Cell>) -> BoxFuture<'static, Result<Vec<StoredPosition>, BusError>>;
 
     /// Health for `/health` (`geo`).
     fn health(&self) -> DependencyStatus {
@@ -255,9 +256,9 @@ impl Areas {
         }
         let prepared = async {
             if !up.watch.is_empty() {
-                engine.watch(up.watch).await?;
+                Arc::clone(&engine).watch(up.watch).await?;
             }
-            if up.load.is_empty() { Ok(Vec::new()) } else { engine.load(up.load.clone()).await }
+            if up.load.is_empty() { Ok(Vec::new()) } else { Arc::clone(&engine).load(up.load.clone()).await }
         };
         let loaded = match prepared.await {
             Ok(positions) => positions,

@@ -1,0 +1,439 @@
+//! The geo engine across instances, on the bus's NATS connection.
+//!
+//! - **Indexing, once per update, by one instance:** every gateway joins the
+//!   queue group `<prefix>.geo-indexer` on `<prefix>.location.*`, so each
+//!   location update (from HTTP, gRPC or a backend publishing straight onto
+//!   the subject) is indexed by exactly one of them. The indexer keeps each
+//!   vendor's position in JetStream KV (`v.<vendor>`, written with the
+//!   revision it read: compare-and-set, so two instances indexing two
+//!   updates of one vendor serialise), drops updates older than the stored
+//!   one, and republishes the update on `<prefix>.geo.<cell>`, and on its
+//!   previous cell's subject when it changed cell: watchers there see it
+//!   leave, whichever instance handled the update before.
+//! - **Watching:** an instance subscribes `<prefix>.geo.<cell>` only for the
+//!   cells its clients' areas cover. An instance whose clients watch Madrid
+//!   hears nothing of Tokyo (beyond its share of the indexing).
+//! - **Snapshots:** `c.<cell>.<vendor>` keys mirror the positions per cell;
+//!   a new area's cells are read with one ordered consumer (last value per
+//!   key), so a fresh instance knows who is inside.
+//!
+//! The same update can reach a watcher twice (its area covers both the old
+//! and the new cell), and two indexers' republishes of one vendor can cross:
+//! the index takes a position only if it is newer than the one it holds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{Areas, Cell, GeoEngine, Point, StoredPosition, now_ms, position_of};
+use crate::bus::nats::NatsBus;
+use crate::bus::{BusError, DependencyStatus};
+use crate::metrics::Metrics;
+use crate::protocol::{Channel, LocationUpdate, Update, VendorId};
+
+/// How long one KV operation or read may take.
+const ROUND_TRIP: Duration = Duration::from_secs(5);
+/// Updates indexed at once by one instance (each is a few KV round trips).
+const INDEX_CONCURRENCY: usize = 64;
+/// Compare-and-set attempts for one update before it is given up (and
+/// counted): only a vendor updated from many instances at once retries.
+const CAS_ATTEMPTS: usize = 8;
+/// Cells per snapshot consumer (its filter subjects).
+const CELLS_PER_READ: usize = 64;
+
+/// Settings of the NATS geo engine.
+#[derive(Debug, Clone)]
+pub struct NatsGeoOptions {
+    /// Positions older than this are gone from shared state (`GEO_VENDOR_TTL`).
+    pub ttl: Duration,
+    /// KV replicas (a NATS cluster keeps positions through a node's loss).
+    pub replicas: usize,
+}
+
+/// A position as the KV holds it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Stored {
+    lat: f64,
+    long: f64,
+    /// Publisher timestamp, Unix nanoseconds.
+    ts: i64,
+    /// Written at, Unix milliseconds.
+    seen: u64,
+}
+
+impl Stored {
+    fn point(&self) -> Point {
+        Point::new(self.lat, self.long)
+    }
+}
+
+/// The engine.
+pub struct NatsGeo {
+    bus: Arc<NatsBus>,
+    metrics: Arc<Metrics>,
+    areas: Weak<Areas>,
+    opts: NatsGeoOptions,
+    bucket: String,
+    kv: tokio::sync::Mutex<Option<kv::Store>>,
+    /// One reader per watched cell.
+    cells: Mutex<HashMap<Cell, CancellationToken>>,
+    status: Mutex<DependencyStatus>,
+}
+
+impl std::fmt::Debug for NatsGeo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsGeo").field("bucket", &self.bucket).finish_non_exhaustive()
+    }
+}
+
+/// KV bucket names may not contain `.`; one bucket per prefix.
+fn bucket_name(prefix: &str) -> String {
+    let clean: String =
+        prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("{clean}_GEO")
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("area state ({what}): {e}"))
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(ROUND_TRIP, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(what, e)),
+        Err(_) => Err(unavailable(what, "timed out")),
+    }
+}
+
+impl NatsGeo {
+    /// Joins the indexing queue group and serves `areas`.
+    pub fn start(bus: Arc<NatsBus>, areas: &Arc<Areas>, metrics: Arc<Metrics>, opts: NatsGeoOptions) -> Arc<Self> {
+        let geo = Arc::new(Self {
+            metrics,
+            bucket: bucket_name(bus.prefix()),
+            bus: Arc::clone(&bus),
+            areas: Arc::downgrade(areas),
+            opts,
+            kv: tokio::sync::Mutex::new(None),
+            cells: Mutex::new(HashMap::new()),
+            status: Mutex::new(DependencyStatus::Down("starting".into())),
+        });
+        let weak = Arc::downgrade(&geo);
+        bus.spawn(move |stop| run_indexer(weak, stop));
+        geo
+    }
+
+    fn geo_subject(&self, cell: Cell) -> String {
+        format!("{}.geo.{}", self.bus.prefix(), cell.token())
+    }
+
+    /// The KV bucket, set up on first use and again after a failure.
+    async fn store(&self) -> Result<kv::Store, BusError> {
+        let mut held = self.kv.lock().await;
+        if let Some(store) = held.as_ref() {
+            return Ok(store.clone());
+        }
+        let js = jetstream::new(self.bus.client());
+        let config = kv::Config {
+            bucket: self.bucket.clone(),
+            description: "venta-gateway: vendor positions for area subscriptions".into(),
+            history: 1,
+            max_age: self.opts.ttl,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: self.opts.replicas.max(1),
+            ..Default::default()
+        };
+        let result = match timed("bucket", js.create_or_update_key_value(config)).await {
+            Ok(store) => Ok(store),
+            // Older servers without create-or-update: take the bucket as it is.
+            Err(e) => timed("bucket", js.get_key_value(self.bucket.clone())).await.map_err(|_| e),
+        };
+        match result {
+            Ok(store) => {
+                *self.status.lock() = DependencyStatus::Ok;
+                *held = Some(store.clone());
+                Ok(store)
+            }
+            Err(e) => {
+                *self.status.lock() = DependencyStatus::Down(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets the bucket handle after an error, so the next use sets it up
+    /// again (a NATS that came back without its state).
+    async fn failed(&self, e: &BusError) {
+        *self.status.lock() = DependencyStatus::Down(e.to_string());
+        self.kv.lock().await.take();
+    }
+
+    /// Indexes one location update: compare-and-set the vendor's position,
+    /// mirror it into its cell, republish on the new (and old) cell.
+    async fn index(&self, update: &LocationUpdate) -> Result<(), BusError> {
+        let Some((point, ts)) = position_of(update) else { return Ok(()) };
+        let kv = self.store().await?;
+        let vendor = &update.vendor_id;
+        let vkey = format!("v.{vendor}");
+        let cell = Cell::of(point);
+        let value = Bytes::from(
+            serde_json::to_vec(&Stored { lat: point.lat, long: point.long, ts, seen: now_ms() }).unwrap_or_default(),
+        );
+        let mut attempt = 0;
+        let (previous, revision) = loop {
+            attempt += 1;
+            let entry = timed("read", kv.entry(vkey.clone())).await?;
+            let prev = entry
+                .as_ref()
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| serde_json::from_slice::<Stored>(&e.value).ok());
+            if prev.is_some_and(|p| p.ts >= ts) {
+                // Older than what is known (GPS fixes arrive out of order).
+                return Ok(());
+            }
+            let written = match &entry {
+                Some(e) => tokio::time::timeout(ROUND_TRIP, kv.update(vkey.clone(), value.clone(), e.revision))
+                    .await
+                    .map(|r| r.map_err(|e| e.to_string())),
+                None => tokio::time::timeout(ROUND_TRIP, kv.create(vkey.clone(), value.clone()))
+                    .await
+                    .map(|r| r.map_err(|e| e.to_string())),
+            };
+            match written {
+                Ok(Ok(rev)) => break (prev.map(|p| Cell::of(p.point())), rev),
+                // Another instance wrote this vendor in between: read again.
+                Ok(Err(_)) if attempt < CAS_ATTEMPTS => continue,
+                Ok(Err(e)) => return Err(unavailable("write", e)),
+                Err(_) => return Err(unavailable("write", "timed out")),
+            }
+        };
+        let ckey = format!("c.{}.{vendor}", cell.token());
+        timed("cell write", kv.put(ckey.clone(), value)).await?;
+        let old = previous.filter(|c| *c != cell);
+        if let Some(old) = old {
+            timed("cell delete", kv.delete(format!("c.{}.{vendor}", old.token()))).await?;
+        }
+        // A later update of this vendor may have won its compare-and-set
+        // while this one wrote its cell key, and deleted that key before
+        // this write: then this cell key is a ghost unless removed here.
+        if let Some(now) = timed("reread", kv.entry(vkey)).await?
+            && now.revision != revision
+            && serde_json::from_slice::<Stored>(&now.value).is_ok_and(|p| Cell::of(p.point()) != cell)
+        {
+            timed("cell repair", kv.delete(ckey)).await?;
+        }
+        let payload = Bytes::from(Update::Location(update.clone()).to_publish_json());
+        let client = self.bus.client();
+        let publish = |c: Cell| client.publish(self.geo_subject(c), payload.clone());
+        timed("publish", publish(cell)).await?;
+        if let Some(old) = old {
+            timed("publish", publish(old)).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the `c.<cell>.*` keys of some cells (last value per key).
+    async fn read_cells(&self, kv: &kv::Store, cells: &[Cell]) -> Result<Vec<StoredPosition>, BusError> {
+        let filters: Vec<String> = cells.iter().map(|c| format!("$KV.{}.c.{}.*", self.bucket, c.token())).collect();
+        let consumer = timed(
+            "snapshot",
+            kv.stream.create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.bus.client().new_inbox(),
+                filter_subjects: filters,
+                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            }),
+        )
+        .await?;
+        let mut out = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = timed("snapshot", consumer.messages()).await?;
+        loop {
+            let Ok(next) = tokio::time::timeout(ROUND_TRIP, messages.next()).await else {
+                return Err(unavailable("snapshot", "timed out"));
+            };
+            let Some(msg) = next else { break };
+            let msg = msg.map_err(|e| unavailable("snapshot", e))?;
+            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            let deleted = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            let vendor = msg.subject.as_str().rsplit('.').next().and_then(|v| VendorId::parse(v).ok());
+            if let (false, Some(vendor), Ok(p)) = (deleted, vendor, serde_json::from_slice::<Stored>(&msg.payload)) {
+                out.push(StoredPosition { vendor, point: p.point(), ts: p.ts, seen_ms: p.seen });
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn on_cell_message(&self, payload: &[u8]) {
+        let Ok(Update::Location(update)) = Update::from_publish_json(Channel::Location, payload, None) else {
+            return;
+        };
+        let (Some((point, ts)), Some(areas)) = (position_of(&update), self.areas.upgrade()) else { return };
+        areas.apply(update.vendor_id, point, ts, Instant::now());
+    }
+}
+
+impl GeoEngine for NatsGeo {
+    fn watch(self: Arc<Self>, cells: Vec<Cell>) -> BoxFuture<'static, Result<(), BusError>> {
+        let bus = Arc::clone(&self.bus);
+        let subjects: Vec<(Cell, String)> = cells.iter().map(|c| (*c, self.geo_subject(*c))).collect();
+        let geo = Arc::downgrade(&self);
+        let tokens: Vec<CancellationToken> = {
+            let mut held = self.cells.lock();
+            cells
+                .iter()
+                .map(|c| {
+                    let token = CancellationToken::new();
+                    if let Some(old) = held.insert(*c, token.clone()) {
+                        old.cancel();
+                    }
+                    token
+                })
+                .collect()
+        };
+        Box::pin(async move {
+            if !bus.is_connected() {
+                bus.sync().await?;
+            }
+            let client = bus.client();
+            for ((_, subject), token) in subjects.into_iter().zip(tokens) {
+                let sub = timed("subscribe", client.subscribe(subject)).await?;
+                let geo = Weak::clone(&geo);
+                bus.spawn(move |stop| read_cell(sub, geo, token, stop));
+            }
+            // Once the server has the SUBs, later updates reach us.
+            bus.sync().await
+        })
+    }
+
+    fn unwatch(&self, cells: Vec<Cell>) {
+        let mut held = self.cells.lock();
+        for cell in cells {
+            if let Some(token) = held.remove(&cell) {
+                token.cancel();
+            }
+        }
+    }
+
+    fn load(self: Arc<Self>, cells: Vec<Cell>) -> BoxFuture<'static, Result<Vec<StoredPosition>, BusError>> {
+        let this = self;
+        Box::pin(async move {
+            let kv = this.store().await?;
+            let mut out = Vec::new();
+            for chunk in cells.chunks(CELLS_PER_READ) {
+                match this.read_cells(&kv, chunk).await {
+                    Ok(mut part) => out.append(&mut part),
+                    Err(e) => {
+                        this.failed(&e).await;
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn health(&self) -> DependencyStatus {
+        self.status.lock().clone()
+    }
+}
+
+async fn read_cell(
+    mut sub: async_nats::Subscriber,
+    geo: Weak<NatsGeo>,
+    token: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            () = stop.cancelled() => break,
+            msg = sub.next() => match msg {
+                Some(msg) => {
+                    let Some(geo) = geo.upgrade() else { break };
+                    geo.on_cell_message(&msg.payload);
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+/// The queue-group member: indexes its share of every location update
+/// until the bus stops; resubscribes after a failure.
+async fn run_indexer(geo: Weak<NatsGeo>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(this) = geo.upgrade() else { return };
+        let prefix = this.bus.prefix().to_owned();
+        let client = this.bus.client();
+        drop(this);
+        let sub = tokio::select! {
+            () = stop.cancelled() => return,
+            sub = client.queue_subscribe(format!("{prefix}.location.*"), format!("{prefix}.geo-indexer")) => sub,
+        };
+        let mut sub = match sub {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::debug!(error = %e, "geo indexer: queue subscribe failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let stopped = {
+            let geo = Weak::clone(&geo);
+            let work = sub.by_ref().for_each_concurrent(INDEX_CONCURRENCY, |msg| {
+                let geo = Weak::clone(&geo);
+                async move {
+                    let Some(this) = geo.upgrade() else { return };
+                    let vendor = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_owned();
+                    let Ok(Update::Location(update)) =
+                        Update::from_publish_json(Channel::Location, &msg.payload, Some(&vendor))
+                    else {
+                        return;
+                    };
+                    if let Err(e) = this.index(&update).await {
+                        tracing::debug!(vendor = %update.vendor_id, error = %e, "geo indexer: update not indexed");
+                        this.failed(&e).await;
+                        this.metrics.area_index_errors.inc();
+                    }
+                }
+            });
+            tokio::select! {
+                () = stop.cancelled() => true,
+                () = work => false,
+            }
+        };
+        let _ = sub.unsubscribe().await;
+        if stopped {
+            return;
+        }
+    }
+}
