@@ -19,6 +19,8 @@ export interface LocationUpdate {
   timestamp: string;
   /** True when this is the last known location sent on subscribe rather than a live update. */
   snapshot?: boolean;
+  /** Present when this is a move inside one of the client's areas (delivered to `onAreaLocationUpdate`). */
+  areaId?: string;
 }
 
 export interface Vendor {
@@ -35,9 +37,72 @@ export interface VendorUpdate {
   timestamp: string;
 }
 
-export interface SubscriptionAck {
+export interface VendorSubscriptionAck {
   channel: Channel;
   vendorId: string;
+}
+
+export interface AreaSubscriptionAck {
+  channel: 'area';
+  areaId: string;
+}
+
+/** `subscribed` / `unsubscribed`: a vendor's channel, or one of the client's areas. */
+export type SubscriptionAck = VendorSubscriptionAck | AreaSubscriptionAck;
+
+/** A latitude/longitude box, edges included; `west > east` crosses the antimeridian. `south <= north`. */
+export interface BBox {
+  south: number;
+  west: number;
+  north: number;
+  east: number;
+}
+
+/** Every point within `radiusM` metres (great-circle) of `center`. */
+export interface Circle {
+  center: LatLong;
+  /** Metres, > 0. */
+  radiusM: number;
+}
+
+/**
+ * Exactly one of the two. At most the gateway's GEO_MAX_AREA_KM across (50 km by
+ * default: a box's diagonal, a circle's diameter), else `area_too_large`.
+ */
+export type AreaShape = { bbox: BBox; circle?: undefined } | { circle: Circle; bbox?: undefined };
+
+/** A vendor inside an area. */
+export interface AreaVendor {
+  vendorId: string;
+  location: LatLong;
+  /** RFC 3339, UTC (`Z`). */
+  timestamp: string;
+}
+
+export interface AreaSnapshot {
+  areaId: string;
+  /** At most GEO_SNAPSHOT_MAX (500 by default). */
+  vendors: AreaVendor[];
+  /** More vendors were inside than listed. */
+  truncated: boolean;
+}
+
+export interface VendorEntered extends AreaVendor {
+  areaId: string;
+}
+
+/** `location_updated` with `areaId`: a move inside the area. */
+export interface AreaLocationUpdate extends AreaVendor {
+  areaId: string;
+}
+
+/** `moved`: its new position is outside; `expired`: silent for GEO_VENDOR_TTL; `area_changed`: the area moved away. */
+export type LeftReason = 'moved' | 'expired' | 'area_changed';
+
+export interface VendorLeft {
+  areaId: string;
+  vendorId: string;
+  reason: LeftReason;
 }
 
 export type GatewayErrorCode =
@@ -50,6 +115,7 @@ export type GatewayErrorCode =
   | 'too_many_subscriptions'
   | 'message_too_large'
   | 'invalid_frame'
+  | 'area_too_large'
   | 'unavailable'
   | 'internal'
   // Forward compatibility: unknown codes are still strings.
@@ -64,18 +130,27 @@ export interface GatewayError {
   retryAfterMs?: number;
 }
 
-/** `vendorId` and `userId` must match `^[A-Za-z0-9_-]{1,64}$`. */
+/** `vendorId`, `userId` and `areaId` must match `^[A-Za-z0-9_-]{1,64}$`. */
 export type ClientMessage =
   | { type: 'subscribe_location'; data: { vendorId: string; userId: string }; id?: string }
   | { type: 'unsubscribe_location'; data: { vendorId: string }; id?: string }
   | { type: 'subscribe_vendor'; data: { vendorId: string; userId: string }; id?: string }
   | { type: 'unsubscribe_vendor'; data: { vendorId: string }; id?: string }
+  | {
+      type: 'subscribe_area';
+      data: { areaId: string; userId: string; delivery?: Delivery } & AreaShape;
+      id?: string;
+    }
+  | { type: 'unsubscribe_area'; data: { areaId: string }; id?: string }
   | { type: 'ping'; data?: Record<string, never>; id?: string }
   | { type: 'pong'; data?: Record<string, never>; id?: string };
 
 export type ServerMessage =
   | { type: 'location_updated'; data: LocationUpdate }
   | { type: 'vendor_updated'; data: VendorUpdate }
+  | { type: 'area_snapshot'; data: AreaSnapshot }
+  | { type: 'vendor_entered'; data: VendorEntered }
+  | { type: 'vendor_left'; data: VendorLeft }
   | { type: 'subscribed'; data: SubscriptionAck; id?: string }
   | { type: 'unsubscribed'; data: SubscriptionAck; id?: string }
   | { type: 'error'; data: GatewayError; id?: string }
@@ -132,6 +207,13 @@ export interface ReconnectInfo {
 
 export type Delivery = 'stream' | 'datagram';
 
+export interface AreaSubscriptionOptions {
+  /** Required: who is asking (the token's `sub` when auth is on). */
+  userId: string;
+  /** `datagram`: over WebTransport, moves inside the area come as datagrams (latest wins); ignored over WebSocket. */
+  delivery?: Delivery;
+}
+
 export interface LocationSubscriptionOptions {
   /** `datagram`: over WebTransport, location updates come as datagrams (latest wins); ignored over WebSocket. */
   delivery?: Delivery;
@@ -156,6 +238,17 @@ export class VentaClient {
   unsubscribeFromLocation(vendorId: string): void;
   /** Forgets the subscription; tells the server only when connected. */
   unsubscribeFromVendor(vendorId: string): void;
+  /**
+   * Follows every vendor inside an area; again with the same `areaId`, moves it (no new
+   * snapshot, only entered/left for the difference). Queued until open and re-sent after
+   * every reconnect. Throws a TypeError without `options.userId` or unless exactly one
+   * of `bbox` and `circle` is given.
+   */
+  subscribeArea(areaId: string, shape: AreaShape, options: AreaSubscriptionOptions): void;
+  /** Forgets the area and its vendors (no event of it reaches the hooks after this); tells the server only when connected. */
+  unsubscribeArea(areaId: string): void;
+  /** The vendors inside an area as last reported (a copy), or `undefined` for an area not subscribed. */
+  areaVendors(areaId: string): Map<string, AreaVendor> | undefined;
   /** Sends a `ping` (queued when disconnected); returns its id, echoed in the `pong`. */
   ping(): string;
   /** Closes for good: no further reconnects. */
@@ -164,6 +257,12 @@ export class VentaClient {
   // Overridable hooks. The second argument is the whole message (for the echoed `id`).
   onLocationUpdate(data: LocationUpdate, message: MessageOf<'location_updated'>): void;
   onVendorUpdate(data: VendorUpdate, message: MessageOf<'vendor_updated'>): void;
+  /** Once per new area, after its `subscribed` and before any other event of it. */
+  onAreaSnapshot(data: AreaSnapshot, message: MessageOf<'area_snapshot'>): void;
+  onVendorEntered(data: VendorEntered, message: MessageOf<'vendor_entered'>): void;
+  /** `location_updated` with `areaId` (not passed to `onLocationUpdate`). */
+  onAreaLocationUpdate(data: AreaLocationUpdate, message: { type: 'location_updated'; data: AreaLocationUpdate }): void;
+  onVendorLeft(data: VendorLeft, message: MessageOf<'vendor_left'>): void;
   onSubscribed(data: SubscriptionAck, message: MessageOf<'subscribed'>): void;
   onUnsubscribed(data: SubscriptionAck, message: MessageOf<'unsubscribed'>): void;
   onError(data: GatewayError, message: MessageOf<'error'>): void;

@@ -7,6 +7,10 @@
 // times. It uses the global `WebSocket` (any browser, Node >= 22, or Node 20
 // run with `--experimental-websocket`).
 //
+// Both also follow areas of the map ("vendors near me"): `subscribeArea`
+// with a box or a circle gives a snapshot of the vendors inside, then
+// entered / moved / left events; the client keeps each area's vendors.
+//
 // `VentaWebTransportClient` has the same API over WebTransport (HTTP/3):
 // MessagePack frames on one bidirectional stream, location updates as
 // datagrams on request, the gateway's dev certificate pinned by the hash it
@@ -34,6 +38,36 @@ const TRANSIENT_ERRORS = new Set(['rate_limited', 'unavailable', 'internal']);
 const MAX_SERVER_FRAME = 1 << 20;
 
 const noop = () => {};
+
+/**
+ * A copy of an area shape holding only the fields the gateway reads, so a
+ * caller mutating its object later cannot change what a reconnect re-sends.
+ * Throws a TypeError unless exactly one of `bbox` and `circle` is given:
+ * that mistake is the caller's, and would fail the same way on every send.
+ * The numbers themselves are the gateway's to judge (`invalid_field`,
+ * `area_too_large`), so its rules live in one place.
+ */
+function areaShape(shape) {
+  const isObject = (v) => v !== null && typeof v === 'object';
+  const hasBox = isObject(shape) && shape.bbox !== undefined && shape.bbox !== null;
+  const hasCircle = isObject(shape) && shape.circle !== undefined && shape.circle !== null;
+  if (hasBox === hasCircle) {
+    throw new TypeError('subscribeArea: give exactly one of {bbox: {south, west, north, east}} and {circle: {center: {lat, long}, radiusM}}');
+  }
+  if (hasBox) {
+    if (!isObject(shape.bbox)) throw new TypeError('subscribeArea: bbox must be an object');
+    const { south, west, north, east } = shape.bbox;
+    return { bbox: { south, west, north, east } };
+  }
+  const { center, radiusM } = shape.circle;
+  if (!isObject(center)) throw new TypeError('subscribeArea: circle.center must be {lat, long}');
+  return { circle: { center: { lat: center.lat, long: center.long }, radiusM } };
+}
+
+/** An area member as the client keeps it: `{vendorId, location, timestamp}`. */
+function areaVendor({ vendorId, location, timestamp }) {
+  return { vendorId, location, timestamp };
+}
 
 /** Builds a {log, warn, error} triple from `options.logger` (null/false = silent). */
 function makeLogger(logger) {
@@ -320,6 +354,20 @@ export class VentaClient {
    * @type {Map<string, {channel: 'location'|'vendor', vendorId: string, userId: string, delivery?: string}>}
    */
   #subscriptions = new Map();
+  /**
+   * Areas the caller wants, by areaId; like `#subscriptions`, re-sent on
+   * every (re)connect. `seq` numbers the latest request, `pending` holds the
+   * requests of this connection not answered yet (the gateway answers in
+   * order), `acked` the request the gateway holds now (null before the
+   * first ack of a connection): a move refused for good falls back to it,
+   * since the gateway keeps the old area then.
+   * @type {Map<string, {areaId: string, userId: string, shape: object, delivery?: string,
+   *   seq: number, pending: object[], acked: object|null}>}
+   */
+  #areas = new Map();
+  /** The vendors inside each wanted area, as the snapshot and events since describe them. */
+  #areaVendors = new Map();
+  #areaSeq = 0;
   #pingCounter = 0;
   /** `options.getToken`: asked for a token before every connect and before expiry. */
   #getToken = null;
@@ -403,6 +451,74 @@ export class VentaClient {
   }
 
   /**
+   * Follows every vendor inside an area of the map. The gateway answers
+   * `subscribed` (`{channel: 'area', areaId}`, to `onSubscribed`) and then
+   * `area_snapshot` (`onAreaSnapshot`); after that `onVendorEntered`,
+   * `onAreaLocationUpdate` (a move inside) and `onVendorLeft` keep it
+   * current, and `areaVendors(areaId)` holds the result.
+   *
+   * Called again with the same `areaId` it moves the area (a map that
+   * pans): no new snapshot, only entered/left (`reason: 'area_changed'`) for
+   * the difference. Like the other subscriptions it may be called before
+   * the connection opens and is re-sent (with a fresh snapshot) after every
+   * reconnect. A refusal for good (`invalid_field`, `area_too_large`,
+   * `too_many_subscriptions`, `forbidden`) forgets a new area and takes a
+   * moved one back to the shape the gateway still holds; `rate_limited`
+   * retries after `retryAfterMs`.
+   *
+   * @param {string} areaId the caller's name for the area, unique per client (`^[A-Za-z0-9_-]{1,64}$`)
+   * @param {{bbox: {south: number, west: number, north: number, east: number}} |
+   *   {circle: {center: {lat: number, long: number}, radiusM: number}}} shape a box (edges included;
+   *   `west > east` crosses the antimeridian) or a circle (radius in metres); at most the gateway's
+   *   GEO_MAX_AREA_KM across (50 km by default: box diagonal, circle diameter)
+   * @param {{userId: string, delivery?: 'stream'|'datagram'}} options `userId` is required (the
+   *   token's `sub` when auth is on); `delivery: 'datagram'`: over WebTransport, moves inside the
+   *   area come as datagrams (ignored over WebSocket)
+   * @throws {TypeError} without a `userId` string, or unless exactly one of `bbox` and `circle` is given
+   */
+  subscribeArea(areaId, shape, options = {}) {
+    if (typeof areaId !== 'string') throw new TypeError('subscribeArea: areaId must be a string');
+    const { userId, delivery } = options ?? {};
+    if (typeof userId !== 'string') throw new TypeError('subscribeArea: options.userId must be a string');
+    const wanted = { userId, shape: areaShape(shape), delivery };
+    // A move keeps the area's record: answers to its earlier requests are still to come.
+    const area = this.#areas.get(areaId) ?? { areaId, seq: 0, pending: [], acked: null };
+    Object.assign(area, wanted);
+    this.#areas.set(areaId, area);
+    if (!this.#areaVendors.has(areaId)) this.#areaVendors.set(areaId, new Map());
+    // When not connected, the open handler sends every remembered area.
+    if (this.connected) this.#sendArea(area);
+  }
+
+  /**
+   * Stops following an area and forgets its vendors; from now on no event
+   * of it reaches the hooks. Tells the gateway (which answers
+   * `unsubscribed`) only when connected, as `unsubscribeFromLocation` does.
+   * @param {string} areaId
+   */
+  unsubscribeArea(areaId) {
+    this.#areas.delete(areaId);
+    this.#areaVendors.delete(areaId);
+    if (this.connected) {
+      this.#conn.send({ type: 'unsubscribe_area', data: { areaId }, id: `unarea:${areaId}` });
+    }
+  }
+
+  /**
+   * The vendors inside an area as last reported (snapshot, then entered,
+   * moved and left): a new Map of vendorId to `{vendorId, location,
+   * timestamp}`, empty until the snapshot arrives; `undefined` for an area
+   * not subscribed. After a reconnect it shows the old state until the new
+   * snapshot replaces it.
+   * @param {string} areaId
+   * @returns {Map<string, {vendorId: string, location: {lat: number, long: number}, timestamp: string}> | undefined}
+   */
+  areaVendors(areaId) {
+    const vendors = this.#areaVendors.get(areaId);
+    return vendors === undefined ? undefined : new Map(vendors);
+  }
+
+  /**
    * Sends an application-level `ping`; the server answers `pong` (see `onPong`).
    * Queued when not connected.
    * @returns {string} the request id, echoed in the `pong`
@@ -446,7 +562,35 @@ export class VentaClient {
     this.#log.log('Vendor updated:', data);
   }
 
-  /** The server acknowledged a subscription; updates published from now on arrive. */
+  /**
+   * `location_updated` with `areaId`: a vendor inside one of the areas moved
+   * and is still inside (`{vendorId, location, timestamp, areaId}`). Kept
+   * apart from `onLocationUpdate`, which has the per-vendor subscriptions.
+   */
+  onAreaLocationUpdate(data, message) {}
+
+  /**
+   * The vendors inside a newly subscribed area (`{areaId, vendors:
+   * [{vendorId, location, timestamp}], truncated}`), once after its
+   * `subscribed`, before any other event of it; `truncated`: more were
+   * inside than the gateway lists (GEO_SNAPSHOT_MAX), zoom in.
+   */
+  onAreaSnapshot(data, message) {}
+
+  /** A vendor is now inside an area: `{areaId, vendorId, location, timestamp}`. */
+  onVendorEntered(data, message) {}
+
+  /**
+   * A vendor is no longer inside an area: `{areaId, vendorId, reason}`,
+   * reason `moved`, `expired` (silent for GEO_VENDOR_TTL) or `area_changed`
+   * (the area was moved away from it).
+   */
+  onVendorLeft(data, message) {}
+
+  /**
+   * The server acknowledged a subscription (`{channel, vendorId}`, or
+   * `{channel: 'area', areaId}`); updates published from now on arrive.
+   */
   onSubscribed(data, message) {}
 
   /** The server acknowledged an unsubscribe. */
@@ -527,6 +671,11 @@ export class VentaClient {
         // A new connection starts with no subscriptions on the server: send them
         // all, before queued messages, so updates flow again as soon as possible.
         for (const sub of this.#subscriptions.values()) this.#sendSubscribe(sub);
+        for (const area of this.#areas.values()) {
+          area.acked = null;
+          area.pending = [];
+          this.#sendArea(area);
+        }
         const queued = this.#queue;
         this.#queue = [];
         for (const message of queued) conn.send(message);
@@ -618,7 +767,33 @@ export class VentaClient {
     const data = message.data ?? {};
     switch (message.type) {
       case 'location_updated':
-        this.#emit('onLocationUpdate', data, message);
+        if (typeof data.areaId === 'string') {
+          if (!this.#areaVendors.has(data.areaId)) break;
+          this.#areaVendors.get(data.areaId).set(data.vendorId, areaVendor(data));
+          this.#emit('onAreaLocationUpdate', data, message);
+        } else {
+          this.#emit('onLocationUpdate', data, message);
+        }
+        break;
+      case 'area_snapshot': {
+        // Events of an area given up (unsubscribed before the gateway had
+        // the request) are dropped, so none follows unsubscribeArea.
+        if (!this.#areaVendors.has(data.areaId)) break;
+        const vendors = new Map();
+        for (const v of Array.isArray(data.vendors) ? data.vendors : []) vendors.set(v.vendorId, areaVendor(v));
+        this.#areaVendors.set(data.areaId, vendors);
+        this.#emit('onAreaSnapshot', data, message);
+        break;
+      }
+      case 'vendor_entered':
+        if (!this.#areaVendors.has(data.areaId)) break;
+        this.#areaVendors.get(data.areaId).set(data.vendorId, areaVendor(data));
+        this.#emit('onVendorEntered', data, message);
+        break;
+      case 'vendor_left':
+        if (!this.#areaVendors.has(data.areaId)) break;
+        this.#areaVendors.get(data.areaId).delete(data.vendorId);
+        this.#emit('onVendorLeft', data, message);
         break;
       case 'vendor_updated':
         this.#emit('onVendorUpdate', data, message);
@@ -632,6 +807,7 @@ export class VentaClient {
         this.#emit('onPong', data, message);
         break;
       case 'subscribed':
+        if (data.channel === 'area') this.#areaAnswered(message.id, null);
         this.#emit('onSubscribed', data, message);
         break;
       case 'unsubscribed':
@@ -657,6 +833,10 @@ export class VentaClient {
    * rate limit retries once the server says the budget is back.
    */
   #handleSubscribeError(data, id) {
+    if (typeof id === 'string' && id.startsWith('area:')) {
+      this.#areaAnswered(id, data);
+      return;
+    }
     if (typeof id !== 'string' || !id.startsWith('sub:')) return;
     const key = id.slice(4);
     const sub = this.#subscriptions.get(key);
@@ -672,6 +852,60 @@ export class VentaClient {
     } else if (!TRANSIENT_ERRORS.has(data.code)) {
       this.#subscriptions.delete(key);
     }
+  }
+
+  /**
+   * The answer (`subscribed` when `error` is null) to the subscribe_area
+   * whose id is `id`. Area requests carry the id `area:<areaId>:<seq>` (an
+   * areaId has no ':'); the gateway answers them in order, so an answer
+   * settles the oldest pending request, and only the answer to the latest
+   * one may change what the caller wants:
+   * - an ack: the gateway holds that request's shape now;
+   * - a rate limit: the latest request is sent again after `retryAfterMs`;
+   * - a refusal for good: a new area is forgotten, a moved one goes back to
+   *   the shape the gateway still holds (it keeps the old area then);
+   * - a transient failure: kept, sent again on the next reconnect.
+   */
+  #areaAnswered(id, error) {
+    if (typeof id !== 'string') return;
+    const [prefix, areaId, seqText] = id.split(':');
+    const area = prefix === 'area' ? this.#areas.get(areaId) : undefined;
+    if (!area) return;
+    const seq = Number(seqText);
+    const at = area.pending.findIndex((r) => r.seq === seq);
+    if (at < 0) return;
+    const request = area.pending[at];
+    area.pending.splice(0, at + 1);
+    if (error === null) {
+      area.acked = request;
+      return;
+    }
+    if (seq !== area.seq) return;
+    if (error.code === 'rate_limited') {
+      const retryAfterMs = Number(error.retryAfterMs) > 0 ? Number(error.retryAfterMs) : 1000;
+      const timer = setTimeout(() => {
+        this.#retryTimers.delete(timer);
+        // Only if still wanted, unchanged, and on a connection (a reconnect re-sends it anyway).
+        if (this.#areas.get(areaId) === area && area.seq === seq && this.connected) this.#sendArea(area);
+      }, retryAfterMs);
+      this.#retryTimers.add(timer);
+    } else if (!TRANSIENT_ERRORS.has(error.code)) {
+      if (area.acked) {
+        const { userId, shape, delivery } = area.acked;
+        Object.assign(area, { userId, shape, delivery });
+      } else {
+        this.#areas.delete(areaId);
+        this.#areaVendors.delete(areaId);
+      }
+    }
+  }
+
+  #sendArea(area) {
+    area.seq = ++this.#areaSeq;
+    area.pending.push({ seq: area.seq, userId: area.userId, shape: area.shape, delivery: area.delivery });
+    const data = { areaId: area.areaId, userId: area.userId, ...area.shape };
+    if (area.delivery !== undefined && this.#conn.kind === 'webtransport') data.delivery = area.delivery;
+    this.#conn.send({ type: 'subscribe_area', data, id: `area:${area.areaId}:${area.seq}` });
   }
 
   #subscribe(channel, vendorId, userId, delivery) {

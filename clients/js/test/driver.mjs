@@ -5,7 +5,8 @@
 //
 // <url> is ws:// or wss:// for VentaWebSocketClient, https:// (a /wt/ session
 // URL) for VentaWebTransportClient, which in Node (no WebTransport) falls
-// back to the matching WebSocket endpoint.
+// back to the matching WebSocket endpoint. <vendorId> `-` subscribes to no
+// vendor's location (for scripts that only follow areas).
 //
 // stdout, one JSON object per line:
 //   {"event":"open","transport":T}       a connection opened (first or after a reconnect); T websocket|webtransport
@@ -18,6 +19,20 @@
 //   {"event":"ping"}                     the server pinged and the client answered pong
 //   {"event":"gave_up"}                  reconnect attempts exhausted (the test is failing by then)
 //   {"event":"refreshed","data":{...}}   the gateway accepted a token from getToken
+//   {"event":"area_snapshot","data":{...}}   area_snapshot's data
+//   {"event":"vendor_entered","data":{...}}
+//   {"event":"area_location","data":{...}}   location_updated with areaId (onAreaLocationUpdate)
+//   {"event":"vendor_left","data":{...}}
+//   {"event":"pong","data":{...},"id":ID}    the answer to a "ping" command
+//   {"event":"area_vendors","areaId":A,"vendors":[...]|null}  answer to "areaVendors", sorted by vendorId
+//   {"event":"command_failed","error":E}     a command line the client refused (e.g. a TypeError)
+//
+// stdin takes commands, one JSON object per line, run in order:
+//   {"cmd":"subscribeArea","areaId":A,"shape":{"bbox":{...}}|{"circle":{...}},"delivery"?:D}
+//       (userId is <userId>)
+//   {"cmd":"unsubscribeArea","areaId":A}
+//   {"cmd":"areaVendors","areaId":A}
+//   {"cmd":"ping"}
 //
 // With VENTA_DRIVER_JWT_SECRET set, the client gets `getToken`: each call
 // signs a fresh HS256 token for <userId> valid VENTA_DRIVER_TOKEN_TTL seconds
@@ -75,8 +90,44 @@ client.onGiveUp = () => emit({ event: 'gave_up' });
 client.onRefreshed = (data) => emit({ event: 'refreshed', data });
 client.onReconnecting = ({ attempt, delayMs }) => note(`reconnect attempt ${attempt} in ${delayMs} ms`);
 
+client.onAreaSnapshot = (data) => emit({ event: 'area_snapshot', data });
+client.onVendorEntered = (data) => emit({ event: 'vendor_entered', data });
+client.onAreaLocationUpdate = (data) => emit({ event: 'area_location', data });
+client.onVendorLeft = (data) => emit({ event: 'vendor_left', data });
+client.onPong = (data, message) => emit({ event: 'pong', data, id: message.id });
+
 // Sent on open, and again by the client after every reconnect.
-client.subscribeToLocation(vendorId, userId);
+if (vendorId !== '-') client.subscribeToLocation(vendorId, userId);
+
+function command(line) {
+  if (!line.trim()) return;
+  try {
+    const c = JSON.parse(line);
+    switch (c.cmd) {
+      case 'subscribeArea':
+        client.subscribeArea(c.areaId, c.shape, { userId, delivery: c.delivery });
+        break;
+      case 'unsubscribeArea':
+        client.unsubscribeArea(c.areaId);
+        break;
+      case 'areaVendors': {
+        const vendors = client.areaVendors(c.areaId);
+        const list = vendors === undefined
+          ? null
+          : [...vendors.values()].sort((a, b) => (a.vendorId < b.vendorId ? -1 : 1));
+        emit({ event: 'area_vendors', areaId: c.areaId, vendors: list });
+        break;
+      }
+      case 'ping':
+        client.ping();
+        break;
+      default:
+        throw new Error(`unknown command ${JSON.stringify(c.cmd)}`);
+    }
+  } catch (err) {
+    emit({ event: 'command_failed', error: String(err?.message ?? err) });
+  }
+}
 
 let finished = false;
 function finish() {
@@ -91,4 +142,14 @@ setTimeout(finish, RUN_FOR_MS);
 process.stdin.on('end', finish);
 process.stdin.on('close', finish);
 process.stdin.on('error', finish);
+let pending = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (chunk) => {
+  pending += chunk;
+  let nl;
+  while ((nl = pending.indexOf('\n')) >= 0) {
+    command(pending.slice(0, nl));
+    pending = pending.slice(nl + 1);
+  }
+});
 process.stdin.resume();

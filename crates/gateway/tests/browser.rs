@@ -351,3 +351,161 @@ async fn chromium_sees_the_session_end_on_gateway_shutdown() {
     let code = report["close"]["code"].as_u64();
     assert!(matches!(code, Some(1005 | 1006)), "{report}");
 }
+
+/// The area page: subscribes a box (moves inside as datagrams), tells the
+/// test `/subscribed` once the snapshot shows the vendor published before,
+/// `/updated` once a second vendor entered and the first moved inside, and
+/// reports once the second left.
+fn area_page(wt_url: &str, hash_url: &str, bbox: &Value) -> String {
+    let cfg = json!({"wtUrl": wt_url, "hashUrl": hash_url, "bbox": bbox});
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>PENDING</title></head>
+<body>
+<pre id="out">PENDING</pre>
+<script>
+window.addEventListener('error', (e) => fetch('/log?m=' + encodeURIComponent('uncaught ' + e.message + ' at ' + e.filename + ':' + e.lineno)));
+</script>
+<script>
+(async () => {{
+const {{ VentaWebTransportClient }} = await import('/client/src/venta-client.js');
+const cfg = {cfg};
+const out = document.getElementById('out');
+const seen = [];
+let done = false;
+let client = null;
+const finish = (result) => {{
+  if (done) return;
+  done = true;
+  const text = JSON.stringify(result);
+  out.textContent = text;
+  document.title = result.ok ? 'PASS' : 'FAIL';
+  fetch('/report?r=' + encodeURIComponent(text));
+}};
+window.addEventListener('unhandledrejection', (e) => finish({{ ok: false, error: String(e.reason) }}));
+setTimeout(() => finish({{ ok: false, error: 'timeout', seen, transport: client && client.transport }}), 20000);
+const say = (level) => (...args) => fetch('/log?m=' + encodeURIComponent(level + ' ' + args.map(String).join(' ')));
+const logger = {{ log: say('log'), warn: say('warn'), error: say('error') }};
+client = new VentaWebTransportClient(cfg.wtUrl, {{ certificateHashUrl: cfg.hashUrl, logger, webTransportAttempts: 1000, maxReconnectAttempts: 0 }});
+const got = {{}};
+const vendors = () => [...client.areaVendors('map').values()].sort((a, b) => (a.vendorId < b.vendorId ? -1 : 1));
+client.onSubscribed = (data, m) => seen.push(m);
+client.onAreaSnapshot = (data, m) => {{
+  seen.push(m);
+  if (!data.vendors.some((v) => v.vendorId === 'bv1')) return finish({{ ok: false, error: 'bv1 not in the snapshot', seen }});
+  got.snapshot = vendors();
+  fetch('/subscribed');
+}};
+const step = () => {{ if (got.entered && got.moved) fetch('/updated'); }};
+client.onVendorEntered = (data, m) => {{ seen.push(m); got.entered = m; step(); }};
+client.onAreaLocationUpdate = (data, m) => {{ seen.push(m); got.moved = m; step(); }};
+client.onVendorLeft = (data, m) => {{
+  seen.push(m);
+  finish({{ ok: true, transport: client.transport, snapshot: got.snapshot, entered: got.entered, moved: got.moved, left: m, vendors: vendors(), seen }});
+}};
+client.onLocationUpdate = (data, m) => {{ seen.push(m); finish({{ ok: false, error: 'a per-vendor update without a per-vendor subscription', seen }}); }};
+client.onError = (data, m) => {{ seen.push(m); finish({{ ok: false, error: 'gateway error', seen }}); }};
+client.onGiveUp = () => finish({{ ok: false, error: 'could not connect', seen }});
+client.subscribeArea('map', {{ bbox: cfg.bbox }}, {{ userId: 'u1', delivery: 'datagram' }});
+}})().catch((e) => fetch('/report?r=' + encodeURIComponent(JSON.stringify({{ ok: false, error: String(e) }}))));
+</script>
+<link rel="stylesheet" href="/wait">
+</body></html>
+"#
+    )
+}
+
+/// Areas in Chromium over WebTransport: the snapshot has the vendor
+/// published before; a publish inside gives vendor_entered, a move inside
+/// location_updated with areaId (as a datagram), a publish outside
+/// vendor_left with reason moved; the client's areaVendors follows.
+#[tokio::test]
+async fn chromium_follows_an_area_over_webtransport() {
+    const SOL: (f64, f64) = (40.4169, -3.7035);
+    let gw = TestGateway::start().await;
+    let base = gw.http("");
+    let publish_at = async |vendor: &str, lat: f64, long: f64, ts: &str| {
+        let body = json!({"vendorId": vendor, "location": {"lat": lat, "long": long}, "timestamp": ts});
+        common::publish(&format!("{base}/api/v1/publish/location"), &body).await;
+    };
+    publish_at("bv1", SOL.0, SOL.1, "2026-01-01T10:00:00Z").await;
+    let bbox = json!({"south": SOL.0 - 0.009, "west": SOL.1 - 0.012, "north": SOL.0 + 0.009, "east": SOL.1 + 0.012});
+    let page = area_page(&gw.wt_url("/wt/location"), &format!("{base}/wt/cert-hash"), &bbox);
+    let mut server = PageServer::start(page).await;
+    let profile = std::env::temp_dir().join(format!("venta-chromium-{}", uuid::Uuid::new_v4().simple()));
+    let child = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-gpu",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{}/", server.addr))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromium");
+    let browser = tokio::spawn(tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()));
+
+    let (mut entered_sent, mut left_sent) = (false, false);
+    let report = loop {
+        match server.next().await {
+            PageEvent::Subscribed if !entered_sent => {
+                entered_sent = true;
+                publish_at("bv2", SOL.0 + 0.001, SOL.1, "2026-01-01T10:00:01Z").await;
+                publish_at("bv1", SOL.0 + 0.002, SOL.1, "2026-01-01T10:00:02Z").await;
+            }
+            PageEvent::Updated if !left_sent => {
+                left_sent = true;
+                publish_at("bv2", SOL.0 + 0.5, SOL.1, "2026-01-01T10:00:03Z").await;
+            }
+            PageEvent::Subscribed | PageEvent::Updated => {}
+            PageEvent::Report(v) => break v,
+        }
+    };
+    let output = browser.await.unwrap().expect("chromium did not finish within 60 s").expect("chromium output");
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let start = dom.find(r#"<pre id="out">"#).unwrap_or_else(|| panic!("no result element in the DOM:\n{dom}"));
+    let rest = &dom[start + r#"<pre id="out">"#.len()..];
+    let from_dom: Value = serde_json::from_str(&html_unescape(&rest[..rest.find("</pre>").expect("</pre>")])).unwrap();
+    assert_eq!(from_dom, report, "the dumped DOM shows what the page reported");
+
+    let r = &report;
+    assert_eq!(r["ok"], true, "page failed: {r}");
+    assert_eq!(r["transport"], "webtransport", "{r}");
+    let at = |lat: f64, ts: &str| json!({"location": {"lat": lat, "long": SOL.1}, "timestamp": ts});
+    let member = |id: &str, lat: f64, ts: &str| {
+        let mut v = at(lat, ts);
+        v["vendorId"] = json!(id);
+        v
+    };
+    assert_eq!(r["snapshot"], json!([member("bv1", SOL.0, "2026-01-01T10:00:00Z")]), "{r}");
+    assert_eq!(r["entered"]["type"], "vendor_entered");
+    assert_eq!(r["entered"]["data"]["vendorId"], "bv2");
+    assert_eq!(
+        r["moved"],
+        json!({"type": "location_updated", "data": {"vendorId": "bv1", "location": {"lat": SOL.0 + 0.002, "long": SOL.1},
+            "timestamp": "2026-01-01T10:00:02Z", "areaId": "map"}})
+    );
+    assert_eq!(
+        r["left"],
+        json!({"type": "vendor_left", "data": {"areaId": "map", "vendorId": "bv2", "reason": "moved"}})
+    );
+    assert_eq!(r["vendors"], json!([member("bv1", SOL.0 + 0.002, "2026-01-01T10:00:02Z")]), "{r}");
+    let seen = r["seen"].as_array().expect("seen");
+    assert_eq!(seen.len(), 5, "subscribed, snapshot, entered, moved, left: {r}");
+    for m in seen {
+        assert_schema("server/any.json", m);
+    }
+    // The move inside went as a datagram; the rest on the stream.
+    assert_eq!(metric(&base, r#"venta_webtransport_datagrams_total{outcome="sent"}"#).await, 1.0);
+    assert!(metric(&base, r#"venta_messages_out_total{transport="webtransport",type="vendor_left"}"#).await >= 1.0);
+    gw.shutdown().await;
+}
