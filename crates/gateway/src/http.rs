@@ -29,8 +29,12 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let extra = shared.bus.extra_checks();
     let redis = shared.limiter.health();
     let database = shared.audit.health();
+    // Area subscriptions across instances (the KV of positions): down means
+    // `subscribe_area` answers unavailable, everything else still works.
+    let areas = shared.areas.health();
     let degraded = matches!(redis, DependencyStatus::Down(_))
         || matches!(database, DependencyStatus::Down(_))
+        || matches!(areas, DependencyStatus::Down(_))
         || extra.iter().any(|(_, s)| matches!(s, DependencyStatus::Down(_)));
     let (status, code) = match nats {
         DependencyStatus::Down(_) => ("down", StatusCode::SERVICE_UNAVAILABLE),
@@ -41,6 +45,7 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
     checks.insert("nats".into(), check(&nats));
     checks.insert("redis".into(), check(&redis));
     checks.insert("database".into(), check(&database));
+    checks.insert("areas".into(), check(&areas));
     for (name, s) in &extra {
         checks.insert((*name).into(), check(s));
     }

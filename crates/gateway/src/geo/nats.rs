@@ -387,6 +387,22 @@ async fn run_indexer(geo: Weak<NatsGeo>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(this) = geo.upgrade() else { return };
+        // The bucket first: indexing needs it, and `/health` then tells at
+        // once whether areas work across instances (retried until they do:
+        // a NATS without JetStream, or not up yet).
+        let ready = tokio::select! {
+            () = stop.cancelled() => return,
+            r = this.store() => r.is_ok(),
+        };
+        if !ready {
+            drop(this);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
         let prefix = this.bus.prefix().to_owned();
         let client = this.bus.client();
         drop(this);
