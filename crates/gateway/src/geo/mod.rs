@@ -59,10 +59,12 @@ pub struct StoredPosition {
 pub trait GeoEngine: Send + Sync + 'static {
     /// Starts receiving the positions of these cells (none was watched on
     /// this instance before); resolves once updates published from now on
-    /// will arrive.
+    /// will arrive. Called under the areas' lock: whatever records the
+    /// cells as watched must happen in the call, the waiting in the future.
     fn watch(self: Arc<Self>, cells: Vec<Cell>) -> BoxFuture<'static, Result<(), BusError>>;
 
     /// Stops receiving these cells (no area of this instance covers them).
+    /// Called under the areas' lock: must not block.
     fn unwatch(&self, cells: Vec<Cell>);
 
     /// The positions shared state holds in these cells.
@@ -235,7 +237,10 @@ impl Areas {
     ) -> Result<Subscribed, AreaError> {
         let engine = Arc::clone(self.engine()?);
         let key = (conn, area.clone());
-        let up = {
+        // Cell (un)subscriptions are started under the lock, in the order the
+        // index decided them: a cell one area leaves while another starts
+        // watching it is never left unsubscribed.
+        let (up, watching) = {
             let mut st = self.state.lock();
             let up = st.index.upsert(key.clone(), shape)?;
             let c = st.conns.entry(conn).or_insert_with(|| Conn {
@@ -249,14 +254,15 @@ impl Areas {
             } else {
                 c.datagram.remove(&area);
             }
-            up
+            if !up.unwatch.is_empty() {
+                engine.unwatch(up.unwatch.clone());
+            }
+            let watching = (!up.watch.is_empty()).then(|| Arc::clone(&engine).watch(up.watch.clone()));
+            (up, watching)
         };
-        if !up.unwatch.is_empty() {
-            engine.unwatch(up.unwatch);
-        }
         let prepared = async {
-            if !up.watch.is_empty() {
-                Arc::clone(&engine).watch(up.watch).await?;
+            if let Some(watching) = watching {
+                watching.await?;
             }
             if up.load.is_empty() { Ok(Vec::new()) } else { Arc::clone(&engine).load(up.load.clone()).await }
         };
@@ -309,39 +315,36 @@ impl Areas {
 
     /// Drops every area of a connection (it ended).
     pub fn release(&self, conn: ConnId) {
-        let unwatch = {
+        {
             let mut st = self.state.lock();
             let Some(c) = st.conns.remove(&conn) else { return };
             let mut cells = Vec::new();
             for area in c.areas {
                 cells.extend(st.index.remove(&(conn, area)));
             }
-            cells
-        };
-        if let (false, Some(engine)) = (unwatch.is_empty(), self.engine.get()) {
-            engine.unwatch(unwatch);
+            if let (false, Some(engine)) = (cells.is_empty(), self.engine.get()) {
+                engine.unwatch(cells);
+            }
         }
         self.gauges();
     }
 
     fn remove(&self, conn: ConnId, area: &AreaId) -> bool {
-        let (existed, unwatch) = {
-            let mut st = self.state.lock();
-            let existed = match st.conns.get_mut(&conn) {
-                Some(c) => {
-                    c.datagram.remove(area);
-                    let existed = c.areas.remove(area);
-                    if c.areas.is_empty() {
-                        st.conns.remove(&conn);
-                    }
-                    existed
+        let mut st = self.state.lock();
+        let existed = match st.conns.get_mut(&conn) {
+            Some(c) => {
+                c.datagram.remove(area);
+                let existed = c.areas.remove(area);
+                if c.areas.is_empty() {
+                    st.conns.remove(&conn);
                 }
-                None => false,
-            };
-            (existed, st.index.remove(&(conn, area.clone())))
+                existed
+            }
+            None => false,
         };
-        if let (false, Some(engine)) = (unwatch.is_empty(), self.engine.get()) {
-            engine.unwatch(unwatch);
+        let cells = st.index.remove(&(conn, area.clone()));
+        if let (false, Some(engine)) = (cells.is_empty(), self.engine.get()) {
+            engine.unwatch(cells);
         }
         existed
     }
