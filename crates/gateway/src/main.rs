@@ -1,9 +1,7 @@
 //! The `venta-gateway` binary: configuration, logging, signals. Everything
 //! else lives in the library.
 
-mod bench;
 mod gentoken_cli;
-mod publish_cli;
 
 use std::process::ExitCode;
 
@@ -37,7 +35,7 @@ struct Cli {
 
 /// The subcommands alone: each parses only its own options (and the
 /// gateway variables it shares by name), so a gateway setting that is bad
-/// for serving cannot stop `publish` or `bench`.
+/// for serving cannot stop `gentoken`.
 #[derive(Debug, Parser)]
 #[command(name = "venta-gateway", version)]
 struct ToolCli {
@@ -45,14 +43,14 @@ struct ToolCli {
     command: Command,
 }
 
-const SUBCOMMANDS: [&str; 3] = ["publish", "bench", "gentoken"];
+const SUBCOMMANDS: [&str; 1] = ["gentoken"];
+
+/// Subcommands that moved to the `venta` tool (crates/tools): a script that
+/// still calls them learns where they went instead of a parse error.
+const MOVED_TO_VENTA: [&str; 2] = ["bench", "publish"];
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Publish an update by hand (gRPC by default, or HTTP, or NATS).
-    Publish(publish_cli::PublishArgs),
-    // Help text lives on `BenchArgs` (a doc comment here would replace it).
-    Bench(Box<bench::BenchArgs>),
     /// Print an HS256 token signed with JWT_SECRET (with JWT_ISSUER and
     /// JWT_AUDIENCE as `iss`/`aud` when set), for development.
     Gentoken(gentoken_cli::GentokenArgs),
@@ -154,31 +152,21 @@ fn init_tool_logging() {
 fn run_tool(command: Command) -> ExitCode {
     init_tool_logging();
     match command {
-        // Its own runtime: single-threaded by default (`--threads`).
-        Command::Bench(args) => bench::main(*args),
         Command::Gentoken(args) => gentoken_cli::run(&args),
-        Command::Publish(args) => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(publish_cli::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
     }
 }
 
 fn main() -> ExitCode {
     let first = std::env::args_os().nth(1);
-    if first.as_ref().and_then(|a| a.to_str()).is_some_and(|a| SUBCOMMANDS.contains(&a)) {
+    let first = first.as_ref().and_then(|a| a.to_str());
+    if let Some(moved) = first.filter(|a| MOVED_TO_VENTA.contains(a)) {
+        eprintln!(
+            "error: `venta-gateway {moved}` is now `venta {moved}`, a separate tool \
+             (cargo install --path crates/tools --locked)"
+        );
+        return ExitCode::from(2);
+    }
+    if first.is_some_and(|a| SUBCOMMANDS.contains(&a)) {
         return run_tool(ToolCli::parse().command);
     }
     let cli = Cli::parse();
