@@ -4,6 +4,7 @@
 //!
 //! - `venta bench`: load-test a gateway ([`bench`]).
 //! - `venta publish`: publish one update by hand over gRPC, HTTP or NATS ([`publish`]).
+//! - `venta sub`: print vendors' live updates as a client gets them, one JSON line each ([`sub`]).
 //!
 //! They reach the gateway as its clients and publishers do: the wire
 //! contract (`venta-protocol`), the client (`venta-client`) and a gRPC client
@@ -12,6 +13,7 @@
 mod bench;
 mod defaults;
 mod publish;
+mod sub;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,8 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Publish an update by hand (gRPC by default, or HTTP, or NATS).
     Publish(publish::PublishArgs),
+    // Help text lives on `SubArgs`.
+    Sub(sub::SubArgs),
 }
 
 /// `LOG_LEVEL` if it parses, else warnings: the tools' own output is on
@@ -73,5 +77,6 @@ fn main() -> ExitCode {
         // Its own runtime: single-threaded by default (`--threads`).
         Command::Bench(args) => bench::main(*args),
         Command::Publish(args) => block_on(publish::run(args)),
+        Command::Sub(args) => block_on(sub::run(args)),
     }
 }

@@ -33,6 +33,7 @@ use anyhow::Context as _;
 
 pub use args::BenchArgs;
 use args::{ClientTransport, Plan};
+pub use wt::trust_from as wt_trust;
 
 /// Runs the subcommand on a runtime of its own (`--threads`).
 pub fn main(args: BenchArgs) -> ExitCode {
