@@ -2,6 +2,7 @@
 //! else lives in the library.
 
 mod gentoken_cli;
+mod healthcheck;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,10 @@ struct ToolCli {
 
 const SUBCOMMANDS: [&str; 1] = ["gentoken"];
 
+/// The container's health probe: handled before any parsing, so nothing but
+/// its own arguments and WEBSOCKET_GATEWAY_PORT can fail it.
+const HEALTHCHECK: &str = "healthcheck";
+
 /// Subcommands that moved to the `venta` tool (crates/tools): a script that
 /// still calls them learns where they went instead of a parse error.
 const MOVED_TO_VENTA: [&str; 2] = ["bench", "publish"];
@@ -54,6 +59,15 @@ enum Command {
     /// Print an HS256 token signed with JWT_SECRET (with JWT_ISSUER and
     /// JWT_AUDIENCE as `iss`/`aud` when set), for development.
     Gentoken(gentoken_cli::GentokenArgs),
+    /// Probe this host's gateway for the container HEALTHCHECK: GET PATH
+    /// (/health/live) on 127.0.0.1:$WEBSOCKET_GATEWAY_PORT or --addr
+    /// HOST:PORT; exit 0 on 200, 1 otherwise. `healthcheck --help` for usage.
+    #[command(disable_help_flag = true)]
+    Healthcheck {
+        /// [PATH] [--addr HOST:PORT]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Crates whose debug output would carry credentials: wtransport logs the
@@ -150,15 +164,21 @@ fn init_tool_logging() {
 }
 
 fn run_tool(command: Command) -> ExitCode {
-    init_tool_logging();
     match command {
-        Command::Gentoken(args) => gentoken_cli::run(&args),
+        Command::Gentoken(args) => {
+            init_tool_logging();
+            gentoken_cli::run(&args)
+        }
+        Command::Healthcheck { args } => healthcheck::main(args),
     }
 }
 
 fn main() -> ExitCode {
     let first = std::env::args_os().nth(1);
     let first = first.as_ref().and_then(|a| a.to_str());
+    if first == Some(HEALTHCHECK) {
+        return healthcheck::main(std::env::args_os().skip(2));
+    }
     if let Some(moved) = first.filter(|a| MOVED_TO_VENTA.contains(a)) {
         eprintln!(
             "error: `venta-gateway {moved}` is now `venta {moved}`, a separate tool \
