@@ -23,7 +23,8 @@
 #              changes when the manifest, the lock file or the set of targets
 #              changes, so the dependency layer below stays cached otherwise.
 #   builder  - builds all dependencies from the skeleton (cached layer), then
-#              the real crate, and the health probe (examples/healthcheck.rs).
+#              the real crate. The health probe is a subcommand of the same
+#              binary (`venta-gateway healthcheck`): nothing else to build.
 #   runtime  - debian:${DEBIAN_VERSION}-slim (the builder's release), non-root.
 
 ARG RUST_VERSION=1.95.0
@@ -88,11 +89,6 @@ RUN rm -rf target/release/.fingerprint/venta-* \
  && cargo build --release --locked -p venta-gateway --bin venta-gateway \
  && install -D -m 0755 target/release/venta-gateway /out/venta-gateway
 
-# The container's health probe: the standard library only, so plain rustc
-# builds it in seconds, without the crate's dependencies.
-COPY crates/gateway/examples/healthcheck.rs ./healthcheck.rs
-RUN rustc --edition 2024 -O -C strip=symbols healthcheck.rs -o /out/venta-healthcheck
-
 # ---------------------------------------------------------------------------
 FROM debian:${DEBIAN_VERSION}-slim AS runtime
 
@@ -124,7 +120,6 @@ RUN apt-get update \
  && install -d -o venta -g venta -m 0750 /var/lib/venta-gateway
 
 COPY --from=builder /out/venta-gateway /usr/local/bin/venta-gateway
-COPY --from=builder /out/venta-healthcheck /usr/local/bin/venta-healthcheck
 
 WORKDIR /var/lib/venta-gateway
 USER 10001:10001
@@ -142,14 +137,15 @@ EXPOSE 5006/tcp 5006/udp 5007/tcp
 # give `docker stop -t` / stop_grace_period more than that).
 STOPSIGNAL SIGTERM
 
-# Liveness probe: venta-healthcheck (examples/healthcheck.rs) GETs
-# /health/live on 127.0.0.1:$WEBSOCKET_GATEWAY_PORT and exits 0 on 200,
-# 1 otherwise; every step has a timeout. Exec form: no shell involved.
+# Liveness probe: `venta-gateway healthcheck` (crates/gateway/src/healthcheck.rs)
+# GETs /health/live on 127.0.0.1:$WEBSOCKET_GATEWAY_PORT and exits 0 on 200,
+# 1 otherwise; every step has a timeout, and no gateway setting is parsed.
+# Exec form: no shell involved.
 # /health/live rather than /health/ready: Docker (and Swarm) restart or drop
 # unhealthy containers, and a NATS outage makes every instance "not ready" at
 # once. docker-compose.yml probes readiness instead
-# (`venta-healthcheck /health/ready`), for depends_on and operators.
+# (`venta-gateway healthcheck /health/ready`), for depends_on and operators.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["/usr/local/bin/venta-healthcheck"]
+    CMD ["/usr/local/bin/venta-gateway", "healthcheck"]
 
 ENTRYPOINT ["/usr/local/bin/venta-gateway"]

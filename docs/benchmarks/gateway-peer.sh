@@ -6,7 +6,7 @@
 # JWT auth is on only when JWT_SECRET is set: loadgen sends one userId per
 # connection (u0, u1, ...) and one token for all (in --path), and the gateway
 # refuses a subscribe whose userId is not the token's sub, so with auth on
-# loadgen's subscribes are refused. `venta-gateway bench` (one token, userId =
+# loadgen's subscribes are refused. `venta bench` (one token, userId =
 # sub) measures auth on against off (docs/BENCHMARKS.md).
 # The peers' nats-server (Debian 2.9.10) has no JetStream async-nats can use,
 # so the last-value cache is off, as in the peers.

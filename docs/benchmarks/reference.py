@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference runs of `venta-gateway bench` (s1, s2, s3) against a release build of
+"""Reference runs of `venta bench` (s1, s2, s3) against a release build of
 the gateway on this machine, as in docs/BENCHMARKS.md.
 
     python3 docs/benchmarks/reference.py run --reps 3 --out /tmp/bench.jsonl \
@@ -110,7 +110,7 @@ def run_one(a, tool, sc, rep, nats_url, nice, out):
         wait_ready(port, gw)
         time.sleep(1.0)
         if tool == "bench":
-            cmd = [str(a.gateway), "bench", "--scenario", sc, "--url", f"ws://127.0.0.1:{port}/ws/location",
+            cmd = [str(a.venta), "bench", "--scenario", sc, "--url", f"ws://127.0.0.1:{port}/ws/location",
                    "--via", "nats", "--nats", nats_url, "--pid", str(gw.pid), "--label", f"bench/{sc}/{rep}"]
         else:
             cmd = [str(a.loadgen), "--addr", f"127.0.0.1:{port}", "--nats", nats_url, "--pid", str(gw.pid),
@@ -228,6 +228,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--gateway", type=Path, default=ROOT / "target/release/venta-gateway")
+    r.add_argument("--venta", type=Path, default=ROOT / "target/release/venta", help="the bench (crates/tools)")
     r.add_argument("--nats-server", default=str(ROOT / "target/nats-venv/bin/nats-server"))
     r.add_argument("--loadgen", type=Path, help="also run the team's loadgen, interleaved")
     r.add_argument("--scenarios", default="s1,s2,s3")

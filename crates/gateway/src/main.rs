@@ -1,9 +1,8 @@
 //! The `venta-gateway` binary: configuration, logging, signals. Everything
 //! else lives in the library.
 
-mod bench;
 mod gentoken_cli;
-mod publish_cli;
+mod healthcheck;
 
 use std::process::ExitCode;
 
@@ -37,7 +36,7 @@ struct Cli {
 
 /// The subcommands alone: each parses only its own options (and the
 /// gateway variables it shares by name), so a gateway setting that is bad
-/// for serving cannot stop `publish` or `bench`.
+/// for serving cannot stop `gentoken`.
 #[derive(Debug, Parser)]
 #[command(name = "venta-gateway", version)]
 struct ToolCli {
@@ -45,17 +44,30 @@ struct ToolCli {
     command: Command,
 }
 
-const SUBCOMMANDS: [&str; 3] = ["publish", "bench", "gentoken"];
+const SUBCOMMANDS: [&str; 1] = ["gentoken"];
+
+/// The container's health probe: handled before any parsing, so nothing but
+/// its own arguments and WEBSOCKET_GATEWAY_PORT can fail it.
+const HEALTHCHECK: &str = "healthcheck";
+
+/// Subcommands that moved to the `venta` tool (crates/tools): a script that
+/// still calls them learns where they went instead of a parse error.
+const MOVED_TO_VENTA: [&str; 2] = ["bench", "publish"];
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Publish an update by hand (gRPC by default, or HTTP, or NATS).
-    Publish(publish_cli::PublishArgs),
-    // Help text lives on `BenchArgs` (a doc comment here would replace it).
-    Bench(Box<bench::BenchArgs>),
     /// Print an HS256 token signed with JWT_SECRET (with JWT_ISSUER and
     /// JWT_AUDIENCE as `iss`/`aud` when set), for development.
     Gentoken(gentoken_cli::GentokenArgs),
+    /// Probe this host's gateway for the container HEALTHCHECK: GET PATH
+    /// (/health/live) on 127.0.0.1:$WEBSOCKET_GATEWAY_PORT or --addr
+    /// HOST:PORT; exit 0 on 200, 1 otherwise. `healthcheck --help` for usage.
+    #[command(disable_help_flag = true)]
+    Healthcheck {
+        /// [PATH] [--addr HOST:PORT]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Crates whose debug output would carry credentials: wtransport logs the
@@ -152,33 +164,29 @@ fn init_tool_logging() {
 }
 
 fn run_tool(command: Command) -> ExitCode {
-    init_tool_logging();
     match command {
-        // Its own runtime: single-threaded by default (`--threads`).
-        Command::Bench(args) => bench::main(*args),
-        Command::Gentoken(args) => gentoken_cli::run(&args),
-        Command::Publish(args) => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(publish_cli::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Gentoken(args) => {
+            init_tool_logging();
+            gentoken_cli::run(&args)
         }
+        Command::Healthcheck { args } => healthcheck::main(args),
     }
 }
 
 fn main() -> ExitCode {
     let first = std::env::args_os().nth(1);
-    if first.as_ref().and_then(|a| a.to_str()).is_some_and(|a| SUBCOMMANDS.contains(&a)) {
+    let first = first.as_ref().and_then(|a| a.to_str());
+    if first == Some(HEALTHCHECK) {
+        return healthcheck::main(std::env::args_os().skip(2));
+    }
+    if let Some(moved) = first.filter(|a| MOVED_TO_VENTA.contains(a)) {
+        eprintln!(
+            "error: `venta-gateway {moved}` is now `venta {moved}`, a separate tool \
+             (cargo install --path crates/tools --locked)"
+        );
+        return ExitCode::from(2);
+    }
+    if first.is_some_and(|a| SUBCOMMANDS.contains(&a)) {
         return run_tool(ToolCli::parse().command);
     }
     let cli = Cli::parse();

@@ -9,7 +9,7 @@
 //!
 //! The compose file and the Dockerfile pin their images, publish nothing on
 //! all interfaces by default, hold no password, pass the secrets through,
-//! and probe health with `examples/healthcheck.rs`, which is run here
+//! and probe health with `venta-gateway healthcheck`, which is run here
 //! against a real gateway. (`docker-compose config` itself is checked by
 //! `.ci/validate-compose.sh`: it needs the docker-compose tool.)
 
@@ -447,10 +447,20 @@ fn dockerfile_base_images_are_pinned_and_the_healthcheck_is_resolved() {
         .skip_while(|l| !l.starts_with("HEALTHCHECK"))
         .nth(1)
         .unwrap_or_else(|| panic!("Dockerfile: no HEALTHCHECK"));
-    assert!(probe.trim() == r#"CMD ["/usr/local/bin/venta-healthcheck"]"#, "HEALTHCHECK: exec form, no shell: {probe}");
     assert!(
-        dockerfile.contains("crates/gateway/examples/healthcheck.rs"),
-        "the image must build the probe from examples/healthcheck.rs"
+        probe.trim() == r#"CMD ["/usr/local/bin/venta-gateway", "healthcheck"]"#,
+        "HEALTHCHECK: the gateway's own subcommand, exec form, no shell: {probe}"
+    );
+    assert!(
+        !dockerfile.contains("venta-healthcheck") && !dockerfile.contains("rustc "),
+        "the probe is a subcommand of the gateway binary: no second binary is built or shipped"
+    );
+    let compose = read("docker-compose.yml");
+    let test = compose.lines().map(str::trim).find(|l| l.starts_with("test:") && l.contains("venta-gateway"));
+    assert_eq!(
+        test,
+        Some(r#"test: ["CMD", "/usr/local/bin/venta-gateway", "healthcheck", "/health/ready"]"#),
+        "docker-compose.yml probes readiness with the gateway's subcommand, exec form"
     );
 }
 
@@ -503,35 +513,17 @@ fn compose_publishes_on_loopback_and_holds_no_secret() {
 // ---------------------------------------------------------------------------
 // The container's health probe, against a real gateway
 
-/// Builds examples/healthcheck.rs the way the Dockerfile does (plain rustc,
-/// no dependencies) into `dir`.
-fn build_probe(dir: &Path) -> PathBuf {
-    let rustc = std::env::var_os("CARGO")
-        .map(PathBuf::from)
-        .and_then(|cargo| cargo.parent().map(|d| d.join("rustc")))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("rustc"));
-    let out = dir.join("venta-healthcheck");
-    let status = Command::new(&rustc)
-        .args(["--edition", "2024", "-C", "debuginfo=0"])
-        .arg(root().join("crates/gateway/examples/healthcheck.rs"))
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .unwrap_or_else(|e| panic!("{}: {e}", rustc.display()));
-    assert!(status.success(), "rustc examples/healthcheck.rs failed");
-    out
-}
-
-/// Runs the probe; its exit code and how long it took.
-async fn probe(bin: &Path, args: &[&str], port: Option<u16>) -> (Option<i32>, Duration) {
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null()).env_remove("WEBSOCKET_GATEWAY_PORT");
+/// Runs `venta-gateway healthcheck` with `args`, WEBSOCKET_GATEWAY_PORT set
+/// to `port` (unset for `None`) and `env`; its exit code and how long it took.
+async fn probe_with(args: &[&str], port: Option<&str>, env: &[(&str, &str)]) -> (Option<i32>, Duration) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_venta-gateway"));
+    cmd.arg("healthcheck").args(args).stdout(Stdio::null()).stderr(Stdio::null()).env_remove("WEBSOCKET_GATEWAY_PORT");
     if let Some(p) = port {
-        cmd.env("WEBSOCKET_GATEWAY_PORT", p.to_string());
+        cmd.env("WEBSOCKET_GATEWAY_PORT", p);
     }
+    cmd.envs(env.iter().copied());
     let started = Instant::now();
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("venta-gateway healthcheck: {e}"));
     let status =
         tokio::time::timeout(Duration::from_secs(20), tokio::task::spawn_blocking(move || child.wait_with_output()))
             .await
@@ -541,21 +533,27 @@ async fn probe(bin: &Path, args: &[&str], port: Option<u16>) -> (Option<i32>, Du
     (status.status.code(), started.elapsed())
 }
 
+async fn probe(args: &[&str], port: Option<u16>) -> (Option<i32>, Duration) {
+    probe_with(args, port.map(|p| p.to_string()).as_deref(), &[]).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_health_probe_tells_live_from_ready() {
-    let dir = common::nats::tempdir::Dir::new();
-    let bin = build_probe(&dir.0);
-
     // A ready gateway: both probes pass; the port comes from
     // WEBSOCKET_GATEWAY_PORT as in the image, or from --addr.
     let gw = common::TestGateway::start().await;
     common::wait_until("gateway ready", async || gw.is_ready().await).await;
     let port = gw.addr.port();
-    assert_eq!(probe(&bin, &[], Some(port)).await.0, Some(0), "/health/live of a running gateway");
-    assert_eq!(probe(&bin, &["/health/ready"], Some(port)).await.0, Some(0), "/health/ready of a ready gateway");
+    assert_eq!(probe(&[], Some(port)).await.0, Some(0), "/health/live of a running gateway");
+    assert_eq!(probe(&["/health/ready"], Some(port)).await.0, Some(0), "/health/ready of a ready gateway");
     let addr = gw.addr.to_string();
-    assert_eq!(probe(&bin, &["/health/ready", "--addr", &addr], None).await.0, Some(0), "--addr");
-    assert_eq!(probe(&bin, &["/no/such/route"], Some(port)).await.0, Some(1), "a 404 is not healthy");
+    assert_eq!(probe(&["/health/ready", "--addr", &addr], None).await.0, Some(0), "--addr");
+    // The container's environment is the gateway's: a setting that would
+    // stop the gateway (exit 2) does not touch the probe.
+    let broken = [("LOG_LEVEL", "verbose"), ("DATABASE_URL", "mysql://nowhere"), ("WS_MAX_CONNECTIONS", "lots")];
+    let port_text = port.to_string();
+    assert_eq!(probe_with(&["/health/ready"], Some(&port_text), &broken).await.0, Some(0), "gateway settings");
+    assert_eq!(probe(&["/no/such/route"], Some(port)).await.0, Some(1), "a 404 is not healthy");
     gw.shutdown().await;
 
     // Alive but not ready: NATS configured and unreachable.
@@ -564,23 +562,26 @@ async fn the_health_probe_tells_live_from_ready() {
     config.nats.url = Some(format!("nats://127.0.0.1:{dead_nats}"));
     let gw = common::TestGateway::start_with(config).await;
     let port = gw.addr.port();
-    common::wait_until("liveness while NATS is down", async || probe(&bin, &[], Some(port)).await.0 == Some(0)).await;
-    assert_eq!(probe(&bin, &["/health/ready"], Some(port)).await.0, Some(1), "not ready without NATS");
+    common::wait_until("liveness while NATS is down", async || probe(&[], Some(port)).await.0 == Some(0)).await;
+    assert_eq!(probe(&["/health/ready"], Some(port)).await.0, Some(1), "not ready without NATS");
     gw.shutdown().await;
 
     // Nothing listening: unhealthy, at once.
     let closed = common::free_port();
-    assert_eq!(probe(&bin, &[], Some(closed)).await.0, Some(1), "nothing listening");
+    assert_eq!(probe(&[], Some(closed)).await.0, Some(1), "nothing listening");
 
     // A peer that accepts and never answers: the probe gives up within its
     // own bounds (3 s read timeout), inside Docker's 5 s.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
     let silent_port = silent.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
-    let (code, took) = probe(&bin, &[], Some(silent_port)).await;
+    let (code, took) = probe(&[], Some(silent_port)).await;
     assert_eq!(code, Some(1), "a silent peer is unhealthy");
     assert!(took < Duration::from_secs(5), "the probe took {took:?} against a silent peer");
     drop(silent);
 
-    // A bad WEBSOCKET_GATEWAY_PORT or argument is an error, not a hang.
-    assert_eq!(probe(&bin, &["bogus"], Some(port)).await.0, Some(1), "bad argument");
+    // A bad WEBSOCKET_GATEWAY_PORT or argument is an error, not a hang,
+    // and exits 1 (Docker reserves 2).
+    assert_eq!(probe(&["bogus"], Some(port)).await.0, Some(1), "bad argument");
+    assert_eq!(probe_with(&[], Some("70000"), &[]).await.0, Some(1), "bad WEBSOCKET_GATEWAY_PORT");
+    assert_eq!(probe(&["--help"], None).await.0, Some(0), "--help");
 }

@@ -171,51 +171,6 @@ fn log_format_json_writes_json_lines() {
     let _ = child.wait();
 }
 
-#[tokio::test]
-async fn cli_publish_works_over_grpc_http_and_nats() {
-    common::nats::require_machine_nats();
-    let prefix = common::nats::unique_prefix();
-    let grpc_port = free_port().to_string();
-    let gw = GatewayProcess::spawn(
-        free_port(),
-        &[
-            ("GRPC_PORT", grpc_port.as_str()),
-            ("NATS_URL", common::nats::MACHINE_NATS),
-            ("NATS_SUBJECT_PREFIX", prefix.as_str()),
-        ],
-    )
-    .await;
-    let mut ws = WsClient::connect(&gw.url("/ws/location")).await;
-    ws.subscribe("location", "cli1").await;
-    ws.subscribe("vendor", "cli1").await;
-    let run = |args: &[&str]| {
-        let out = bin()
-            .arg("publish")
-            .args(args)
-            .args(["--grpc-url", &format!("http://127.0.0.1:{grpc_port}")])
-            .args(["--http-url", &gw.http("")])
-            .args(["--prefix", &prefix])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{args:?}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
-        stdout
-    };
-    for (i, via) in ["grpc", "http", "nats"].iter().enumerate() {
-        let lat = format!("{}.5", i + 1);
-        let said = run(&["location", "cli1", "--lat", &lat, "--long", "-7.25", "--via", via]);
-        assert!(said.contains("published"), "{said}");
-        let u = ws.recv().await;
-        assert_eq!(u["data"]["location"], json!({"lat": (i + 1) as f64 + 0.5, "long": -7.25}), "via {via}");
-    }
-    run(&["vendor", "cli1", "--json", r#"{"name":"Tacos","tags":["a"]}"#]);
-    assert_eq!(ws.recv().await["data"]["vendor"], json!({"name": "Tacos", "tags": ["a"]}));
-    // Bad input is refused before anything is sent.
-    let out = bin().args(["publish", "location", "cli1", "--lat", "95", "--long", "0"]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("location.lat"));
-}
-
 /// Node has no WebTransport: `VentaWebTransportClient` falls back to the
 /// matching WebSocket endpoint (/wt/location → /ws/location, same port) and
 /// works as the WebSocket client does.

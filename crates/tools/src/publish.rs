@@ -1,4 +1,4 @@
-//! `venta-gateway publish …`: publish an update by hand, over gRPC (default),
+//! `venta publish …`: publish an update by hand, over gRPC (default),
 //! HTTP or straight to NATS, and print what happened.
 
 use std::time::Duration;
@@ -6,9 +6,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use venta_gateway::ingest::grpc::pb::update_ingest_client::UpdateIngestClient;
-use venta_gateway::ingest::grpc::pb::{Location, PublishLocationRequest, PublishVendorRequest};
-use venta_gateway::protocol::{Channel, Update};
+use venta_protocol::{Channel, Update};
+
+use crate::defaults;
+use crate::pb::update_ingest_client::UpdateIngestClient;
+use crate::pb::{Location, PublishLocationRequest, PublishVendorRequest};
 
 /// How to reach the gateway.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -31,13 +33,13 @@ pub struct Endpoints {
     #[arg(long, global = true)]
     pub grpc_url: Option<String>,
     /// The gateway's gRPC port, for the default --grpc-url.
-    #[arg(long, env = "GRPC_PORT", default_value_t = 5007, global = true)]
+    #[arg(long, env = "GRPC_PORT", default_value_t = defaults::GRPC_PORT, global = true)]
     pub grpc_port: u16,
     /// HTTP base URL [default: http://127.0.0.1:<--http-port>].
     #[arg(long, global = true)]
     pub http_url: Option<String>,
     /// The gateway's HTTP port, for the default --http-url.
-    #[arg(long, env = "WEBSOCKET_GATEWAY_PORT", default_value_t = 5006, global = true)]
+    #[arg(long, env = "WEBSOCKET_GATEWAY_PORT", default_value_t = defaults::HTTP_PORT, global = true)]
     pub http_port: u16,
     /// NATS server(s) of the gateway, comma-separated, for `--via nats`.
     #[arg(
@@ -50,7 +52,7 @@ pub struct Endpoints {
     )]
     pub nats_url: String,
     /// The gateway's subject prefix, for `--via nats`.
-    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "venta", value_parser = subject_prefix, global = true, alias = "prefix")]
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = defaults::NATS_SUBJECT_PREFIX, value_parser = subject_prefix, global = true, alias = "prefix")]
     pub nats_subject_prefix: String,
     /// The gateway's INGEST_TOKEN, sent as the bearer of HTTP and gRPC publishes.
     #[arg(long, env = "INGEST_TOKEN", hide_env_values = true, global = true)]

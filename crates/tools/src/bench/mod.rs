@@ -1,4 +1,4 @@
-//! `venta-gateway bench`: a load generator for users to test their own
+//! `venta bench`: a load generator for users to test their own
 //! deployment, speaking the client protocol like any client would.
 //!
 //! - [`args`]: flags and the s1/s2/s3 presets.
@@ -33,6 +33,7 @@ use anyhow::Context as _;
 
 pub use args::BenchArgs;
 use args::{ClientTransport, Plan};
+pub use wt::trust_from as wt_trust;
 
 /// Runs the subcommand on a runtime of its own (`--threads`).
 pub fn main(args: BenchArgs) -> ExitCode {
@@ -121,20 +122,18 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
 /// What a gateway with default limits would refuse of this run, said before
 /// connecting (the presets open 2,000 to 10,000 clients).
 fn capacity_notes(conns: usize, one_jwt: bool) -> Vec<String> {
-    let defaults = venta_gateway::Config::defaults();
+    use crate::defaults::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_USER};
     let mut notes = Vec::new();
-    if conns > defaults.limits.max_connections {
+    if conns > MAX_CONNECTIONS {
         notes.push(format!(
-            "this run opens {conns} connections; a gateway with default settings admits {} \
-             (WS_MAX_CONNECTIONS={}): start it with WS_MAX_CONNECTIONS={conns} or more",
-            defaults.limits.max_connections, defaults.limits.max_connections
+            "this run opens {conns} connections; a gateway with default settings admits {MAX_CONNECTIONS} \
+             (WS_MAX_CONNECTIONS={MAX_CONNECTIONS}): start it with WS_MAX_CONNECTIONS={conns} or more"
         ));
     }
-    if one_jwt && conns > defaults.limits.max_connections_per_user {
+    if one_jwt && conns > MAX_CONNECTIONS_PER_USER {
         notes.push(format!(
-            "every client uses one --jwt (one user); a default gateway admits {} connections per user: \
-             start it with WS_MAX_CONNECTIONS_PER_USER={conns} or more",
-            defaults.limits.max_connections_per_user
+            "every client uses one --jwt (one user); a default gateway admits {MAX_CONNECTIONS_PER_USER} connections per user: \
+             start it with WS_MAX_CONNECTIONS_PER_USER={conns} or more"
         ));
     }
     notes
@@ -148,7 +147,7 @@ enum Clients {
 
 /// The token's `sub`: with auth on, a subscribe's `userId` must equal it.
 /// Read without verification: the gateway is the one that verifies.
-fn token_sub(token: &str) -> anyhow::Result<String> {
+pub fn token_sub(token: &str) -> anyhow::Result<String> {
     let claims: serde_json::Value =
         jsonwebtoken::dangerous::insecure_decode_claims(token).context("--jwt is not a JWT")?;
     claims["sub"].as_str().map(str::to_owned).context("--jwt has no `sub` claim")

@@ -1,4 +1,4 @@
-//! Command-line options of `venta-gateway bench` and the scenario presets.
+//! Command-line options of `venta bench` and the scenario presets.
 //! A preset fills in the options the user did not give; flags always win.
 
 use std::net::IpAddr;
@@ -60,7 +60,7 @@ pub enum Scenario {
     S3,
 }
 
-/// `venta-gateway bench`: load-test a deployment.
+/// `venta bench`: load-test a deployment.
 #[derive(Debug, Clone, Args)]
 #[command(
     about = "Load-test a gateway: N WebSocket or WebTransport clients, updates published at stepped rates, latency and losses",
@@ -124,7 +124,7 @@ pub struct BenchArgs {
     /// WEBSOCKET_GATEWAY_PORT, NATS_URL, NATS_SUBJECT_PREFIX, INGEST_TOKEN);
     /// `--http-url` also serves `/wt/cert-hash` for WebTransport.
     #[command(flatten)]
-    pub to: crate::publish_cli::Endpoints,
+    pub to: crate::publish::Endpoints,
     /// HTTP/gRPC requests in flight (vendors are spread over this many
     /// sequential lanes, so each vendor's updates stay in order).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
@@ -322,7 +322,7 @@ impl Plan {
             bail!("at most {MAX_ATTEMPTS} step attempts (--rates × (--step-retries + 1)); got {attempts}");
         }
         let last = format!("{}{}", a.vendor_prefix, self.vendors - 1);
-        if venta_gateway::protocol::VendorId::parse(&last).is_err() {
+        if venta_protocol::VendorId::parse(&last).is_err() {
             bail!("--vendor-prefix {:?} does not make valid vendor ids ({last:?})", a.vendor_prefix);
         }
         Ok(())

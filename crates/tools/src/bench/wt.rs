@@ -106,13 +106,19 @@ impl WtConnector {
 /// The trust settled from the flags: `--wt-system-roots`, `--wt-cert-hash`,
 /// or the hashes the gateway publishes (current and, during a rotation, next).
 async fn trust(args: &BenchArgs) -> anyhow::Result<Trust> {
-    if args.wt_system_roots {
+    trust_from(args.wt_system_roots, &args.wt_cert_hash, &args.to.http_url()).await
+}
+
+/// [`trust`] from the flags' values (`venta sub` has the same three), with
+/// `http_url` the gateway's HTTP base that serves `/wt/cert-hash`.
+pub async fn trust_from(system_roots: bool, cert_hashes: &[String], http_url: &str) -> anyhow::Result<Trust> {
+    if system_roots {
         return Ok(Trust::SystemRoots);
     }
-    if !args.wt_cert_hash.is_empty() {
-        return Ok(Trust::hashes(&args.wt_cert_hash)?);
+    if !cert_hashes.is_empty() {
+        return Ok(Trust::hashes(cert_hashes)?);
     }
-    let from = format!("{}/wt/cert-hash", args.to.http_url());
+    let from = format!("{http_url}/wt/cert-hash");
     let hint = "(or pass --wt-cert-hash / --wt-system-roots)";
     let resp = reqwest::Client::new()
         .get(&from)

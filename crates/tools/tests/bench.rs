@@ -1,4 +1,4 @@
-//! `venta-gateway bench` end to end: the binary against an in-process
+//! `venta bench` end to end: the binary against an in-process
 //! gateway, with small numbers, publishing over HTTP, NATS and gRPC. The
 //! assertions are on accounting (every expected delivery arrived once) and
 //! on the shape of the result, never on timing.
@@ -7,13 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::nats::{MACHINE_NATS, require_machine_nats, unique_prefix};
-use common::{TestGateway, test_config};
+use common::{GwConfig, MACHINE_NATS, TestGateway, VENTA, require_machine_nats, unique_prefix};
 use serde_json::Value;
 
 /// Runs the bench binary; returns (exit success, last stdout line as JSON, stderr).
 async fn bench(args: &[String]) -> (bool, Value, String) {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
+    let run = tokio::process::Command::new(VENTA)
         .arg("bench")
         .args(args)
         .env("LOG_LEVEL", "warn")
@@ -111,10 +110,7 @@ async fn bench_over_http() {
 async fn bench_over_nats() {
     require_machine_nats();
     let prefix = unique_prefix();
-    let mut config = test_config();
-    config.nats.url = Some(MACHINE_NATS.into());
-    config.nats.subject_prefix = prefix.clone();
-    let gw = TestGateway::start_with(config).await;
+    let gw = TestGateway::start_with(GwConfig::new().nats(MACHINE_NATS, &prefix)).await;
     let mut args = small(&gw);
     // Two source addresses (both loopback) exercise --src-ips.
     args.extend(
@@ -140,12 +136,9 @@ async fn bench_over_nats() {
 #[tokio::test]
 async fn bench_over_grpc_with_client_tokens_and_an_ingest_token() {
     let secret = "bench-test-secret-0123456789";
-    let mut config = test_config();
-    config.auth.jwt_secret = Some(secret.into());
-    config.limits.max_connections_per_user = 100;
-    config.auth.ingest_token = Some("ingest-secret".into());
+    let config = GwConfig::new().jwt_secret(secret).max_connections_per_user(100).ingest_token("ingest-secret");
     let gw = TestGateway::start_with(config).await;
-    let token = venta_gateway::auth::dev_token(secret, "bench-user", 600).expect("token");
+    let token = common::dev_token(secret, "bench-user");
     let mut args = small(&gw);
     args.extend(
         [
@@ -171,9 +164,7 @@ async fn bench_over_grpc_with_client_tokens_and_an_ingest_token() {
 
 #[tokio::test]
 async fn refused_connections_are_counted_and_the_rest_measured() {
-    let mut config = test_config();
-    config.limits.max_connections = 20;
-    let gw = TestGateway::start_with(config).await;
+    let gw = TestGateway::start_with(GwConfig::new().max_connections(20)).await;
     let mut args = small(&gw);
     args.extend(["--via".into(), "http".into(), "--http-url".into(), gw.http(""), "--step-retries".into(), "0".into()]);
     let (ok, v, stderr) = bench(&args).await;
@@ -206,11 +197,8 @@ async fn bench_over_webtransport_streams() {
 #[tokio::test]
 async fn bench_over_webtransport_datagrams_with_a_token() {
     let secret = "bench-test-secret-0123456789";
-    let mut config = test_config();
-    config.auth.jwt_secret = Some(secret.into());
-    config.limits.max_connections_per_user = 100;
-    let gw = TestGateway::start_with(config).await;
-    let token = venta_gateway::auth::dev_token(secret, "bench-user", 600).expect("token");
+    let gw = TestGateway::start_with(GwConfig::new().jwt_secret(secret).max_connections_per_user(100)).await;
+    let token = common::dev_token(secret, "bench-user");
     let mut args = small_wt(&gw);
     // `--token`: the old spelling of `--jwt`, kept as an alias.
     args.extend(["--wt-delivery", "datagram", "--token", &token].map(str::to_owned));
@@ -232,9 +220,7 @@ async fn bench_over_webtransport_datagrams_with_a_token() {
 /// with 1013: the bench reports that code, and measures the rest.
 #[tokio::test]
 async fn refused_webtransport_sessions_report_the_close_code() {
-    let mut config = test_config();
-    config.limits.max_connections = 20;
-    let gw = TestGateway::start_with(config).await;
+    let gw = TestGateway::start_with(GwConfig::new().max_connections(20)).await;
     let mut args = small_wt(&gw);
     args.extend(["--step-retries", "0"].map(str::to_owned));
     let (ok, v, stderr) = bench(&args).await;
@@ -264,10 +250,7 @@ async fn a_wrong_certificate_hash_is_refused_and_counted() {
 
 #[test]
 fn help_names_both_transports_and_lists_the_scenarios() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
-        .args(["bench", "--help"])
-        .output()
-        .expect("run --help");
+    let out = std::process::Command::new(VENTA).args(["bench", "--help"]).output().expect("run --help");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in
@@ -293,10 +276,7 @@ async fn an_unreachable_gateway_is_reported_not_waited_for() {
 
 #[test]
 fn bad_options_exit_2_with_a_message() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
-        .args(["bench", "--conns", "0"])
-        .output()
-        .expect("run bench");
+    let out = std::process::Command::new(VENTA).args(["bench", "--conns", "0"]).output().expect("run bench");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--conns"));
 }
@@ -308,13 +288,10 @@ fn bad_options_exit_2_with_a_message() {
 async fn bench_over_nats_honours_the_gateways_variables() {
     require_machine_nats();
     let prefix = unique_prefix();
-    let mut config = test_config();
-    config.nats.url = Some(MACHINE_NATS.into());
-    config.nats.subject_prefix = prefix.clone();
-    let gw = TestGateway::start_with(config).await;
+    let gw = TestGateway::start_with(GwConfig::new().nats(MACHINE_NATS, &prefix)).await;
     let mut args = small(&gw);
     args.extend(["--via", "nats"].map(str::to_owned));
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_venta-gateway"))
+    let run = tokio::process::Command::new(VENTA)
         .arg("bench")
         .args(&args)
         .env("NATS_URL", MACHINE_NATS)
@@ -359,9 +336,7 @@ async fn a_preset_says_up_front_what_the_gateway_must_admit() {
 /// limit to raise, and counts the untried clients instead of trying each.
 #[tokio::test]
 async fn the_first_1013_stops_the_connect_phase_with_a_clear_message() {
-    let mut config = test_config();
-    config.limits.max_connections = 5;
-    let gw = TestGateway::start_with(config).await;
+    let gw = TestGateway::start_with(GwConfig::new().max_connections(5)).await;
     let mut args = small(&gw);
     args.extend(
         ["--via", "http", "--http-url", &gw.http(""), "--connect-concurrency", "1", "--step-retries", "0"]

@@ -18,8 +18,9 @@ use anyhow::Context as _;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::metadata::{Ascii, MetadataValue};
-use venta_gateway::ingest::grpc::pb::update_ingest_client::UpdateIngestClient;
-use venta_gateway::ingest::grpc::pb::{Location, PublishLocationRequest};
+
+use crate::pb::update_ingest_client::UpdateIngestClient;
+use crate::pb::{Location, PublishLocationRequest};
 
 use super::args::{BenchArgs, Via};
 use super::marker;
