@@ -143,8 +143,14 @@ impl Gateway {
                     ttl: Duration::from_secs(config.geo.vendor_ttl_secs),
                     replicas: config.geo.kv_replicas,
                 };
-                let geo = NatsGeo::start(Arc::clone(&nats), &areas, Arc::clone(&metrics), geo_opts);
-                areas.set_engine(geo);
+                // Areas across instances keep their positions in JetStream KV;
+                // with NATS_JETSTREAM=false they are off (`unavailable`).
+                if config.nats.jetstream {
+                    let geo = NatsGeo::start(Arc::clone(&nats), &areas, Arc::clone(&metrics), geo_opts);
+                    areas.set_engine(geo);
+                } else {
+                    tracing::info!("NATS_JETSTREAM=false: area subscriptions are off (they need JetStream KV)");
+                }
                 nats
             }
             None => {
