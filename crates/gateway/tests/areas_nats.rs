@@ -181,3 +181,65 @@ async fn a_new_instance_knows_who_is_inside_and_a_move_between_cells_is_seen_lea
     first.shutdown().await;
     second.shutdown().await;
 }
+
+/// One vendor jumping in and out of an area as fast as a backend can
+/// publish, its updates spread over three indexing instances: the client
+/// sees a consistent story (never entered twice without a leave between,
+/// never a leave of what it was not told), and it ends where the last
+/// update put the vendor. Nothing is lost for good, nothing doubled.
+#[tokio::test]
+async fn rapid_updates_indexed_by_different_instances_converge() {
+    let nats = OwnNats::start().await;
+    let prefix = unique_prefix();
+    let gws = [gateway(&nats, &prefix).await, gateway(&nats, &prefix).await, gateway(&nats, &prefix).await];
+    let backend = async_nats::connect(nats.url()).await.unwrap();
+    let mut c = WsClient::connect(&gws[0].url("/ws/location")).await;
+    assert!(subscribe(&mut c, around("a", SOL)).await.is_empty());
+    let far = (SOL.0 + 0.2, SOL.1 + 0.2);
+    let n = 101; // odd: the last one is inside
+    for i in 0..n {
+        let p = if i % 2 == 0 { SOL } else { far };
+        let ts = format!("2026-01-01T10:{:02}:{:02}.{:03}Z", i / 60, i % 60, i);
+        let body = json!({"vendorId": "jumpy", "location": {"lat": p.0, "long": p.1}, "timestamp": ts});
+        backend.publish(format!("{prefix}.location.jumpy"), body.to_string().into()).await.unwrap();
+    }
+    backend.flush().await.unwrap();
+    // Follow the story until the final position is known, then check it.
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{t}: {e}"))
+    };
+    let final_ts = parse("2026-01-01T10:01:40.100Z");
+    let mut inside = false;
+    let mut last_ts = parse("2000-01-01T00:00:00Z");
+    loop {
+        let m = c.recv().await;
+        match m["type"].as_str() {
+            Some("vendor_entered") => {
+                assert!(!inside, "entered twice without a leave: {m}");
+                inside = true;
+            }
+            Some("location_updated") => assert!(inside, "a move of a vendor not inside: {m}"),
+            Some("vendor_left") => {
+                assert!(inside, "a leave of a vendor not inside: {m}");
+                inside = false;
+            }
+            _ => panic!("unexpected {m}"),
+        }
+        if let Some(ts) = m["data"]["timestamp"].as_str().map(parse) {
+            assert!(ts > last_ts, "positions go forward in time: {ts} after {last_ts}");
+            last_ts = ts;
+        }
+        if inside && last_ts == final_ts {
+            break;
+        }
+    }
+    // And a fresh area sees the same final truth.
+    let mut d = WsClient::connect(&gws[1].url("/ws/location")).await;
+    assert_eq!(subscribe(&mut d, around("b", SOL)).await, ["jumpy"]);
+    let mut e = WsClient::connect(&gws[2].url("/ws/location")).await;
+    assert!(subscribe(&mut e, around("far", far)).await.is_empty(), "and not where it was before");
+    for gw in gws {
+        gw.shutdown().await;
+    }
+}

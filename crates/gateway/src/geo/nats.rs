@@ -41,11 +41,14 @@ use crate::protocol::{Channel, LocationUpdate, Update, VendorId};
 
 /// How long one KV operation or read may take.
 const ROUND_TRIP: Duration = Duration::from_secs(5);
-/// Updates indexed at once by one instance (each is a few KV round trips).
-const INDEX_CONCURRENCY: usize = 64;
+/// Vendors indexed at once by one instance (each update is a few KV round
+/// trips); a vendor's updates go through one lane, in order.
+const INDEX_LANES: usize = 64;
+/// Updates waiting per lane; past it the reader waits (NATS buffers).
+const LANE_DEPTH: usize = 256;
 /// Compare-and-set attempts for one update before it is given up (and
 /// counted): only a vendor updated from many instances at once retries.
-const CAS_ATTEMPTS: usize = 8;
+const CAS_ATTEMPTS: usize = 16;
 /// Cells per snapshot consumer (its filter subjects).
 const CELLS_PER_READ: usize = 64;
 
@@ -56,6 +59,31 @@ pub struct NatsGeoOptions {
     pub ttl: Duration,
     /// KV replicas (a NATS cluster keeps positions through a node's loss).
     pub replicas: usize,
+}
+
+/// Why an update was not indexed.
+#[derive(Debug)]
+enum IndexError {
+    /// Other instances kept winning the compare-and-set (not an outage).
+    Contended,
+    /// The KV or NATS failed.
+    Bus(BusError),
+}
+
+impl From<BusError> for IndexError {
+    fn from(e: BusError) -> Self {
+        Self::Bus(e)
+    }
+}
+
+/// The lane of a subject's vendor (FNV-1a: stable, no allocation).
+fn lane_of(subject: &str) -> usize {
+    let vendor = subject.rsplit('.').next().unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in vendor.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(h % INDEX_LANES as u64).unwrap_or(0)
 }
 
 /// A position as the KV holds it.
@@ -181,7 +209,7 @@ impl NatsGeo {
 
     /// Indexes one location update: compare-and-set the vendor's position,
     /// mirror it into its cell, republish on the new (and old) cell.
-    async fn index(&self, update: &LocationUpdate) -> Result<(), BusError> {
+    async fn index(&self, update: &LocationUpdate) -> Result<(), IndexError> {
         let Some((point, ts)) = position_of(update) else { return Ok(()) };
         let kv = self.store().await?;
         let vendor = &update.vendor_id;
@@ -214,8 +242,8 @@ impl NatsGeo {
                 Ok(Ok(rev)) => break (prev.map(|p| Cell::of(p.point())), rev),
                 // Another instance wrote this vendor in between: read again.
                 Ok(Err(_)) if attempt < CAS_ATTEMPTS => continue,
-                Ok(Err(e)) => return Err(unavailable("write", e)),
-                Err(_) => return Err(unavailable("write", "timed out")),
+                Ok(Err(_)) => return Err(IndexError::Contended),
+                Err(_) => return Err(unavailable("write", "timed out").into()),
             }
         };
         let ckey = format!("c.{}.{vendor}", cell.token());
@@ -283,6 +311,26 @@ impl NatsGeo {
             }
         }
         Ok(out)
+    }
+
+    async fn index_message(&self, msg: &async_nats::Message) {
+        let vendor = msg.subject.as_str().rsplit('.').next().unwrap_or_default();
+        let Ok(Update::Location(update)) = Update::from_publish_json(Channel::Location, &msg.payload, Some(vendor))
+        else {
+            return;
+        };
+        match self.index(&update).await {
+            Ok(()) => {}
+            Err(IndexError::Contended) => {
+                self.metrics.area_index_errors.inc();
+                tracing::warn!(vendor = %update.vendor_id, "geo indexer: gave up on an update after {CAS_ATTEMPTS} conflicting writes");
+            }
+            Err(IndexError::Bus(e)) => {
+                self.metrics.area_index_errors.inc();
+                tracing::debug!(vendor = %update.vendor_id, error = %e, "geo indexer: update not indexed");
+                self.failed(&e).await;
+            }
+        }
     }
 
     fn on_cell_message(&self, payload: &[u8]) {
@@ -424,27 +472,33 @@ async fn run_indexer(geo: Weak<NatsGeo>, stop: CancellationToken) {
         };
         backoff = Duration::from_millis(100);
         let stopped = {
-            let geo = Weak::clone(&geo);
-            let work = sub.by_ref().for_each_concurrent(INDEX_CONCURRENCY, |msg| {
+            // Lanes by vendor: one instance indexes a vendor's updates in
+            // the order NATS delivered them, one at a time (no compare-and-set
+            // contention with itself), and different vendors in parallel.
+            let (senders, receivers): (Vec<_>, Vec<_>) =
+                (0..INDEX_LANES).map(|_| tokio::sync::mpsc::channel::<async_nats::Message>(LANE_DEPTH)).unzip();
+            let lanes = receivers.into_iter().map(|mut rx| {
                 let geo = Weak::clone(&geo);
                 async move {
-                    let Some(this) = geo.upgrade() else { return };
-                    let vendor = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_owned();
-                    let Ok(Update::Location(update)) =
-                        Update::from_publish_json(Channel::Location, &msg.payload, Some(&vendor))
-                    else {
-                        return;
-                    };
-                    if let Err(e) = this.index(&update).await {
-                        tracing::debug!(vendor = %update.vendor_id, error = %e, "geo indexer: update not indexed");
-                        this.failed(&e).await;
-                        this.metrics.area_index_errors.inc();
+                    while let Some(msg) = rx.recv().await {
+                        let Some(this) = geo.upgrade() else { return };
+                        this.index_message(&msg).await;
                     }
                 }
             });
+            let lanes = futures_util::future::join_all(lanes);
+            let read = async {
+                while let Some(msg) = sub.next().await {
+                    let lane = lane_of(msg.subject.as_str());
+                    if senders[lane].send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                drop(senders);
+            };
             tokio::select! {
                 () = stop.cancelled() => true,
-                () = work => false,
+                _ = futures_util::future::join(read, lanes) => false,
             }
         };
         let _ = sub.unsubscribe().await;
