@@ -914,9 +914,8 @@ impl Session {
             Frame {
                 bytes: encode(&msg, self.outbox.codec()),
                 ty: msg.type_name(),
-                topic: Some(topic.clone()),
+                route: crate::hub::Route::Topic(topic.clone()),
                 published_at: None,
-                datagram: false,
             }
         });
         self.outbox.push_snapshot(topic, frame);

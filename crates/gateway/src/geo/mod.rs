@@ -33,7 +33,7 @@ use time::format_description::well_known::Rfc3339;
 pub use venta_geo::{AreaEvent, AreaIndex, Cell, Completion, Point, Shape, ShapeError};
 
 use crate::bus::{BusError, DependencyStatus};
-use crate::hub::{ConnId, Frame, Outbox};
+use crate::hub::{ConnId, Frame, Outbox, Route};
 use crate::metrics::Metrics;
 use crate::protocol::{
     AreaId, AreaShape, AreaVendor, LeftReason, Location, LocationUpdate, ServerMessage, VendorId, encode,
@@ -410,7 +410,8 @@ impl Areas {
                     (encode(&msg, codec), msg.type_name(), false)
                 }
             };
-            let frame = Frame { bytes: msg_bytes, ty, topic: None, published_at: received, datagram };
+            let route = if datagram { Route::AreaDatagram } else { Route::Control };
+            let frame = Frame { bytes: msg_bytes, ty, route, published_at: received };
             if matches!(c.outbox.push(frame), crate::hub::Push::Overflow) {
                 self.metrics.slow_consumers_closed.inc();
             }

@@ -26,7 +26,7 @@ use std::time::Instant;
 use indexmap::IndexSet;
 use parking_lot::{Mutex, RwLock};
 
-pub use outbox::{BATCH_KEEP, Batch, Frame, Outbox, OutboxLimits, Push};
+pub use outbox::{BATCH_KEEP, Batch, Frame, Outbox, OutboxLimits, Push, Route};
 
 use crate::protocol::{Codec, ServerMessage, Topic, Update, encode};
 
@@ -220,9 +220,8 @@ impl Hub {
             let frame = Frame {
                 bytes,
                 ty: msg.type_name(),
-                topic: Some(topic.clone()),
+                route: Route::Topic(topic.clone()),
                 published_at: Some(published_at),
-                datagram: false,
             };
             match outbox.push_if(frame, &sub.live) {
                 Push::Queued => fanout.queued += 1,

@@ -17,26 +17,45 @@ pub struct Frame {
     pub bytes: Bytes,
     /// The message's `type`, for metrics.
     pub ty: &'static str,
-    /// The update's topic; `None` for acks, errors and heartbeats. A queued
+    /// The update's topic, or what else the frame is. A queued
     /// location update may be replaced by a newer one of the same topic;
     /// everything else must be delivered.
-    pub topic: Option<Topic>,
+    pub route: Route,
     /// When the update entered the gateway, for the publish→write histogram.
     pub published_at: Option<Instant>,
-    /// A move inside an area subscribed with `"delivery": "datagram"`: may
-    /// go as a datagram (per-vendor topics decide by their own set).
-    pub datagram: bool,
 }
 
 impl Frame {
     /// A frame that is never dropped or conflated (acks, errors, heartbeats).
     pub fn control(bytes: Bytes, ty: &'static str) -> Self {
-        Self { bytes, ty, topic: None, published_at: None, datagram: false }
+        Self { bytes, ty, route: Route::Control, published_at: None }
     }
 
     fn conflatable(&self) -> bool {
-        self.topic.as_ref().is_some_and(|t| t.channel == Channel::Location)
+        self.topic().is_some_and(|t| t.channel == Channel::Location)
     }
+
+    /// The update's topic, if the frame is a topic's update.
+    pub fn topic(&self) -> Option<&Topic> {
+        match &self.route {
+            Route::Topic(t) => Some(t),
+            Route::Control | Route::AreaDatagram => None,
+        }
+    }
+}
+
+/// What a frame is, for conflation and datagram routing. One enum rather
+/// than a topic and a flag: a frame stays 88 bytes (the topic's channel
+/// leaves room for the other two), and every queued frame counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Acks, errors, heartbeats, snapshots of areas, area events on the
+    /// stream: delivered in order, never conflated.
+    Control,
+    /// An update of this topic (location updates conflate).
+    Topic(Topic),
+    /// A move inside an area subscribed with `"delivery": "datagram"`.
+    AreaDatagram,
 }
 
 /// Frames taken from an outbox in one go, in order.
@@ -129,7 +148,7 @@ impl Outbox {
                 return Push::Closed;
             }
             if !st.armed.is_empty()
-                && let Some(topic) = &frame.topic
+                && let Some(topic) = frame.topic()
             {
                 for (armed, live) in &mut st.armed {
                     *live |= armed == topic;
@@ -137,7 +156,7 @@ impl Outbox {
             }
             if st.queue.len() >= self.limits.max_messages
                 && frame.conflatable()
-                && let Some(old) = st.queue.iter_mut().rev().find(|f| f.conflatable() && f.topic == frame.topic)
+                && let Some(old) = st.queue.iter_mut().rev().find(|f| f.conflatable() && f.route == frame.route)
             {
                 *old = frame;
                 st.conflated += 1;
@@ -264,6 +283,11 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_frame_stays_88_bytes() {
+        assert_eq!(std::mem::size_of::<super::Frame>(), 88);
+    }
+
     use super::*;
 
     use crate::protocol::VendorId;
@@ -276,9 +300,8 @@ mod tests {
         Frame {
             bytes: Bytes::from(vec![n]),
             ty: "location_updated",
-            topic: Some(topic(vendor)),
+            route: Route::Topic(topic(vendor)),
             published_at: None,
-            datagram: false,
         }
     }
 

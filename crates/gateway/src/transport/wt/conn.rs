@@ -10,7 +10,7 @@ use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use crate::admission::Admitted;
-use crate::hub::{Batch, Frame, Outbox};
+use crate::hub::{Batch, Frame, Outbox, Route};
 use crate::protocol::Channel;
 use crate::protocol::Close;
 use crate::protocol::frame::{FrameError, FrameReader, write_frame};
@@ -222,5 +222,10 @@ async fn write_loop(
 /// Live location updates (not snapshots: those follow the ack reliably) of
 /// a topic subscribed with `"delivery": "datagram"`.
 fn wants_datagram(frame: &Frame, datagrams: &DatagramTopics) -> bool {
-    frame.published_at.is_some() && (frame.datagram || frame.topic.as_ref().is_some_and(|t| datagrams.contains(t)))
+    frame.published_at.is_some()
+        && match &frame.route {
+            Route::AreaDatagram => true,
+            Route::Topic(t) => datagrams.contains(t),
+            Route::Control => false,
+        }
 }
