@@ -388,6 +388,13 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Area subscriptions")]
 pub struct GeoConfig {
+    /// Area subscriptions on or off. With NATS every instance indexes its
+    /// share of all location updates (a few JetStream KV round trips each):
+    /// a deployment that never uses areas turns that off here, and
+    /// `subscribe_area` then answers `unavailable`.
+    #[arg(long = "geo-enabled", env = "GEO_ENABLED", value_name = "GEO_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enabled: bool,
+
     /// Seconds a vendor may stay silent before it leaves every area it was
     /// in (reason `expired`), so a vendor that stopped reporting does not
     /// linger on maps.
@@ -777,7 +784,14 @@ impl Config {
                 max_queue_messages: 1024,
                 allowed_origins: None,
             },
-            geo: GeoConfig { vendor_ttl_secs: 300, max_areas: 8, max_area_km: 50.0, snapshot_max: 500, kv_replicas: 1 },
+            geo: GeoConfig {
+                enabled: true,
+                vendor_ttl_secs: 300,
+                max_areas: 8,
+                max_area_km: 50.0,
+                snapshot_max: 500,
+                kv_replicas: 1,
+            },
             http: HttpConfig {
                 header_timeout_ms: 10_000,
                 request_timeout_ms: 30_000,

@@ -145,19 +145,24 @@ impl Gateway {
                 };
                 // Areas across instances keep their positions in JetStream KV;
                 // with NATS_JETSTREAM=false they are off (`unavailable`).
-                if config.nats.jetstream {
+                if config.geo.enabled && config.nats.jetstream {
                     let geo = NatsGeo::start(Arc::clone(&nats), &areas, Arc::clone(&metrics), geo_opts);
                     areas.set_engine(geo);
-                } else {
+                } else if config.geo.enabled {
                     tracing::info!("NATS_JETSTREAM=false: area subscriptions are off (they need JetStream KV)");
                 }
                 nats
             }
             None => {
                 tracing::info!("no NATS_URL: in-process bus (this instance alone)");
-                let geo = LocalGeo::new(&areas);
-                areas.set_engine(Arc::clone(&geo) as Arc<dyn crate::geo::GeoEngine>);
-                Arc::new(LocalBus::new(deliver, config.nats.last_value_max_bytes).with_geo(geo))
+                let bus = LocalBus::new(deliver, config.nats.last_value_max_bytes);
+                if config.geo.enabled {
+                    let geo = LocalGeo::new(&areas);
+                    areas.set_engine(Arc::clone(&geo) as Arc<dyn crate::geo::GeoEngine>);
+                    Arc::new(bus.with_geo(geo))
+                } else {
+                    Arc::new(bus)
+                }
             }
         };
         let auth = Authenticator::from_config(

@@ -302,3 +302,20 @@ async fn area_subscriptions_are_audited_with_their_shape() {
     .await;
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn areas_can_be_turned_off() {
+    let mut config = test_config();
+    config.geo.enabled = false;
+    let gw = TestGateway::start_with(config).await;
+    let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+    c.send_json(sol_box("a")).await;
+    let m = c.recv().await;
+    assert_eq!((m["data"]["code"].as_str(), m["id"].as_str()), (Some("unavailable"), Some("a")), "{m}");
+    assert!(m["data"]["message"].as_str().is_some_and(|t| t.contains("GEO_ENABLED")), "{m}");
+    // Vendor subscriptions are unaffected.
+    c.subscribe("location", "v").await;
+    gw.publish_location("v", SOL.0, SOL.1).await;
+    assert_eq!(c.recv().await["type"], "location_updated");
+    gw.shutdown().await;
+}

@@ -208,7 +208,11 @@ impl Areas {
     }
 
     fn engine(&self) -> Result<&Arc<dyn GeoEngine>, BusError> {
-        self.engine.get().ok_or_else(|| BusError::Unavailable("area subscriptions are not set up".into()))
+        self.engine.get().ok_or_else(|| {
+            BusError::Unavailable(
+                "area subscriptions are off on this gateway (GEO_ENABLED=false, or NATS without JetStream)".into(),
+            )
+        })
     }
 
     /// The engine's health.
