@@ -213,6 +213,63 @@ impl Shape {
         cells
     }
 
+    /// The fine cells (see [`FINE_DEG`]) the shape touches, or `None` when
+    /// there would be more than `max` of them: the index then files the
+    /// area under its grid cells instead. Like [`Shape::cells`], never
+    /// misses the fine cell of a point inside.
+    pub(crate) fn fine_cells(&self, max: usize) -> Option<Vec<Fine>> {
+        let (south, north, cols) = self.bounds()?;
+        let rows = (fine_lat(south), fine_lat(north));
+        let cols: Vec<(u32, u32)> = cols.into_iter().map(|(w, e)| (fine_long(w), fine_long(e))).collect();
+        let count = (rows.1 - rows.0 + 1) as usize
+            * cols.iter().map(|&(w, e)| (e.saturating_sub(w) + 1) as usize).sum::<usize>();
+        if count > max {
+            return None;
+        }
+        let mut out = Vec::with_capacity(count);
+        for lat in rows.0..=rows.1 {
+            for &(w, e) in &cols {
+                out.extend((w..=e).map(|long| Fine { lat, long }));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
+    }
+
+    /// The latitude band and longitude ranges (degrees, west ≤ east each)
+    /// of the shape's bounding box; `None` when it spans every longitude.
+    fn bounds(&self) -> Option<Bounds> {
+        match *self {
+            Self::BBox { south, west, north, east } => {
+                let cols = if west <= east { vec![(west, east)] } else { vec![(west, 180.0), (-180.0, east)] };
+                Some((south, north, cols))
+            }
+            Self::Circle { center, radius_m } => {
+                let delta = (radius_m / EARTH_RADIUS_M * (1.0 + 1e-12) + 1e-9).min(std::f64::consts::PI);
+                let lat = center.lat.to_radians();
+                let (south, north) = ((lat - delta).to_degrees(), (lat + delta).to_degrees());
+                if south <= -90.0 || north >= 90.0 {
+                    return None;
+                }
+                let ratio = delta.sin() / lat.cos();
+                if ratio.is_nan() || ratio >= 1.0 {
+                    return None;
+                }
+                let half = ratio.asin().to_degrees();
+                let (west, east) = (center.long - half, center.long + half);
+                let cols = if west < -180.0 {
+                    vec![(west + 360.0, 180.0), (-180.0, east)]
+                } else if east > 180.0 {
+                    vec![(west, 180.0), (-180.0, east - 360.0)]
+                } else {
+                    vec![(west, east)]
+                };
+                Some((south, north, cols))
+            }
+        }
+    }
+
     /// `self.cells().len()` without building the list.
     pub fn cell_count(&self) -> usize {
         self.cover().count()
@@ -231,6 +288,40 @@ impl Shape {
             Self::Circle { center, radius_m } => circle_cover(center, radius_m),
         }
     }
+}
+
+/// South, north, and the longitude ranges (west ≤ east each) of a box.
+type Bounds = (f64, f64, Vec<(f64, f64)>);
+
+/// Side of a fine cell, degrees: a tenth of a grid cell (≈ 560 m north-south).
+/// Only the index uses it, to find the few areas that may contain a point
+/// among the hundreds that watch its grid cell.
+pub const FINE_DEG: f64 = 0.005;
+const FINE_ROWS: u32 = 36_000;
+const FINE_COLS: u32 = 72_000;
+
+/// A fine cell (see [`FINE_DEG`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Fine {
+    lat: u32,
+    long: u32,
+}
+
+impl Fine {
+    /// The fine cell of a point.
+    pub(crate) fn of(p: Point) -> Self {
+        Self { lat: fine_lat(p.lat), long: fine_long(p.long) }
+    }
+}
+
+fn fine_lat(lat: f64) -> u32 {
+    // `as` saturates and maps NaN to 0.
+    (((lat + 90.0) / FINE_DEG).floor() as u32).min(FINE_ROWS - 1)
+}
+
+fn fine_long(long: f64) -> u32 {
+    let long = if (-180.0..=180.0).contains(&long) { long } else { (long + 180.0).rem_euclid(360.0) - 180.0 };
+    (((long + 180.0) / FINE_DEG).floor() as u32).min(FINE_COLS - 1)
 }
 
 fn check_coordinate(field: &'static str, value: f64, max: f64) -> Result<(), ShapeError> {

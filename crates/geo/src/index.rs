@@ -8,7 +8,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 
 use crate::cell::Cell;
-use crate::geometry::{Point, Shape, ShapeError};
+use crate::geometry::{Fine, Point, Shape, ShapeError};
+
+/// Fine cells an area may be filed under; a larger area is filed under its
+/// grid cells. 400 fine cells is a ≈ 10 × 10 km area: a 2 km viewport is
+/// about 30, a city-wide one goes by grid cells.
+const MAX_FINE_PER_AREA: usize = 400;
 
 /// Where an area stands with its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +181,10 @@ pub struct AreaIndex<A, V> {
     /// `(seen_ms, vendor)` of every stored vendor, oldest first, so expiry
     /// costs O(log n) per expired vendor and nothing when none is due.
     expiry: BTreeSet<(u64, V)>,
+    /// Fine cell → the areas filed under it: the candidates for a point
+    /// there are these plus its grid cell's `coarse` areas, a few dozen
+    /// rather than every watcher of the grid cell.
+    fine: HashMap<Fine, Vec<A>>,
 }
 
 #[derive(Debug)]
@@ -188,12 +197,17 @@ struct Area<V> {
     told: bool,
     /// Vendor → ts of the position the client was last told.
     members: BTreeMap<V, i64>,
+    /// The fine cells it is filed under, or `None`: filed under its grid
+    /// cells' `coarse` sets.
+    fine: Option<Vec<Fine>>,
 }
 
 #[derive(Debug)]
 struct CellEntry<A, V> {
     /// Sorted, so events come out in area key order.
     watchers: BTreeSet<A>,
+    /// The watchers too large to file under fine cells.
+    coarse: BTreeSet<A>,
     vendors: HashSet<V>,
     /// Its positions were read from shared state since it became watched.
     loaded: bool,
@@ -201,7 +215,7 @@ struct CellEntry<A, V> {
 
 impl<A, V> CellEntry<A, V> {
     fn new() -> Self {
-        Self { watchers: BTreeSet::new(), vendors: HashSet::new(), loaded: false }
+        Self { watchers: BTreeSet::new(), coarse: BTreeSet::new(), vendors: HashSet::new(), loaded: false }
     }
 }
 
@@ -216,7 +230,14 @@ where
     /// [`load`](Self::load) can skip positions that are already dead, instead
     /// of showing them in a snapshot and expiring them right after.
     pub fn new(ttl_ms: u64) -> Self {
-        Self { ttl_ms, areas: HashMap::new(), cells: HashMap::new(), vendors: HashMap::new(), expiry: BTreeSet::new() }
+        Self {
+            ttl_ms,
+            areas: HashMap::new(),
+            cells: HashMap::new(),
+            vendors: HashMap::new(),
+            expiry: BTreeSet::new(),
+            fine: HashMap::new(),
+        }
     }
 
     /// The time to live given to [`new`](Self::new).
@@ -238,11 +259,16 @@ where
         shape.check()?;
         let cells = shape.cells();
         let mut out = Upsert::default();
+        if self.areas.get(&key).is_some_and(|area| area.shape == shape) {
+            return Ok(out);
+        }
+        self.unfile(&key);
+        let fine = shape.fine_cells(MAX_FINE_PER_AREA);
         let old_cells = match self.areas.get_mut(&key) {
-            Some(area) if area.shape == shape => return Ok(out),
             Some(area) => {
                 area.shape = shape;
                 area.state = AreaState::Pending;
+                area.fine = fine;
                 std::mem::replace(&mut area.cells, cells.clone())
             }
             None => {
@@ -253,6 +279,7 @@ where
                     state: AreaState::Pending,
                     told: false,
                     members: BTreeMap::new(),
+                    fine,
                 };
                 self.areas.insert(key.clone(), area);
                 Vec::new()
@@ -272,6 +299,7 @@ where
                 self.unwatch(cell, &key, &mut out.unwatch);
             }
         }
+        self.file(&key);
         out.load = cells.into_iter().filter(|cell| !self.cells.get(cell).is_some_and(|e| e.loaded)).collect();
         Ok(out)
     }
@@ -434,6 +462,7 @@ where
     /// unsubscribe; their positions are dropped). Unknown key: nothing.
     pub fn remove(&mut self, key: &A) -> Vec<Cell> {
         let mut unwatched = Vec::new();
+        self.unfile(key);
         if let Some(area) = self.areas.remove(key) {
             for cell in area.cells {
                 self.unwatch(cell, key, &mut unwatched);
@@ -527,13 +556,28 @@ where
             self.vendors.remove(&vendor);
         }
 
-        // Every live member area watches the old cell (its position was
-        // inside, so its cell is covered), and every area the vendor is now
-        // inside watches the new one.
-        let none = BTreeSet::new();
-        let old_watchers = self.cells.get(&old_cell).map_or(&none, |entry| &entry.watchers);
-        let new_watchers = self.cells.get(&new_cell).map_or(&none, |entry| &entry.watchers);
-        for key in old_watchers.union(new_watchers) {
+        // Every live member area contains the old position (so it is filed
+        // under its fine cell, or under its grid cell if large), and every
+        // area the vendor is now inside contains the new one.
+        let mut candidates: Vec<&A> = Vec::new();
+        let mut points = vec![Fine::of(point)];
+        if let Some(old) = old {
+            points.push(Fine::of(old.point));
+        }
+        for f in &points {
+            if let Some(keys) = self.fine.get(f) {
+                candidates.extend(keys.iter());
+            }
+        }
+        for cell in [old_cell, new_cell] {
+            if let Some(entry) = self.cells.get(&cell) {
+                candidates.extend(entry.coarse.iter());
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        let candidates: Vec<A> = candidates.into_iter().cloned().collect();
+        for key in &candidates {
             let Some(area) = self.areas.get_mut(key) else { continue };
             if area.state != AreaState::Live {
                 continue;
@@ -555,6 +599,49 @@ where
                 (false, None) => continue,
             };
             events.push((key.clone(), event));
+        }
+    }
+
+    /// Files an area under its fine cells, or its grid cells' `coarse` sets.
+    fn file(&mut self, key: &A) {
+        let Some(area) = self.areas.get(key) else { return };
+        match &area.fine {
+            Some(fine) => {
+                for f in fine {
+                    self.fine.entry(*f).or_default().push(key.clone());
+                }
+            }
+            None => {
+                for cell in &area.cells {
+                    if let Some(entry) = self.cells.get_mut(cell) {
+                        entry.coarse.insert(key.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Undoes [`file`](Self::file) (before the area's shape changes).
+    fn unfile(&mut self, key: &A) {
+        let Some(area) = self.areas.get(key) else { return };
+        match &area.fine {
+            Some(fine) => {
+                for f in fine {
+                    if let Some(keys) = self.fine.get_mut(f) {
+                        keys.retain(|k| k != key);
+                        if keys.is_empty() {
+                            self.fine.remove(f);
+                        }
+                    }
+                }
+            }
+            None => {
+                for cell in &area.cells {
+                    if let Some(entry) = self.cells.get_mut(cell) {
+                        entry.coarse.remove(key);
+                    }
+                }
+            }
         }
     }
 

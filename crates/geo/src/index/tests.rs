@@ -417,3 +417,35 @@ fn cells_of_an_area_cover_its_shape() {
     // 20 km across: 4 rows by 6 columns of 0.05° here
     assert_eq!(up.watch.len(), 24);
 }
+
+/// Small areas are filed under fine cells, large ones under their grid
+/// cells; both kinds see the same vendor, and a move between fine cells
+/// (or a jump between grid cells) reaches every area it concerns.
+#[test]
+fn small_and_large_areas_both_see_moves_between_fine_and_grid_cells() {
+    let mut ix = Index::new(TTL);
+    // ≈ 20 × 20 km: thousands of fine cells, so filed by grid cell.
+    let large = Shape::BBox { south: 9.95, west: 19.95, north: 10.13, east: 20.13 };
+    assert!(large.fine_cells(MAX_FINE_PER_AREA).is_none());
+    assert!(small_box().fine_cells(MAX_FINE_PER_AREA).is_some());
+    open(&mut ix, "large", large, &[], 0);
+    open(&mut ix, "small", small_box(), &[], 0);
+    assert_eq!(ix.apply("v", IN, 1, 1), vec![("large", entered("v", IN, 1)), ("small", entered("v", IN, 1))]);
+    // Another fine cell, still inside both.
+    assert_eq!(ix.apply("v", IN2, 2, 2), vec![("large", moved("v", IN2, 2)), ("small", moved("v", IN2, 2))]);
+    // Another grid cell, inside the large area only.
+    let next_cell = p(10.07, 20.07);
+    assert_eq!(
+        ix.apply("v", next_cell, 3, 3),
+        vec![("large", moved("v", next_cell, 3)), ("small", left("v", LeftReason::Moved))]
+    );
+    // Back into the small one from there.
+    assert_eq!(ix.apply("v", IN, 4, 4), vec![("large", moved("v", IN, 4)), ("small", entered("v", IN, 4))]);
+    // Moving the small area away and removing the large one leave no
+    // filing behind.
+    ix.upsert("small", Shape::BBox { south: 30.01, west: 20.01, north: 30.02, east: 20.02 }).unwrap();
+    ix.remove(&"large");
+    ix.remove(&"small");
+    assert!(ix.fine.is_empty(), "fine filing left behind");
+    assert_eq!(ix.watched_cell_count(), 0);
+}
