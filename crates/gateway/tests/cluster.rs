@@ -364,7 +364,18 @@ async fn a_gateway_keeps_its_clients_across_the_loss_of_its_node() {
         clients.push((g, reader.await.unwrap()));
     }
     for ((g, c), (_, log)) in clients.iter_mut().zip(&logs) {
-        let tail = drain_to_pong(c, "end").await;
+        // Up to the final update (a pong alone would not wait for what is
+        // still travelling between nodes), then anything after it.
+        let mut tail = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !tail.iter().any(|u| seq_of(u).is_some_and(|(s, _)| s == final_seq)) {
+            match tokio::time::timeout_at(deadline, c.next_event()).await {
+                Ok(Event::Json(u)) => tail.push(u),
+                Ok(closed) => panic!("gateway {g}: client closed: {closed:?}"),
+                Err(_) => break,
+            }
+        }
+        tail.extend(drain_to_pong(c, "end").await);
         let mut seqs: Vec<u64> = log.lock().iter().map(|(s, _)| *s).collect();
         seqs.extend(tail.iter().filter_map(seq_of).map(|(s, _)| s));
         let ordered = seqs.windows(2).all(|w| w[0] < w[1]);
