@@ -563,6 +563,13 @@ pub struct NatsConfig {
     #[arg(long = "nats-last-value-max-bytes", env = "NATS_LAST_VALUE_MAX_BYTES", value_name = "NATS_LAST_VALUE_MAX_BYTES", default_value = "1073741824", value_parser = crate::bus::parse_store_bytes)]
     pub stream_max_bytes: usize,
 
+    /// Replicas of the JetStream last-value stream (1 to 5). On a NATS
+    /// cluster, 3 keeps the last values (the snapshots new subscribers get)
+    /// through the loss of a node; 1 loses them with the node holding them.
+    /// Applied to an existing stream too.
+    #[arg(long = "nats-last-value-replicas", env = "NATS_LAST_VALUE_REPLICAS", value_name = "NATS_LAST_VALUE_REPLICAS", default_value = "1", value_parser = kv_replicas)]
+    pub last_value_replicas: usize,
+
     /// Milliseconds between background checks of Redis and NATS/JetStream
     /// (100 to 60000), so /health is true on an idle gateway.
     #[arg(long = "health-probe-interval", env = "HEALTH_PROBE_INTERVAL_MS", value_name = "HEALTH_PROBE_INTERVAL_MS", default_value = "2000", value_parser = probe_ms)]
@@ -817,6 +824,7 @@ impl Config {
                 last_value_max_age_secs: 86_400,
                 last_value_max_bytes: 64 << 20,
                 stream_max_bytes: 1 << 30,
+                last_value_replicas: 1,
                 health_probe_interval_ms: 2000,
             },
             audit: AuditConfig {
@@ -968,6 +976,18 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--wt-key", "k.pem"]).is_err());
         let both = Cli::try_parse_from(["x", "--wt-cert", "c.pem", "--wt-key", "k.pem"]).map(|c| c.config);
         assert!(both.is_ok_and(|c| c.webtransport.cert.is_some() && c.webtransport.key.is_some()));
+    }
+
+    #[test]
+    fn last_value_replicas_are_one_to_five() {
+        let replicas = |args: &[&str]| parse(args).map(|c| c.nats.last_value_replicas);
+        assert_eq!(replicas(&[]), Ok(1));
+        assert_eq!(replicas(&["--nats-last-value-replicas", "3"]), Ok(3));
+        assert_eq!(replicas(&["--nats-last-value-replicas", "5"]), Ok(5));
+        for bad in ["0", "6", "-1", "three"] {
+            let err = parse(&[&format!("--nats-last-value-replicas={bad}")]).err().unwrap_or_default();
+            assert!(err.contains("NATS_LAST_VALUE_REPLICAS") && err.contains(bad), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -135,6 +135,7 @@ impl Gateway {
                     last_value_max_age: Duration::from_secs(config.nats.last_value_max_age_secs),
                     last_value_max_bytes: config.nats.last_value_max_bytes,
                     stream_max_bytes: config.nats.stream_max_bytes,
+                    last_value_replicas: config.nats.last_value_replicas,
                     max_message_size: ingest::http::MAX_BODY,
                     probe_interval: Duration::from_millis(config.nats.health_probe_interval_ms),
                 };

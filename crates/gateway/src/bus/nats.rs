@@ -8,8 +8,13 @@
 //! which new subscribers receive first. The stream is checked in the
 //! background and set up again whenever it is gone (a NATS that came back
 //! without its state), so `/health` says what a new subscriber will get.
+//!
+//! On a NATS cluster, interest travels between nodes asynchronously: a SUB
+//! confirmed by our own node may not be known yet to the node a publisher
+//! is on. A [`ClusterBarrier`] (one small connection pinned to each node)
+//! closes that gap, so a `subscribed` ack means live on every node.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -50,6 +55,9 @@ pub struct NatsOptions {
     pub last_value_max_bytes: usize,
     /// Bytes the JetStream stream may hold (its `max_bytes`).
     pub stream_max_bytes: usize,
+    /// Replicas of the JetStream stream (its `num_replicas`): 3 on a
+    /// cluster keeps the last values through the loss of a node.
+    pub last_value_replicas: usize,
     /// Largest message the stream takes (its `max_msg_size`): the publish limit.
     pub max_message_size: usize,
     /// How often the connection (NATS PING) and the stream are checked.
@@ -68,6 +76,7 @@ impl NatsOptions {
             last_value_max_age: Duration::from_secs(86_400),
             last_value_max_bytes: 64 << 20,
             stream_max_bytes: 1 << 30,
+            last_value_replicas: 1,
             max_message_size: crate::ingest::http::MAX_BODY,
             probe_interval: Duration::from_secs(2),
         }
@@ -104,6 +113,8 @@ struct Inner {
     /// Subject this connection answers itself on (see [`Inner::round_trip`]);
     /// `None` if that subscription failed.
     barrier: Option<String>,
+    /// Makes a new SUB known cluster-wide before it is confirmed.
+    cluster: Arc<ClusterBarrier>,
     /// Every task of the bus (barrier answers, linger reaper, JetStream
     /// supervisor, one reader per subscription): [`Bus::drain`] waits for
     /// them, so none outlives the gateway.
@@ -239,7 +250,7 @@ impl NatsBus {
                 let link = Arc::clone(&callback_link);
                 async move { link.on_event(&event) }
             })
-            .connect(servers)
+            .connect(servers.clone())
             .await
             .map_err(|e| ConnectError::Client { url: link.url.clone(), reason: e.to_string() })?;
         let stop = CancellationToken::new();
@@ -260,6 +271,7 @@ impl NatsBus {
         } else {
             None
         };
+        let cluster = Arc::new(ClusterBarrier::new(client.new_inbox(), &servers, opts.probe_interval));
         let last = LastValues::new(opts.last_value_max_bytes, metrics.last_value_evictions.clone());
         let inner = Arc::new(Inner {
             client,
@@ -276,9 +288,11 @@ impl NatsBus {
             invalid_logged_at: AtomicU64::new(0),
             started: Instant::now(),
             barrier,
+            cluster,
             tasks,
             stop,
         });
+        inner.tasks.spawn(keep_cluster_barrier(Arc::downgrade(&inner), inner.stop.clone()));
         inner.tasks.spawn(reap_lingering(Arc::downgrade(&inner), inner.stop.clone()));
         if inner.opts.jetstream {
             inner.tasks.spawn(supervise_jetstream(Arc::downgrade(&inner), inner.stop.clone()));
@@ -300,7 +314,10 @@ impl NatsBus {
     /// sent before (see [`Inner::round_trip`]): after it, a new SUB is live.
     pub async fn sync(&self) -> Result<(), BusError> {
         self.inner.connected_soon().await?;
-        self.inner.round_trip().await.map_err(BusError::Unavailable)
+        let probe = self.inner.cluster.send_probe(&self.inner.client).await;
+        self.inner.round_trip().await.map_err(BusError::Unavailable)?;
+        self.inner.cluster.wait(probe).await;
+        Ok(())
     }
 
     /// Runs a task of an engine sharing the connection on the bus's tracker:
@@ -463,6 +480,7 @@ impl Inner {
             discard: stream::DiscardPolicy::Old,
             allow_direct: true,
             storage: stream::StorageType::File,
+            num_replicas: self.opts.last_value_replicas.max(1),
             ..Default::default()
         }
     }
@@ -554,12 +572,17 @@ impl Inner {
         let subject = NatsBus::subject(&self.opts.prefix, topic);
         let unavailable = |e: String| BusError::Unavailable(format!("subscribing to {subject}: {e}"));
         let mut sub = self.client.subscribe(subject.clone()).await.map_err(|e| unavailable(e.to_string()))?;
+        // Sent right behind the SUB: it reaches the other nodes after the
+        // SUB's interest does (see [`ClusterBarrier`]).
+        let probe = self.cluster.send_probe(&self.client).await;
         // Once the server has our SUB, updates published after the client's
         // ack reach us: the ack waits for that.
         if let Err(e) = self.round_trip().await {
             let _ = sub.unsubscribe().await;
             return Err(unavailable(e));
         }
+        // And once every other node has it too.
+        self.cluster.wait(probe).await;
         if cancel.is_cancelled() {
             // Released while subscribing: nobody is left to unwatch it.
             let _ = sub.unsubscribe().await;
@@ -805,12 +828,256 @@ impl Bus for NatsBus {
             self.inner.stop.cancel();
             self.inner.tasks.close();
             self.inner.stream.lock().take();
-            let (drained, ()) = tokio::join!(self.inner.client.drain(), self.inner.tasks.wait());
+            let peers = self.inner.cluster.take_peers();
+            let peers_drained = futures_util::future::join_all(peers.iter().map(|p| p.client.drain()));
+            let (drained, (), _) = tokio::join!(self.inner.client.drain(), self.inner.tasks.wait(), peers_drained);
             if let Err(e) = drained {
                 tracing::debug!(error = %e, "NATS drain");
             }
         })
     }
+}
+
+/// Most nodes a cluster barrier keeps a connection to (discovered node
+/// lists are the server's word; this bounds what one gateway opens).
+const MAX_PEERS: usize = 16;
+
+/// How long a subscribe waits for one node to see its probe before going
+/// on without it (that node is then skipped until a probe reaches it).
+const PEER_WAIT: Duration = Duration::from_secs(2);
+
+/// Makes a `subscribed` ack mean "live on every node of the cluster".
+///
+/// A node sends a new SUB's interest (`RS+`) to the other nodes on its
+/// route after taking the SUB, asynchronously: an update published on
+/// another node in between is not forwarded, and a round trip to our own
+/// node cannot tell (a second one neither). What a node sends on a route
+/// arrives in order, and one account's traffic uses one route connection,
+/// so a message published on our connection right after the SUB reaches
+/// node X only after X has the SUB's interest. The barrier holds one
+/// connection pinned to each node (a *peer*, subscribed to this gateway's
+/// probe subject); a subscribe publishes a numbered probe behind its SUB and
+/// waits until every connected peer has seen that number.
+///
+/// A peer that has not seen a probe since it (re)connected is not waited
+/// for (its node may not have our peer's interest routed yet, so the probe
+/// could not arrive); a background task probes until it has. A single
+/// server has no other nodes: no peers, nothing to wait for.
+struct ClusterBarrier {
+    /// What the peers subscribe to (unique to this gateway).
+    subject: String,
+    next: AtomicU64,
+    peers: Mutex<Vec<Arc<Peer>>>,
+    /// `host:port` of every node a peer was made for.
+    known: Mutex<HashSet<String>>,
+    /// The configured servers: template for discovered ones (scheme,
+    /// credentials), and the first nodes to have peers.
+    configured: Vec<ServerAddr>,
+    probe_interval: Duration,
+}
+
+/// A connection pinned to one node, seeing this gateway's probes.
+struct Peer {
+    /// `host:port`, for logs.
+    node: String,
+    client: Client,
+    /// The highest probe number seen (probes from one connection arrive in
+    /// order).
+    seen: watch::Sender<u64>,
+    /// Whether a probe reached it since it last connected.
+    confirmed: Arc<AtomicBool>,
+}
+
+fn node_key(addr: &ServerAddr) -> String {
+    format!("{}:{}", addr.host(), addr.port())
+}
+
+impl ClusterBarrier {
+    fn new(inbox: String, servers: &[ServerAddr], probe_interval: Duration) -> Self {
+        Self {
+            subject: format!("{inbox}.cluster"),
+            next: AtomicU64::new(0),
+            peers: Mutex::new(Vec::new()),
+            known: Mutex::new(HashSet::new()),
+            configured: servers.to_vec(),
+            probe_interval,
+        }
+    }
+
+    /// Publishes the next probe on `client`; its number, for [`Self::wait`].
+    /// Without peers nothing is sent.
+    async fn send_probe(&self, client: &Client) -> u64 {
+        if self.peers.lock().is_empty() {
+            return 0;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        // A lost probe only makes the wait below time out.
+        let _ = client.publish(self.subject.clone(), id.to_string().into()).await;
+        id
+    }
+
+    /// Waits until every connected, confirmed peer has seen probe `id`.
+    /// Never fails: a node that does not answer in [`PEER_WAIT`] is left
+    /// out (and logged) rather than refusing the subscribe; its publishers
+    /// cannot reach us anyway while it is cut off.
+    async fn wait(&self, id: u64) {
+        if id == 0 {
+            return;
+        }
+        let peers: Vec<Arc<Peer>> = self
+            .peers
+            .lock()
+            .iter()
+            .filter(|p| p.confirmed.load(Ordering::Relaxed) && p.client.connection_state() == State::Connected)
+            .cloned()
+            .collect();
+        let waits = peers.iter().map(|peer| async move {
+            let mut seen = peer.seen.subscribe();
+            if tokio::time::timeout(PEER_WAIT, seen.wait_for(|s| *s >= id)).await.is_err() {
+                peer.confirmed.store(false, Ordering::Relaxed);
+                tracing::warn!(node = %peer.node, "a NATS node did not see a new subscription in time; not waiting for it until it does");
+            }
+        });
+        futures_util::future::join_all(waits).await;
+    }
+
+    /// Nodes that should have a peer and have none yet: the configured
+    /// servers (when more than one) and those the server announces.
+    fn missing(&self, announced: &[String]) -> Vec<ServerAddr> {
+        let mut candidates: Vec<ServerAddr> =
+            if self.configured.len() > 1 { self.configured.clone() } else { Vec::new() };
+        let template = self.configured.first();
+        for url in announced {
+            let Ok(found) = url.parse::<ServerAddr>() else { continue };
+            // The announced address with the configured scheme and
+            // credentials (a node announces only host:port).
+            let rebuilt = template.and_then(|t| {
+                let mut u = t.clone().into_inner();
+                u.set_host(Some(found.host())).ok()?;
+                u.set_port(Some(found.port())).ok()?;
+                u.as_str().parse::<ServerAddr>().ok()
+            });
+            candidates.push(rebuilt.unwrap_or(found));
+        }
+        // Several nodes are a cluster; one announced address alone is the
+        // server itself.
+        let mut known = self.known.lock();
+        let distinct: HashSet<String> = candidates.iter().map(node_key).chain(known.iter().cloned()).collect();
+        if distinct.len() < 2 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for addr in candidates {
+            if known.len() >= MAX_PEERS {
+                break;
+            }
+            if known.insert(node_key(&addr)) {
+                out.push(addr);
+            }
+        }
+        out
+    }
+
+    /// Removes the peers (for drain).
+    fn take_peers(&self) -> Vec<Arc<Peer>> {
+        std::mem::take(&mut *self.peers.lock())
+    }
+
+    fn has_unconfirmed(&self) -> bool {
+        self.peers
+            .lock()
+            .iter()
+            .any(|p| !p.confirmed.load(Ordering::Relaxed) && p.client.connection_state() == State::Connected)
+    }
+}
+
+/// Opens the peers of new nodes (configured or announced), probes until
+/// every connected peer is confirmed, and ends with the bus.
+async fn keep_cluster_barrier(inner: Weak<Inner>, stop: CancellationToken) {
+    let mut since_discovery = Duration::MAX;
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let barrier = Arc::clone(&me.cluster);
+        if since_discovery >= barrier.probe_interval {
+            since_discovery = Duration::ZERO;
+            let announced = me.client.server_info().connect_urls;
+            for addr in barrier.missing(&announced) {
+                let node = node_key(&addr);
+                match open_peer(addr, &barrier, &me.tasks, &stop).await {
+                    Ok(peer) => barrier.peers.lock().push(peer),
+                    Err(e) => {
+                        // Forgotten, so the next round tries again.
+                        barrier.known.lock().remove(&node);
+                        tracing::warn!(%node, error = %e, "no probe connection to a NATS node: subscribes do not wait for it");
+                    }
+                }
+            }
+        }
+        if barrier.has_unconfirmed() {
+            let _ = barrier.send_probe(&me.client).await;
+        }
+        drop(me);
+        let pause = Duration::from_millis(100);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => since_discovery = since_discovery.saturating_add(pause),
+        }
+    }
+}
+
+/// Connects a peer to exactly `addr` (no failover: it stands for that node)
+/// and starts its reader.
+async fn open_peer(
+    addr: ServerAddr,
+    barrier: &ClusterBarrier,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<Arc<Peer>, String> {
+    let node = node_key(&addr);
+    let confirmed = Arc::new(AtomicBool::new(false));
+    let on_event = Arc::clone(&confirmed);
+    let client = async_nats::ConnectOptions::new()
+        .name("venta-gateway-probe")
+        .ignore_discovered_servers()
+        .retry_on_initial_connect()
+        .ping_interval(barrier.probe_interval)
+        .event_callback(move |event| {
+            let confirmed = Arc::clone(&on_event);
+            async move {
+                if matches!(event, Event::Disconnected) {
+                    // Back, it needs a probe through before it is waited for.
+                    confirmed.store(false, Ordering::Relaxed);
+                }
+            }
+        })
+        .connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sub = client.subscribe(barrier.subject.clone()).await.map_err(|e| e.to_string())?;
+    let peer = Arc::new(Peer { node, client, seen: watch::Sender::new(0), confirmed });
+    tasks.spawn(read_probes(Arc::downgrade(&peer), sub, stop.clone()));
+    Ok(peer)
+}
+
+async fn read_probes(peer: Weak<Peer>, mut sub: Subscriber, stop: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            msg = sub.next() => msg,
+        };
+        let Some(msg) = msg else { break };
+        let Some(peer) = peer.upgrade() else { break };
+        let Some(id) = std::str::from_utf8(&msg.payload).ok().and_then(|s| s.parse::<u64>().ok()) else { continue };
+        peer.confirmed.store(true, Ordering::Relaxed);
+        peer.seen.send_if_modified(|seen| {
+            let newer = id > *seen;
+            if newer {
+                *seen = id;
+            }
+            newer
+        });
+    }
+    let _ = sub.unsubscribe().await;
 }
 
 #[cfg(test)]
