@@ -78,9 +78,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let nats_url_given = matches.subcommand_matches("bench").and_then(|m| m.value_source("nats_url")).is_some_and(
-        |s| matches!(s, clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable),
-    );
+    let nats_url_given = matches
+        .subcommand_matches("bench")
+        .and_then(|m| m.value_source("nats_url"))
+        .is_some_and(|s| matches!(s, clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable));
     init_logging();
     match cli.command {
         // Its own runtime: single-threaded by default (`--threads`).

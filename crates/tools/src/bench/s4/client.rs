@@ -328,11 +328,9 @@ pub async fn area_client(ctx: Arc<Ctx>, i: usize, user: String, rect: Rect, mut 
                         }
                         "error" => tally.error(&refusal(&m.data)),
                         ty @ ("area_snapshot" | "vendor_entered" | "vendor_left" | "location_updated")
-                            if m.data.area_id == Some(AREA_ID) =>
+                            if m.data.area_id == Some(AREA_ID) && !area.apply(&m.data, ty, prefix, &tally) =>
                         {
-                            if !area.apply(&m.data, ty, prefix, &tally) {
-                                tally.c.violations.fetch_add(1, Relaxed);
-                            }
+                            tally.c.violations.fetch_add(1, Relaxed);
                         }
                         _ => {}
                     },
@@ -489,8 +487,14 @@ mod tests {
         a.inside.clear();
         let snap = r#"{"type":"area_snapshot","data":{"areaId":"a","vendors":[{"vendorId":"v1","location":{"lat":1,"long":2},"timestamp":"2026-01-01T00:00:00Z"},{"vendorId":"v2"}],"truncated":false}}"#;
         assert!(apply(&mut a, snap));
-        assert!(apply(&mut a, r#"{"type":"vendor_entered","data":{"areaId":"a","vendorId":"v3","timestamp":"2026-01-01T00:00:00Z"}}"#));
-        assert!(apply(&mut a, r#"{"type":"location_updated","data":{"areaId":"a","vendorId":"v3","timestamp":"2026-01-01T00:00:00Z"}}"#));
+        assert!(apply(
+            &mut a,
+            r#"{"type":"vendor_entered","data":{"areaId":"a","vendorId":"v3","timestamp":"2026-01-01T00:00:00Z"}}"#
+        ));
+        assert!(apply(
+            &mut a,
+            r#"{"type":"location_updated","data":{"areaId":"a","vendorId":"v3","timestamp":"2026-01-01T00:00:00Z"}}"#
+        ));
         assert!(apply(&mut a, r#"{"type":"vendor_left","data":{"areaId":"a","vendorId":"v1","reason":"moved"}}"#));
         // Entered twice, moved or left while not inside: broken.
         assert!(!apply(&mut a, r#"{"type":"vendor_entered","data":{"areaId":"a","vendorId":"v3"}}"#));
@@ -500,8 +504,14 @@ mod tests {
         assert_eq!(a.report().inside, [2, 3]);
         // A pan's difference is counted apart (and has no latency).
         a.in_diff = true;
-        assert!(apply(&mut a, r#"{"type":"vendor_entered","data":{"areaId":"a","vendorId":"v7","timestamp":"2026-01-01T00:00:00Z"}}"#));
-        assert!(apply(&mut a, r#"{"type":"vendor_left","data":{"areaId":"a","vendorId":"v2","reason":"area_changed"}}"#));
+        assert!(apply(
+            &mut a,
+            r#"{"type":"vendor_entered","data":{"areaId":"a","vendorId":"v7","timestamp":"2026-01-01T00:00:00Z"}}"#
+        ));
+        assert!(apply(
+            &mut a,
+            r#"{"type":"vendor_left","data":{"areaId":"a","vendorId":"v2","reason":"area_changed"}}"#
+        ));
         assert!(apply(&mut a, r#"{"type":"vendor_entered","data":{"areaId":"a","vendorId":"other"}}"#));
         let r = a.report();
         assert_eq!((r.inside.as_slice(), r.foreign), (&[3, 7][..], 1));
