@@ -88,7 +88,7 @@ Exit status: 0 when the run completed and printed its result (`ok` in the JSON s
 and every step passed; s2 ends on purpose with a failed step), 1 when it could not run, 2 for invalid options."
 )]
 pub struct BenchArgs {
-    /// Preset (s1, s2, s3); the flags below override its values.
+    /// Preset (s1, s2, s3, s4); the flags below override its values.
     #[arg(long, value_enum)]
     pub scenario: Option<Scenario>,
     /// Client transport: websocket (ws) or webtransport (wt).
