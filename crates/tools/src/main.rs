@@ -17,7 +17,7 @@ mod sub;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use tracing_subscriber::EnvFilter;
 
 /// The gateway's gRPC ingest API, client side only (build.rs).
@@ -27,7 +27,7 @@ mod pb {
 
 /// Tools for a venta-gateway deployment: load-test it, publish updates,
 /// watch what its clients receive.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "venta", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
@@ -71,11 +71,24 @@ fn block_on<F: Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parsed through the matches so `bench` can tell a given --nats-url
+    // (or NATS_URL) from its default.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let nats_url_given = matches
+        .subcommand_matches("bench")
+        .and_then(|m| m.value_source("nats_url"))
+        .is_some_and(|s| matches!(s, clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable));
     init_logging();
     match cli.command {
         // Its own runtime: single-threaded by default (`--threads`).
-        Command::Bench(args) => bench::main(*args),
+        Command::Bench(mut args) => {
+            args.nats_url_given = nats_url_given;
+            bench::main(*args)
+        }
         Command::Publish(args) => block_on(publish::run(args)),
         Command::Sub(args) => block_on(sub::run(args)),
     }

@@ -360,3 +360,70 @@ async fn the_first_1013_stops_the_connect_phase_with_a_clear_message() {
     assert_eq!((&s["received"], &s["lost"]), (&s["expected"], &0.into()), "{s}");
     gw.shutdown().await;
 }
+
+/// `--scenario s4` at a small scale against an in-process gateway (areas
+/// indexed in process, updates over HTTP): every phase ran, areas got
+/// deliveries and pans, the per-vendor phase lost nothing, and every area
+/// converged to the truth, vendors on edges included.
+#[tokio::test]
+async fn s4_areas_converge_at_a_small_scale() {
+    let gw = TestGateway::start().await;
+    let args = [
+        "--scenario",
+        "s4",
+        "--via",
+        "http",
+        "--url",
+        &gw.url("/ws/location"),
+        "--http-url",
+        &gw.http(""),
+        "--conns",
+        "100",
+        "--vendors",
+        "200",
+        "--rates",
+        "200",
+        "--duration",
+        "3",
+        "--location-conns",
+        "50",
+        "--follow",
+        "2",
+        "--city-km",
+        "5",
+        "--pan-fraction",
+        "0.2",
+        "--pan-every-ms",
+        "500",
+        "--edge-fraction",
+        "0.1",
+        "--settle-ms",
+        "200",
+        "--pid",
+        &std::process::id().to_string(),
+    ]
+    .map(str::to_owned);
+    let (ok, v, stderr) = bench(&args).await;
+    assert!(ok, "{stderr}");
+    assert_eq!((&v["scenario"], &v["via"], &v["connected"]), (&"s4".into(), &"http".into(), &100.into()), "{v}");
+    assert_eq!(v["ok"], true, "{v}\n{stderr}");
+    let names: Vec<&str> = v["steps"].as_array().expect("steps").iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["baseline", "location", "area"], "{v}");
+    let loc = &v["steps"][1];
+    assert_eq!((&loc["connected"], &loc["lost"], &loc["dup"]), (&50.into(), &0.into(), &0.into()), "{loc}");
+    // 600 updates, each followed by the one client of its vendor (50 × 2 of 200).
+    assert_eq!((&loc["published"], &loc["expected"]), (&600.into(), &300.into()), "{loc}");
+    let area = &v["area"];
+    assert!(area["deliveries_per_s"].as_f64().is_some_and(|d| d > 0.0), "{area}");
+    assert!(area["lat_ms"]["location_updated"]["count"].as_u64().is_some_and(|n| n > 0), "{area}");
+    assert!(area["pans"]["acked"].as_u64().is_some_and(|n| n > 0), "{area}");
+    assert_eq!(area["violations"], 0, "{area}");
+    let conv = &v["convergence"]["details"];
+    assert_eq!((&conv["clients_checked"], &conv["clients_mismatched"]), (&100.into(), &0.into()), "{conv}");
+    assert_eq!(conv["vendors_mismatched"], 0, "{conv}");
+    assert!(conv["vendors_inside_total"].as_u64().is_some_and(|n| n > 100), "{conv}");
+    assert!(conv["vendors_on_an_edge"].as_u64().is_some_and(|n| n > 0), "edges were not exercised: {conv}");
+    assert!(v["comparison"]["ratio"].as_f64().is_some(), "{v}");
+    assert!(stderr.contains("[bench s4"), "no progress lines: {stderr}");
+    gw.shutdown().await;
+}

@@ -58,6 +58,11 @@ pub enum Scenario {
     S2,
     /// Spread: 10,000 clients over 1,000 vendors, 2,000 msg/s for 20 s.
     S3,
+    /// Areas ("vendors near me"): 10,000 vendors on a random walk over a
+    /// 30 × 30 km city, 2,000 updates/s; 5,000 clients each watching a
+    /// 2 × 2 km box (10 % panning), compared with 5,000 per-vendor clients
+    /// in the same run, then a convergence check of every area.
+    S4,
 }
 
 /// `venta bench`: load-test a deployment.
@@ -83,7 +88,7 @@ Exit status: 0 when the run completed and printed its result (`ok` in the JSON s
 and every step passed; s2 ends on purpose with a failed step), 1 when it could not run, 2 for invalid options."
 )]
 pub struct BenchArgs {
-    /// Preset (s1, s2, s3); the flags below override its values.
+    /// Preset (s1, s2, s3, s4); the flags below override its values.
     #[arg(long, value_enum)]
     pub scenario: Option<Scenario>,
     /// Client transport: websocket (ws) or webtransport (wt).
@@ -117,9 +122,13 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "stream")]
     pub wt_delivery: WtDelivery,
 
-    /// How updates are published.
-    #[arg(long, value_enum, default_value = "http")]
-    pub via: Via,
+    /// How updates are published [default: http; s4: nats when --nats-url
+    /// (or NATS_URL) is given, so the ingest is not in the gateway's CPU figure].
+    #[arg(long, value_enum)]
+    pub via: Option<Via>,
+    /// Whether --nats-url or NATS_URL was given (set by `main`, not a flag).
+    #[arg(skip)]
+    pub nats_url_given: bool,
     /// Where to publish (the gateway's own variables: GRPC_PORT,
     /// WEBSOCKET_GATEWAY_PORT, NATS_URL, NATS_SUBJECT_PREFIX, INGEST_TOKEN);
     /// `--http-url` also serves `/wt/cert-hash` for WebTransport.
@@ -194,9 +203,64 @@ pub struct BenchArgs {
     /// Free-form label copied into the result.
     #[arg(long, default_value = "")]
     pub label: String,
+
+    /// The area scenario's own options.
+    #[command(flatten)]
+    pub geo: GeoArgs,
+}
+
+/// Options of `--scenario s4` (areas); `--conns` are the area clients,
+/// `--vendors` the walking vendors, the first of `--rates` the update rate
+/// and `--duration` the length of each measured phase.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Area scenario (s4)")]
+pub struct GeoArgs {
+    /// s4: per-vendor (`subscribe_location`) clients of the comparison phase; 0 skips it.
+    #[arg(long, default_value_t = 5000)]
+    pub location_conns: usize,
+    /// s4: vendors each per-vendor client follows (client i follows vendors i·k … i·k+k−1, modulo --vendors).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub follow: u16,
+    /// s4: share of the area clients that pan.
+    #[arg(long, default_value_t = 0.1)]
+    pub pan_fraction: f64,
+    /// s4: each panning client pans once per this period (ms).
+    #[arg(long, default_value_t = 3000)]
+    pub pan_every_ms: u64,
+    /// s4: how far a pan moves the box (km).
+    #[arg(long, default_value_t = 0.5)]
+    pub pan_km: f64,
+    /// s4: side of each client's box (km).
+    #[arg(long, default_value_t = 2.0)]
+    pub area_km: f64,
+    /// s4: side of the city the vendors walk in (km), centred on Madrid (40.4169, -3.7035).
+    #[arg(long, default_value_t = 30.0)]
+    pub city_km: f64,
+    /// s4: largest move of a vendor per update, each axis (m).
+    #[arg(long, default_value_t = 50.0)]
+    pub step_m: f64,
+    /// s4: share of updates that put the vendor exactly on an edge of some
+    /// client's box (edges are inside: this checks they are treated so).
+    #[arg(long, default_value_t = 0.02)]
+    pub edge_fraction: f64,
+    /// s4: seed of the walk, the boxes and the pans (same seed, same run).
+    #[arg(long, default_value_t = 4)]
+    pub seed: u64,
+    /// s4: skip the baseline phase (publishing with no client connected).
+    #[arg(long)]
+    pub no_baseline: bool,
 }
 
 impl BenchArgs {
+    /// `--via`, or its default: HTTP, except for s4 with a NATS URL given.
+    pub fn via(&self) -> Via {
+        match self.via {
+            Some(v) => v,
+            None if self.scenario == Some(Scenario::S4) && self.nats_url_given => Via::Nats,
+            None => Via::Http,
+        }
+    }
+
     /// `--url`, or the default endpoint of `--transport` on the local gateway.
     pub fn session_url(&self) -> String {
         let port = self.to.http_port;
@@ -282,6 +346,20 @@ impl Plan {
                 stop_p99_ms: None,
                 hold_ms: 0,
             },
+            // drain_ms: the longest convergence settle; settle_ms: the pause
+            // after placing the vendors and after each connect.
+            Some(Scenario::S4) => Self {
+                conns: 5000,
+                vendors: 10_000,
+                connect_rate: 2000.0,
+                connect_concurrency: 256,
+                settle_ms: 1000,
+                rates: vec![2000.0],
+                duration: 15.0,
+                drain_ms: 5000,
+                stop_p99_ms: None,
+                hold_ms: 0,
+            },
         };
         let plan = Self {
             conns: a.conns.unwrap_or(base.conns),
@@ -321,9 +399,40 @@ impl Plan {
         if attempts > MAX_ATTEMPTS {
             bail!("at most {MAX_ATTEMPTS} step attempts (--rates × (--step-retries + 1)); got {attempts}");
         }
+        if a.scenario == Some(Scenario::S4) {
+            self.check_geo(a)?;
+        }
         let last = format!("{}{}", a.vendor_prefix, self.vendors - 1);
         if venta_protocol::VendorId::parse(&last).is_err() {
             bail!("--vendor-prefix {:?} does not make valid vendor ids ({last:?})", a.vendor_prefix);
+        }
+        Ok(())
+    }
+}
+
+impl Plan {
+    fn check_geo(&self, a: &BenchArgs) -> anyhow::Result<()> {
+        let g = &a.geo;
+        if self.rates.len() != 1 {
+            bail!("--scenario s4 publishes at one rate: give one value to --rates");
+        }
+        if a.transport != ClientTransport::Websocket {
+            bail!("--scenario s4 speaks WebSocket only (its clients follow areas)");
+        }
+        if !(0.0..=1.0).contains(&g.pan_fraction) || !(0.0..=1.0).contains(&g.edge_fraction) {
+            bail!("--pan-fraction and --edge-fraction must be between 0 and 1");
+        }
+        if !(1.0..=200.0).contains(&g.city_km) {
+            bail!("--city-km must be between 1 and 200");
+        }
+        if !(g.area_km > 0.0 && g.area_km <= g.city_km && g.area_km * std::f64::consts::SQRT_2 <= 50.0) {
+            bail!("--area-km must be more than 0, at most --city-km, and its diagonal at most 50 km (GEO_MAX_AREA_KM)");
+        }
+        if !(0.0..=g.city_km).contains(&g.pan_km) || !(0.0..=10_000.0).contains(&g.step_m) {
+            bail!("--pan-km must be between 0 and --city-km, --step-m between 0 and 10000");
+        }
+        if g.pan_every_ms < 100 {
+            bail!("--pan-every-ms must be at least 100");
         }
         Ok(())
     }
@@ -382,6 +491,27 @@ mod tests {
                 .bench;
         assert_eq!((a.session_url().as_str(), a.wt_delivery), ("https://h:1/wt/location", WtDelivery::Datagram));
         assert!(parse(&["--wt-cert-hash", "ab", "--wt-system-roots"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn s4_publishes_over_nats_only_when_a_nats_url_is_given() -> anyhow::Result<()> {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()));
+        let mut a = parse(&["--scenario", "s4"])?.bench;
+        assert_eq!(a.via(), Via::Http);
+        a.nats_url_given = true;
+        assert_eq!(a.via(), Via::Nats);
+        let mut a = parse(&["--scenario", "s4", "--via", "grpc"])?.bench;
+        a.nats_url_given = true;
+        assert_eq!(a.via(), Via::Grpc);
+        let mut a = parse(&["--scenario", "s3"])?.bench;
+        a.nats_url_given = true;
+        assert_eq!(a.via(), Via::Http, "the other scenarios keep HTTP");
+        let p = plan(&["--scenario", "s4"])?;
+        assert_eq!((p.conns, p.vendors, p.rates.clone()), (5000, 10_000, vec![2000.0]));
+        assert!(plan(&["--scenario", "s4", "--rates", "1,2"]).is_err());
+        assert!(plan(&["--scenario", "s4", "--area-km", "40"]).is_err(), "over GEO_MAX_AREA_KM");
+        assert!(plan(&["--scenario", "s4", "--transport", "wt"]).is_err());
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 //! - [`marker`]: sequence, phase and send time carried in each update.
 //! - [`stats`]: counters and latency histograms fed by the clients.
 //! - [`run`]: the phases and stop conditions; [`report`]: progress and JSON.
+//! - [`s4`]: the area scenario (its own clients, walk, and convergence check).
 //! - [`sys`]: RLIMIT_NOFILE, ephemeral ports, /proc sampling.
 
 mod args;
@@ -19,6 +20,7 @@ mod marker;
 mod publisher;
 mod report;
 mod run;
+mod s4;
 mod stats;
 mod sys;
 mod transport;
@@ -75,6 +77,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
 }
 
 async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    if args.scenario == Some(args::Scenario::S4) {
+        return s4::run(args, plan).await;
+    }
     // WebTransport clients share one UDP socket per source address: neither
     // a descriptor nor an ephemeral port per connection.
     let tcp = args.transport == ClientTransport::Websocket;
@@ -87,7 +92,7 @@ async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value>
         plan.vendors,
         plan.rates,
         plan.duration,
-        format!("{:?}", args.via).to_lowercase()
+        format!("{:?}", args.via()).to_lowercase()
     );
     if let Some(w) = sys::ephemeral_port_warning(plan.conns, args.src_ips.len()).filter(|_| tcp) {
         eprintln!("[bench] warning: {w}");

@@ -77,7 +77,7 @@ impl Ctx {
 }
 
 enum LaneMsg {
-    Publish { v: usize, seq: u64, phase: u32 },
+    Publish { v: usize, seq: u64, phase: u32, at: Option<(f64, f64)> },
     Barrier(oneshot::Sender<()>),
 }
 
@@ -87,8 +87,9 @@ enum Sink {
 }
 
 impl Sink {
-    async fn send(&mut self, vendor: &str, seq: u64, phase: u32) -> Result<(), String> {
-        let (lat, long) = marker::encode(seq, phase);
+    /// Sends the marker of `seq`/`phase` as the location, or `at` (lat, long).
+    async fn send(&mut self, vendor: &str, seq: u64, phase: u32, at: Option<(f64, f64)>) -> Result<(), String> {
+        let (lat, long) = at.unwrap_or_else(|| marker::encode(seq, phase));
         let ns = marker::now_ns();
         match self {
             Self::Http { client, url, token } => {
@@ -131,9 +132,9 @@ impl Sink {
 async fn lane(mut rx: mpsc::Receiver<LaneMsg>, mut sink: Sink, ctx: Arc<Ctx>) {
     while let Some(msg) = rx.recv().await {
         match msg {
-            LaneMsg::Publish { v, seq, phase } => {
+            LaneMsg::Publish { v, seq, phase, at } => {
                 let vendor = ctx.vendors.get(v).map_or("", String::as_str);
-                match sink.send(vendor, seq, phase).await {
+                match sink.send(vendor, seq, phase, at).await {
                     Ok(()) => ctx.accepted(v),
                     Err(e) => ctx.out.failed(e),
                 }
@@ -160,7 +161,7 @@ impl Publisher {
     /// Connects to NATS, or checks the HTTP/gRPC endpoint and starts lanes.
     pub async fn connect(args: &BenchArgs, vendors: Vec<String>, stats: Arc<Stats>) -> anyhow::Result<Self> {
         let ctx = Arc::new(Ctx { vendors, stats, out: Arc::new(PubStats::default()) });
-        let inner = match args.via {
+        let inner = match args.via() {
             Via::Nats => {
                 let client = args.to.nats().await?;
                 let prefix = &args.to.nats_subject_prefix;
@@ -214,10 +215,20 @@ impl Publisher {
 
     /// Publishes update `seq` of vendor `v`, stamped now.
     pub async fn publish(&self, v: usize, seq: u64, phase: u32) {
+        self.send(v, seq, phase, None).await;
+    }
+
+    /// Publishes vendor `v` at a real position (`lat`, `long`), stamped
+    /// when it leaves (the area scenario: positions, not markers).
+    pub async fn publish_at(&self, v: usize, lat: f64, long: f64) {
+        self.send(v, 0, 0, Some((lat, long))).await;
+    }
+
+    async fn send(&self, v: usize, seq: u64, phase: u32, at: Option<(f64, f64)>) {
         match &self.inner {
             Inner::Nats { client, subjects } => {
                 let (Some(subject), Some(vendor)) = (subjects.get(v), self.ctx.vendors.get(v)) else { return };
-                let (lat, long) = marker::encode(seq, phase);
+                let (lat, long) = at.unwrap_or_else(|| marker::encode(seq, phase));
                 let ts = marker::rfc3339(marker::now_ns());
                 let payload =
                     format!(r#"{{"vendorId":"{vendor}","location":{{"lat":{lat},"long":{long}}},"timestamp":"{ts}"}}"#);
@@ -227,7 +238,7 @@ impl Publisher {
                 }
             }
             Inner::Lanes(lanes) => {
-                if lanes[v % lanes.len()].send(LaneMsg::Publish { v, seq, phase }).await.is_err() {
+                if lanes[v % lanes.len()].send(LaneMsg::Publish { v, seq, phase, at }).await.is_err() {
                     self.ctx.out.failed("publisher lane stopped".into());
                 }
             }

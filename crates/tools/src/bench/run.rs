@@ -153,7 +153,7 @@ pub async fn drive<C: Connector>(r: Run<'_>, connector: Arc<C>) -> Value {
     json!({
         "label": args.label,
         "scenario": args.scenario.map(|s| format!("{s:?}").to_lowercase()),
-        "transport": args.transport.as_str(), "url": args.session_url(), "via": format!("{:?}", args.via).to_lowercase(),
+        "transport": args.transport.as_str(), "url": args.session_url(), "via": format!("{:?}", args.via()).to_lowercase(),
         "wt_delivery": (args.transport == ClientTransport::Webtransport).then(|| format!("{:?}", args.wt_delivery).to_lowercase()),
         "conns": plan.conns, "vendors": plan.vendors,
         "connected": connected, "connect_failed": failed, "connect_errors": connect_errors,

@@ -55,6 +55,20 @@ impl WsConnector {
         Ok(Self { url, addrs, vendor_prefix: vendor_prefix.to_owned() })
     }
 
+    /// A fresh WebSocket to the URL (TCP and upgrade, nothing sent yet); the
+    /// error is a short, countable reason.
+    pub async fn upgrade(&self, src: Option<IpAddr>) -> Result<WebSocketStream<TcpStream>, String> {
+        let tcp = tcp_connect(self.addr_for(src), src).await.map_err(|e| format!("tcp: {e}"))?;
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(self.url.as_str(), tcp, Some(config)).await.map_err(
+            |e| match e {
+                WsError::Http(resp) => format!("upgrade refused: HTTP {}", resp.status().as_u16()),
+                e => format!("upgrade: {e}"),
+            },
+        )?;
+        Ok(ws)
+    }
+
     /// The server address a connection from `src` should use (same family).
     fn addr_for(&self, src: Option<IpAddr>) -> SocketAddr {
         src.and_then(|s| self.addrs.iter().find(|a| a.is_ipv4() == s.is_ipv4()).copied()).unwrap_or(self.addrs[0])
@@ -84,14 +98,7 @@ impl Connector for WsConnector {
     type Conn = WsConn;
 
     async fn open(&self, t: &Target) -> Result<WsConn, String> {
-        let tcp = tcp_connect(self.addr_for(t.src), t.src).await.map_err(|e| format!("tcp: {e}"))?;
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(self.url.as_str(), tcp, Some(config)).await.map_err(
-            |e| match e {
-                WsError::Http(resp) => format!("upgrade refused: HTTP {}", resp.status().as_u16()),
-                e => format!("upgrade: {e}"),
-            },
-        )?;
+        let ws = self.upgrade(t.src).await?;
         let mut conn = WsConn { ws, vendor_prefix: self.vendor_prefix.clone() };
         let sub =
             json!({"type": "subscribe_location", "data": {"vendorId": t.vendor, "userId": t.user}, "id": "bench"});
@@ -151,7 +158,7 @@ impl Conn for WsConn {
     }
 }
 
-fn close_reason(f: Option<CloseFrame>) -> String {
+pub fn close_reason(f: Option<CloseFrame>) -> String {
     match f {
         Some(f) => format!("{} {}", u16::from(f.code), f.reason),
         None => "no close code".into(),
