@@ -479,7 +479,10 @@ fn sample_rows(n: u64) -> Vec<AuditEvent> {
 async fn check_sink(sink: &dyn AuditSink) {
     sink.migrate().await.unwrap();
     sink.migrate().await.unwrap();
-    let rows = sample_rows(3);
+    let mut rows = sample_rows(3);
+    // An area subscription's row (channel `area`, its id in vendor_id).
+    rows[2].channel = Some("area".into());
+    rows[2].vendor_id = Some("map".into());
     sink.write(&rows).await.unwrap();
     sink.write(&rows[1..]).await.unwrap();
     let back = sink.query(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
@@ -512,7 +515,8 @@ async fn postgres_migrations_apply_to_an_empty_schema_and_are_idempotent() {
     );
     let applied: i64 =
         sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&schema.pool).await.unwrap();
-    assert_eq!(applied, 2);
+    // audit_events, connection_uuid, area_channel.
+    assert_eq!(applied, 3);
     sink.close().await;
 }
 
@@ -536,7 +540,8 @@ async fn sqlite_migrations_apply_to_an_empty_file_and_are_idempotent() {
     );
     venta_gateway::audit::sqlite::MIGRATOR.run(&pool).await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap();
-    assert_eq!(applied, 2);
+    // audit_events, connection_uuid, area_channel.
+    assert_eq!(applied, 3);
     pool.close().await;
 }
 
