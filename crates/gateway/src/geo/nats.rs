@@ -44,8 +44,17 @@ const ROUND_TRIP: Duration = Duration::from_secs(5);
 /// Vendors indexed at once by one instance (each update is a few KV round
 /// trips); a vendor's updates go through one lane, in order.
 const INDEX_LANES: usize = 64;
-/// Updates waiting per lane; past it the reader waits (NATS buffers).
-const LANE_DEPTH: usize = 256;
+/// Distinct vendors waiting per lane (the newest update of each): 131,072
+/// vendors behind in all, a few tens of MB at most.
+const LANE_MAX_PENDING: usize = 2048;
+
+/// One indexing lane: the newest pending update per vendor, oldest vendor
+/// first.
+#[derive(Default)]
+struct Lane {
+    pending: Mutex<indexmap::IndexMap<String, async_nats::Message>>,
+    wake: tokio::sync::Notify,
+}
 /// Compare-and-set attempts for one update before it is given up (and
 /// counted): only a vendor updated from many instances at once retries.
 const CAS_ATTEMPTS: usize = 16;
@@ -76,9 +85,8 @@ impl From<BusError> for IndexError {
     }
 }
 
-/// The lane of a subject's vendor (FNV-1a: stable, no allocation).
-fn lane_of(subject: &str) -> usize {
-    let vendor = subject.rsplit('.').next().unwrap_or_default();
+/// The lane of a vendor (FNV-1a: stable, no allocation).
+fn lane_of(vendor: &str) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in vendor.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -472,33 +480,52 @@ async fn run_indexer(geo: Weak<NatsGeo>, stop: CancellationToken) {
         };
         backoff = Duration::from_millis(100);
         let stopped = {
-            // Lanes by vendor: one instance indexes a vendor's updates in
-            // the order NATS delivered them, one at a time (no compare-and-set
-            // contention with itself), and different vendors in parallel.
-            let (senders, receivers): (Vec<_>, Vec<_>) =
-                (0..INDEX_LANES).map(|_| tokio::sync::mpsc::channel::<async_nats::Message>(LANE_DEPTH)).unzip();
-            let lanes = receivers.into_iter().map(|mut rx| {
-                let geo = Weak::clone(&geo);
+            // Lanes by vendor: one instance indexes a vendor's updates one
+            // at a time (no compare-and-set contention with itself), and
+            // different vendors in parallel. A lane keeps only the newest
+            // pending update per vendor (areas need the latest position,
+            // not every one), so the reader never waits: under load the
+            // indexer conflates instead of NATS dropping messages for a
+            // slow subscriber, and a vendor's last update is never lost.
+            let lanes: Vec<Arc<Lane>> = (0..INDEX_LANES).map(|_| Arc::new(Lane::default())).collect();
+            let workers = lanes.iter().map(|lane| {
+                let (geo, lane) = (Weak::clone(&geo), Arc::clone(lane));
                 async move {
-                    while let Some(msg) = rx.recv().await {
+                    loop {
+                        let next = lane.pending.lock().shift_remove_index(0);
+                        let Some((_, msg)) = next else {
+                            lane.wake.notified().await;
+                            continue;
+                        };
                         let Some(this) = geo.upgrade() else { return };
                         this.index_message(&msg).await;
                     }
                 }
             });
-            let lanes = futures_util::future::join_all(lanes);
+            let workers = futures_util::future::join_all(workers);
+            let metrics = geo.upgrade().map(|g| Arc::clone(&g.metrics));
             let read = async {
                 while let Some(msg) = sub.next().await {
-                    let lane = lane_of(msg.subject.as_str());
-                    if senders[lane].send(msg).await.is_err() {
-                        break;
+                    let vendor = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_owned();
+                    let lane = &lanes[lane_of(&vendor)];
+                    {
+                        let mut pending = lane.pending.lock();
+                        if pending.len() >= LANE_MAX_PENDING && !pending.contains_key(&vendor) {
+                            // More distinct vendors waiting than a lane holds:
+                            // this one's update is lost (counted).
+                            if let Some(m) = &metrics {
+                                m.area_index_errors.inc();
+                            }
+                            continue;
+                        }
+                        pending.insert(vendor, msg);
                     }
+                    lane.wake.notify_one();
                 }
-                drop(senders);
             };
             tokio::select! {
                 () = stop.cancelled() => true,
-                _ = futures_util::future::join(read, lanes) => false,
+                _ = futures_util::future::join(read, workers) => false,
             }
         };
         let _ = sub.unsubscribe().await;
