@@ -395,23 +395,36 @@ impl Areas {
         events: Vec<(AreaKey, AreaEvent<VendorId>)>,
         received: Option<Instant>,
     ) {
+        // The events of one update share its position's time: formatted
+        // once, not per area. Counters are bumped once per batch (a labelled
+        // counter costs a lookup per call).
+        let mut stamp: Option<(i64, String)> = None;
+        let mut timestamp = |ts: i64| match &stamp {
+            Some((t, s)) if *t == ts => s.clone(),
+            _ => {
+                let s = timestamp_of(ts);
+                stamp = Some((ts, s.clone()));
+                s
+            }
+        };
+        let mut counts = [0u64; 3];
         for ((conn, area), event) in events {
             let Some(c) = conns.get(&conn) else { continue };
             let codec = c.outbox.codec();
-            let (msg_bytes, ty, datagram) = match event {
+            let (msg_bytes, ty, datagram, kind) = match event {
                 AreaEvent::Entered { vendor, point, ts } => {
-                    let v = area_vendor(vendor, point, ts);
+                    let v = AreaVendor { vendor_id: vendor, location: location(point), timestamp: timestamp(ts) };
                     let msg = ServerMessage::VendorEntered { area: &area, vendor: &v };
-                    (encode(&msg, codec), msg.type_name(), false)
+                    (encode(&msg, codec), msg.type_name(), false, 0)
                 }
                 AreaEvent::Moved { vendor, point, ts } => {
-                    let v = area_vendor(vendor, point, ts);
+                    let v = AreaVendor { vendor_id: vendor, location: location(point), timestamp: timestamp(ts) };
                     let msg = ServerMessage::AreaMoved { area: &area, vendor: &v };
-                    (encode(&msg, codec), msg.type_name(), c.datagram.contains(&area))
+                    (encode(&msg, codec), msg.type_name(), c.datagram.contains(&area), 1)
                 }
                 AreaEvent::Left { vendor, reason } => {
                     let msg = ServerMessage::VendorLeft { area: &area, vendor: &vendor, reason: left_reason(reason) };
-                    (encode(&msg, codec), msg.type_name(), false)
+                    (encode(&msg, codec), msg.type_name(), false, 2)
                 }
             };
             let route = if datagram { Route::AreaDatagram } else { Route::Control };
@@ -419,7 +432,12 @@ impl Areas {
             if matches!(c.outbox.push(frame), crate::hub::Push::Overflow) {
                 self.metrics.slow_consumers_closed.inc();
             }
-            self.metrics.area_events.with_label_values(&[ty]).inc();
+            counts[kind] += 1;
+        }
+        for (ty, n) in ["vendor_entered", "location_updated", "vendor_left"].into_iter().zip(counts) {
+            if n > 0 {
+                self.metrics.area_events.with_label_values(&[ty]).inc_by(n);
+            }
         }
     }
 
@@ -432,11 +450,11 @@ impl Areas {
 }
 
 fn area_vendor(vendor: VendorId, point: Point, ts: i64) -> AreaVendor {
-    AreaVendor {
-        vendor_id: vendor,
-        location: Location { lat: point.lat, long: point.long },
-        timestamp: timestamp_of(ts),
-    }
+    AreaVendor { vendor_id: vendor, location: location(point), timestamp: timestamp_of(ts) }
+}
+
+fn location(point: Point) -> Location {
+    Location { lat: point.lat, long: point.long }
 }
 
 fn left_reason(reason: venta_geo::LeftReason) -> LeftReason {
