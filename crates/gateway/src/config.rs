@@ -453,7 +453,7 @@ pub struct HttpConfig {
 
 /// Who may connect and publish, and whether an open door is refused
 /// (`GATEWAY_ENV`).
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 #[command(next_help_heading = "Auth and tokens")]
 pub struct AuthConfig {
     /// `production` (alias `prod`) refuses to start without a JWT key and
@@ -500,7 +500,7 @@ pub struct AuthConfig {
 }
 
 /// Rate-limit counters shared by every instance.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 #[command(next_help_heading = "Redis")]
 pub struct RedisConfig {
     /// Redis for rate-limit counters shared by every instance; unset: each
@@ -520,7 +520,7 @@ pub struct RedisConfig {
 
 /// The bus between instances and publishers, and the last values kept for
 /// new subscribers.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 #[command(next_help_heading = "NATS")]
 pub struct NatsConfig {
     /// NATS server(s), e.g. `nats://127.0.0.1:4222`; unset: in-process bus.
@@ -577,7 +577,7 @@ pub struct NatsConfig {
 }
 
 /// The subscription audit trail: its database, queues and spill journal.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 #[command(next_help_heading = "Audit trail")]
 pub struct AuditConfig {
     /// PostgreSQL for the subscription audit trail, e.g.
@@ -1055,5 +1055,93 @@ mod tests {
         ] {
             assert_eq!(heading(id).as_deref(), Some(want), "{id}");
         }
+    }
+}
+
+/// A secret as `Debug` shows it: whether it is set, never its value.
+fn secret(v: &Option<String>) -> Option<&'static str> {
+    v.as_ref().map(|_| "***")
+}
+
+/// A URL as `Debug` shows it: credentials replaced by `***`.
+fn url(v: &Option<String>) -> Option<String> {
+    v.as_deref().map(crate::bus::nats::redact)
+}
+
+// `Debug` by hand for the groups that hold secrets: a `{:?}` of the
+// configuration (a log line, a panic message) must not carry them.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("gateway_env", &self.gateway_env)
+            .field("jwt_secret", &secret(&self.jwt_secret))
+            .field("jwt_public_key", &self.jwt_public_key)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
+            .field("ingest_token", &secret(&self.ingest_token))
+            .field("admin_token", &secret(&self.admin_token))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig").field("url", &url(&self.url)).field("key_prefix", &self.key_prefix).finish()
+    }
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &url(&self.url))
+            .field("subject_prefix", &self.subject_prefix)
+            .field("interest_linger_ms", &self.interest_linger_ms)
+            .field("jetstream", &self.jetstream)
+            .field("last_value_max_age_secs", &self.last_value_max_age_secs)
+            .field("last_value_max_bytes", &self.last_value_max_bytes)
+            .field("stream_max_bytes", &self.stream_max_bytes)
+            .field("last_value_replicas", &self.last_value_replicas)
+            .field("health_probe_interval_ms", &self.health_probe_interval_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("database_url", &url(&self.database_url))
+            .field("sqlite_path", &self.sqlite_path)
+            .field("journal_dir", &self.journal_dir)
+            .field("queue", &self.queue)
+            .field("batch", &self.batch)
+            .field("buffer", &self.buffer)
+            .field("spill_after_ms", &self.spill_after_ms)
+            .field("probe_interval_ms", &self.probe_interval_ms)
+            .field("journal_queue", &self.journal_queue)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::Config;
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let mut c = Config::defaults();
+        c.auth.jwt_secret = Some("jwt-secret-value-123456".into());
+        c.auth.ingest_token = Some("ingest-token-value".into());
+        c.auth.admin_token = Some("admin-token-value".into());
+        c.redis.url = Some("redis://user:redis-pass@127.0.0.1:6379".into());
+        c.nats.url = Some("nats://u:nats-pass@127.0.0.1:4222".into());
+        c.audit.database_url = Some("postgres://p:pg-pass@127.0.0.1/db".into());
+        let shown = format!("{c:?}");
+        for secret in
+            ["jwt-secret-value", "ingest-token-value", "admin-token-value", "redis-pass", "nats-pass", "pg-pass"]
+        {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("127.0.0.1:6379") && shown.contains("***"), "{shown}");
     }
 }
