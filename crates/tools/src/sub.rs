@@ -56,8 +56,13 @@ subscribe or closed the session, 2 for invalid options."
 )]
 pub struct SubArgs {
     /// Vendors to follow.
-    #[arg(required = true, value_name = "VENDOR_ID")]
+    #[arg(required_unless_present = "bbox", value_name = "VENDOR_ID")]
     vendors: Vec<String>,
+    /// Also follow every vendor inside this box, as an area subscription
+    /// (`west > east` crosses the antimeridian): prints the snapshot, then
+    /// every `vendor_entered`, move and `vendor_left` of the area.
+    #[arg(long, value_name = "SOUTH,WEST,NORTH,EAST", value_delimiter = ',', allow_negative_numbers = true)]
+    bbox: Option<Vec<f64>>,
     /// Channels to follow, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "location")]
     channel: Vec<ChannelArg>,
@@ -103,9 +108,16 @@ impl SubArgs {
     }
 }
 
-/// Whether a server message is an update (live or snapshot): what is printed.
+/// The areaId of the `--bbox` subscription.
+const AREA_ID: &str = "venta-sub";
+
+/// Whether a server message is an update (live or snapshot, of a vendor or
+/// of the area): what is printed.
 fn is_update(m: &Value) -> bool {
-    matches!(m["type"].as_str(), Some("location_updated" | "vendor_updated"))
+    matches!(
+        m["type"].as_str(),
+        Some("location_updated" | "vendor_updated" | "area_snapshot" | "vendor_entered" | "vendor_left")
+    )
 }
 
 /// Runs the subcommand until `--count` updates, a signal, or the session ends.
@@ -132,6 +144,15 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to {url}"))?;
     // Request ids say which subscribe an ack or an error answers.
     let mut pending = Vec::new();
+    if let Some(b) = &args.bbox {
+        let [south, west, north, east] = b[..] else {
+            bail!("--bbox takes four numbers: south,west,north,east");
+        };
+        let message = serde_json::json!({"type": "subscribe_area", "id": "sub-area", "data": {
+            "areaId": AREA_ID, "userId": user, "bbox": {"south": south, "west": west, "north": north, "east": east}}});
+        client.send(&message).await.context("subscribing to the area")?;
+        pending.push("sub-area".to_owned());
+    }
     for channel in dedup(&args.channel) {
         for vendor in dedup(&args.vendors) {
             let id = format!("sub-{}-{vendor}", Channel::from(channel).as_str());
@@ -176,8 +197,9 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
             (Some("subscribed"), Some(i)) => {
                 pending.swap_remove(i);
                 let data = &message["data"];
-                let (channel, vendor) = (data["channel"].as_str(), data["vendorId"].as_str());
-                eprintln!("[sub] subscribed to {} of {}", channel.unwrap_or("?"), vendor.unwrap_or("?"));
+                let channel = data["channel"].as_str().unwrap_or("?");
+                let what = data["vendorId"].as_str().or(data["areaId"].as_str()).unwrap_or("?");
+                eprintln!("[sub] subscribed to {channel} of {what}");
             }
             (Some("error"), Some(_)) => bail!("{url} refused the subscribe: {}", message["data"]),
             _ => eprintln!("[sub] {message}"),
@@ -252,9 +274,18 @@ mod tests {
             &["v1", "--count", "0"],
             &["v1", "--channel", "weather"],
             &["v1", "--wt-cert-hash", "ab", "--wt-system-roots"],
+            &["--bbox", "a,b,c,d"],
         ] {
             assert!(parse(args).is_err(), "{args:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_box_alone_is_enough() -> Result<(), clap::Error> {
+        let a = parse(&["--bbox", "40.4,-3.72,40.43,-3.68"])?;
+        assert_eq!(a.bbox, Some(vec![40.4, -3.72, 40.43, -3.68]));
+        assert!(a.vendors.is_empty());
+        Ok(())
     }
 
     #[test]

@@ -198,3 +198,31 @@ fn bad_options_exit_2() {
         assert!(help.contains(needle), "sub --help lacks {needle:?}:\n{help}");
     }
 }
+
+/// `--bbox` alone: an area subscription whose snapshot, entered, move and
+/// left are printed as a client receives them.
+#[tokio::test]
+async fn sub_follows_an_area() {
+    let gw = TestGateway::start().await;
+    gw.publish_location("inside", 40.4169, -3.7035).await;
+    let url = gw.url("/ws/location");
+    let mut sub = Sub::spawn(&["--bbox", "40.408,-3.715,40.426,-3.691", "--url", &url, "--count", "4"]);
+    sub.stderr_until("[sub] subscribed to area of venta-sub").await;
+    let snapshot = sub.line().await;
+    common::assert_server_message(&snapshot);
+    assert_eq!(snapshot["type"], "area_snapshot", "{snapshot}");
+    assert_eq!(snapshot["data"]["vendors"][0]["vendorId"], "inside", "{snapshot}");
+    gw.publish_location("comes", 40.42, -3.70).await;
+    gw.publish_location("inside", 40.418, -3.7035).await;
+    gw.publish_location("inside", 41.0, -3.7).await;
+    let mut types = Vec::new();
+    for _ in 0..3 {
+        let m = sub.line().await;
+        common::assert_server_message(&m);
+        types.push(m["type"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(types, ["vendor_entered", "location_updated", "vendor_left"]);
+    let (code, stderr) = sub.exit().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    gw.shutdown().await;
+}
