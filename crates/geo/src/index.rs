@@ -11,9 +11,10 @@ use crate::cell::Cell;
 use crate::geometry::{Fine, Point, Shape, ShapeError};
 
 /// Fine cells an area may be filed under; a larger area is filed under its
-/// grid cells. 400 fine cells is a ≈ 10 × 10 km area: a 2 km viewport is
-/// about 30, a city-wide one goes by grid cells.
-const MAX_FINE_PER_AREA: usize = 400;
+/// grid cells. 100 fine cells is a ≈ 5 × 5 km area: a 2 km viewport is
+/// about 30, a city-wide one goes by grid cells. It also bounds what one
+/// client's areas cost the index: 8 areas × 100 entries at most.
+const MAX_FINE_PER_AREA: usize = 100;
 
 /// Where an area stands with its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
