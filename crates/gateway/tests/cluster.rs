@@ -21,6 +21,11 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// One cluster at a time: three nodes electing JetStream leaders each, and
+/// their gateways, already fill this machine's two cores; two at once make
+/// elections and failovers slow enough to blur what the tests measure.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A gateway on the cluster: all URLs, `first` at the head of the list.
 fn cluster_config(cluster: &NatsCluster, first: usize, prefix: &str) -> venta_gateway::Config {
     let mut c = test_config();
@@ -124,6 +129,7 @@ async fn collect(c: &mut WsClient, n: usize, within: Duration) -> Vec<Value> {
 /// published on another node the moment the ack arrives is delivered.
 #[tokio::test]
 async fn publishes_on_any_node_reach_every_subscriber_exactly_once() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = NatsCluster::start(3).await;
     let prefix = unique_prefix();
     let gws = gateways(&cluster, &prefix).await;
@@ -237,6 +243,7 @@ type Sent = Arc<Mutex<Vec<Instant>>>;
 #[tokio::test]
 async fn a_gateway_keeps_its_clients_across_the_loss_of_its_node() {
     let started = Instant::now();
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let mut cluster = NatsCluster::start(3).await;
     let prefix = unique_prefix();
     let gws = gateways(&cluster, &prefix).await;

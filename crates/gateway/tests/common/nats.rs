@@ -252,9 +252,26 @@ impl NatsCluster {
     /// Starts `n` nodes and waits until every one reports healthy with
     /// JetStream (routes up and a JetStream meta leader elected).
     pub async fn start(n: usize) -> Self {
+        // A node that could not start (a port taken between choosing it and
+        // binding it, by another test's server) is not the code under test:
+        // start the whole cluster again on fresh ports, a bounded few times.
+        for attempt in 1..=3 {
+            if let Some(cluster) = Self::try_start(n).await {
+                return cluster;
+            }
+            eprintln!("NATS cluster start attempt {attempt} failed; retrying on fresh ports");
+        }
+        panic!("a NATS cluster of {n} nodes did not start in 3 attempts");
+    }
+
+    async fn try_start(n: usize) -> Option<Self> {
         let dir = tempdir::Dir::new();
-        let ports: Vec<(u16, u16, u16)> =
-            (0..n).map(|_| (super::free_port(), super::free_port(), super::free_port())).collect();
+        // All the ports held at once while choosing: no two alike.
+        let held: Vec<std::net::TcpListener> =
+            (0..3 * n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let chosen: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        drop(held);
+        let ports: Vec<(u16, u16, u16)> = chosen.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
         let mut nodes = Vec::new();
         for (i, (port, cluster_port, monitor_port)) in ports.iter().copied().enumerate() {
             let routes: Vec<String> = ports
@@ -280,9 +297,32 @@ impl NatsCluster {
             me.spawn(i);
         }
         for i in 0..n {
-            me.wait_healthy(i).await;
+            if !me.healthy_or_dead(i).await {
+                return None;
+            }
         }
-        me
+        Some(me)
+    }
+
+    /// Waits (bounded) until node `i` is healthy (true), or its process
+    /// exited (false: it could not start).
+    async fn healthy_or_dead(&mut self, i: usize) -> bool {
+        let url = format!("http://127.0.0.1:{}/healthz", self.nodes[i].monitor_port);
+        let deadline = tokio::time::Instant::now() + NODE_READY;
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == 200
+            {
+                return true;
+            }
+            if let Some(child) = self.nodes[i].child.as_mut()
+                && matches!(child.try_wait(), Ok(Some(_)))
+            {
+                return false;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "NATS cluster node {i} not healthy within {NODE_READY:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn spawn(&mut self, i: usize) {
