@@ -398,3 +398,251 @@ async fn a_gateway_keeps_its_clients_across_the_loss_of_its_node() {
         gw.shutdown().await;
     }
 }
+
+/// The centre of the watched area (Puerta del Sol).
+const SOL: (f64, f64) = (40.4169, -3.7035);
+
+/// A `subscribe_area` for a box of about 2 km around `(lat, long)`.
+fn around(id: &str, (lat, long): (f64, f64)) -> Value {
+    json!({"type": "subscribe_area", "id": id, "data": {"areaId": id, "userId": "u1",
+        "bbox": {"south": lat - 0.009, "west": long - 0.012, "north": lat + 0.009, "east": long + 0.012}}})
+}
+
+/// Subscribes an area; the vendors of its snapshot.
+async fn subscribe_area(c: &mut WsClient, msg: Value) -> Vec<String> {
+    c.send_json(msg).await;
+    let ack = c.recv().await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    let snap = c.recv().await;
+    assert_eq!(snap["type"], "area_snapshot", "{snap}");
+    let mut vendors: Vec<String> = snap["data"]["vendors"]
+        .as_array()
+        .map(|v| v.iter().map(|e| e["vendorId"].as_str().unwrap_or_default().to_owned()).collect())
+        .unwrap_or_default();
+    vendors.sort();
+    vendors
+}
+
+/// The moving vendor's sequence number travels in its timestamp:
+/// `base + seq` milliseconds (the gateway orders positions by timestamp,
+/// so it must grow anyway).
+fn stamp(base: time::OffsetDateTime, seq: u64) -> String {
+    let t = base + time::Duration::milliseconds(i64::try_from(seq).unwrap_or(i64::MAX));
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+fn seq_of_stamp(base: time::OffsetDateTime, ts: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from((t - base).whole_milliseconds()).ok()
+}
+
+/// What an area client saw: (event type, vendor, sequence, when).
+#[derive(Default)]
+struct AreaLog {
+    events: Vec<(String, String, Option<u64>, Instant)>,
+    closed: Option<String>,
+}
+
+/// Reads an area client in the background until `stop`; a close is
+/// recorded (the test asserts there is none) rather than panicking in the
+/// task, so the test fails with the reason.
+fn record_area(
+    mut c: WsClient,
+    base: time::OffsetDateTime,
+    log: Arc<Mutex<AreaLog>>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<WsClient> {
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                () = stop.cancelled() => return c,
+                e = c.next_event() => e,
+            };
+            match event {
+                Event::Json(m) => {
+                    let ty = m["type"].as_str().unwrap_or_default().to_owned();
+                    let vendor = m["data"]["vendorId"].as_str().unwrap_or_default().to_owned();
+                    let seq = m["data"]["timestamp"].as_str().and_then(|t| seq_of_stamp(base, t));
+                    log.lock().events.push((ty, vendor, seq, Instant::now()));
+                }
+                Event::Closed(code, reason) => {
+                    log.lock().closed = Some(format!("{code:?} {reason}"));
+                    return c;
+                }
+            }
+        }
+    })
+}
+
+/// Polls `f` until it holds or `within` passed; whether it held.
+async fn holds_within<F: FnMut() -> bool>(within: Duration, mut f: F) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Area subscriptions across the loss of a node: a client on each of three
+/// gateways watches one box, a backend moves a vendor inside it every
+/// 20 ms, and the node gateway 0 is on dies. Every client keeps its
+/// connection and keeps receiving the moves, a move out is seen leaving by
+/// all three, and a new area on gateway 0 gets its snapshot from the
+/// replicated KV (a vendor parked before the kill included).
+#[tokio::test]
+async fn area_subscriptions_survive_the_loss_of_a_node() {
+    let started = Instant::now();
+    let mut cluster = NatsCluster::start(3).await;
+    let prefix = unique_prefix();
+    let gws = gateways(&cluster, &prefix).await;
+    let base = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+
+    // Which node gateway 0 is on, through a subscription only it holds.
+    let mut probe = WsClient::connect(&gws[0].url("/ws/location")).await;
+    probe.subscribe("location", "where0").await;
+    let victim = node_of(&cluster, &prefix, "0").await;
+
+    let stop = CancellationToken::new();
+    let mut logs = Vec::new();
+    let mut readers = Vec::new();
+    for (g, gw) in gws.iter().enumerate() {
+        let mut c = WsClient::connect(&gw.url("/ws/location")).await;
+        assert_eq!(subscribe_area(&mut c, around(&format!("a{g}"), SOL)).await, Vec::<String>::new());
+        let log = Arc::new(Mutex::new(AreaLog::default()));
+        readers.push(record_area(c, base, Arc::clone(&log), stop.clone()));
+        logs.push(log);
+    }
+
+    // A backend given every node (it fails over too).
+    let urls: Vec<async_nats::ServerAddr> = cluster.urls().iter().map(|u| u.parse().unwrap()).collect();
+    let backend = async_nats::connect(urls).await.unwrap();
+    let body = move |vendor: &str, (lat, long): (f64, f64), seq: u64| -> bytes::Bytes {
+        json!({"vendorId": vendor, "location": {"lat": lat, "long": long}, "timestamp": stamp(base, seq)})
+            .to_string()
+            .into()
+    };
+    // A vendor parked inside before the kill: the KV must keep it.
+    backend.publish(format!("{prefix}.location.parked"), body("parked", (SOL.0 - 0.004, SOL.1), 1)).await.unwrap();
+    backend.flush().await.unwrap();
+
+    // The mover: a small circle inside the box, one position every 20 ms.
+    let sent: Sent = Sent::default();
+    let mover_stop = CancellationToken::new();
+    let mover = {
+        let (backend, sent, mover_stop, prefix) =
+            (backend.clone(), Arc::clone(&sent), mover_stop.clone(), prefix.clone());
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while !mover_stop.is_cancelled() {
+                tick.tick().await;
+                seq += 1;
+                let angle = seq as f64 / 10.0;
+                let p = (SOL.0 + 0.003 * angle.sin(), SOL.1 + 0.004 * angle.cos());
+                sent.lock().push(Instant::now());
+                // One lost with the backend's node is a gap, not an error.
+                let _ = backend.publish(format!("{prefix}.location.mover"), body("mover", p, seq)).await;
+            }
+            seq
+        })
+    };
+    let sent_after = |seq: u64, at: Instant| sent.lock().get(seq as usize - 1).is_some_and(|t| *t > at);
+
+    // Warm: every client sees the parked vendor and the mover moving.
+    let warm = holds_within(Duration::from_secs(15), || {
+        logs.iter().all(|l| {
+            let l = l.lock();
+            l.events.iter().any(|(t, v, _, _)| t == "vendor_entered" && v == "parked")
+                && l.events.iter().any(|(t, v, _, _)| t == "location_updated" && v == "mover")
+        })
+    })
+    .await;
+    assert!(warm, "every area sees both vendors before the kill");
+
+    let disconnects_before = gws[0].shared.metrics.bus_disconnects.get();
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    eprintln!("killed node {victim} (gateway 0's)");
+
+    // A move published after the kill reaches every client's area.
+    let first_after = |log: &Mutex<AreaLog>| -> Option<Instant> {
+        log.lock()
+            .events
+            .iter()
+            .find(|(t, v, seq, _)| {
+                v == "mover"
+                    && (t == "location_updated" || t == "vendor_entered")
+                    && seq.is_some_and(|s| s > 0 && sent_after(s, killed_at))
+            })
+            .map(|(_, _, _, at)| *at)
+    };
+    let served = holds_within(Duration::from_secs(20), || logs.iter().all(|l| first_after(l).is_some())).await;
+    let per_client: Vec<Option<Duration>> = logs.iter().map(|l| first_after(l).map(|at| at - killed_at)).collect();
+    eprintln!("first post-kill move per client, after the kill: {per_client:?}");
+    for (g, l) in logs.iter().enumerate() {
+        assert_eq!(l.lock().closed, None, "area client on gateway {g} stayed connected");
+    }
+    assert!(served, "every area got a move published after the kill within 20 s: {per_client:?}");
+    let worst = per_client.iter().flatten().max().copied().unwrap_or_default();
+    assert!(worst < Duration::from_secs(10), "area failover took {worst:?}");
+
+    assert!(gws[0].shared.metrics.bus_disconnects.get() > disconnects_before, "gateway 0 saw its node go");
+    wait_until("gateway 0 ready again", async || gws[0].is_ready().await).await;
+    assert_ne!(node_of(&cluster, &prefix, "0").await, victim, "gateway 0 moved to a live node");
+
+    // Stop moving; the last position reaches every area (so it is indexed).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    mover_stop.cancel();
+    let last = mover.await.unwrap();
+    backend.flush().await.unwrap();
+    let got_last = holds_within(Duration::from_secs(10), || {
+        logs.iter().all(|l| l.lock().events.iter().any(|(_, v, seq, _)| v == "mover" && *seq == Some(last)))
+    })
+    .await;
+    assert!(got_last, "every area got the mover's last position ({last})");
+
+    // A new area on gateway 0, after the failover: its snapshot comes from
+    // the KV, the vendor parked before the kill included.
+    wait_until("JetStream ok after the failover", async || jetstream_ok(&gws[0]).await).await;
+    let mut fresh = WsClient::connect(&gws[0].url("/ws/location")).await;
+    assert_eq!(
+        subscribe_area(&mut fresh, around("fresh", SOL)).await,
+        ["mover", "parked"],
+        "a new area on gateway 0 knows who is inside"
+    );
+
+    // A move out of the box: every area sees the mover leave.
+    let out_at = Instant::now();
+    let out = (SOL.0 + 0.2, SOL.1 + 0.2);
+    backend.publish(format!("{prefix}.location.mover"), body("mover", out, last + 1)).await.unwrap();
+    backend.flush().await.unwrap();
+    let left = holds_within(Duration::from_secs(10), || {
+        logs.iter()
+            .all(|l| l.lock().events.iter().any(|(t, v, _, at)| t == "vendor_left" && v == "mover" && *at > out_at))
+    })
+    .await;
+    assert!(left, "every area saw the mover leave");
+    let m = fresh.recv().await;
+    assert_eq!(
+        m,
+        json!({"type": "vendor_left", "data": {"areaId": "fresh", "vendorId": "mover", "reason": "moved"}}),
+        "and so did the new area"
+    );
+
+    stop.cancel();
+    for (g, reader) in readers.into_iter().enumerate() {
+        let _ = reader.await.unwrap();
+        assert_eq!(logs[g].lock().closed, None, "area client on gateway {g} stayed connected");
+    }
+    drop(probe);
+    eprintln!("whole test {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded well under a minute");
+    for gw in gws {
+        gw.shutdown().await;
+    }
+}
