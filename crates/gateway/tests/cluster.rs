@@ -496,7 +496,6 @@ async fn holds_within<F: FnMut() -> bool>(within: Duration, mut f: F) -> bool {
 /// replicated KV (a vendor parked before the kill included).
 #[tokio::test]
 async fn area_subscriptions_survive_the_loss_of_a_node() {
-    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let started = Instant::now();
     let mut cluster = NatsCluster::start(3).await;
     let prefix = unique_prefix();
