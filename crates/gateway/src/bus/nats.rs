@@ -448,9 +448,15 @@ async fn reap_lingering(inner: Weak<Inner>, stop: CancellationToken) {
 
 /// Stream names may not contain `.`; one stream per prefix.
 fn stream_name(prefix: &str) -> String {
+    jetstream_name(prefix, "LAST_VALUES")
+}
+
+/// A JetStream stream or bucket name of this prefix: names may not contain
+/// `.`, so `venta.eu` gives `VENTA_EU_<suffix>`.
+pub fn jetstream_name(prefix: &str, suffix: &str) -> String {
     let clean: String =
         prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-    format!("{clean}_LAST_VALUES")
+    format!("{clean}_{suffix}")
 }
 
 impl Inner {

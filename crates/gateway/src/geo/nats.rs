@@ -132,9 +132,7 @@ impl std::fmt::Debug for NatsGeo {
 
 /// KV bucket names may not contain `.`; one bucket per prefix.
 fn bucket_name(prefix: &str) -> String {
-    let clean: String =
-        prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-    format!("{clean}_GEO")
+    crate::bus::nats::jetstream_name(prefix, "GEO")
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
