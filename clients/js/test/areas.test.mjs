@@ -8,7 +8,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { VentaWebSocketClient } from '../src/venta-client.js';
+import { VentaWebSocketClient } from '../src/websocket.js';
 
 /** A WebSocket the test drives: it opens, delivers and drops on request. */
 function fakeWebSocket() {

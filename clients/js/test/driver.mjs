@@ -45,7 +45,7 @@
 // exits 0. Bad arguments: usage on stderr, exit 2. Diagnostics go to stderr.
 
 import { createHmac } from 'node:crypto';
-import { VentaWebSocketClient, VentaWebTransportClient } from '../src/venta-client.js';
+import { VentaWebSocketClient } from '../src/websocket.js';
 
 const RUN_FOR_MS = 60_000;
 
@@ -76,7 +76,11 @@ if (secret) {
   options.refreshLeadMs = Number(process.env.VENTA_DRIVER_REFRESH_LEAD_MS ?? 2000);
 }
 
-const Client = url.startsWith('https:') ? VentaWebTransportClient : VentaWebSocketClient;
+// The WebTransport module (and with it MessagePack, from node_modules:
+// `npm ci` in clients/js first) only for a /wt/ URL.
+const Client = url.startsWith('https:')
+  ? (await import('../src/webtransport.js')).VentaWebTransportClient
+  : VentaWebSocketClient;
 const client = new Client(url, options);
 client.onOpen = () => emit({ event: 'open', transport: client.transport });
 client.onClose = (ev) => emit({ event: 'close', code: ev.code });
