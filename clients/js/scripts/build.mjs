@@ -38,4 +38,5 @@ await build({
 
 // npm packs the LICENSE of the package folder; the repository keeps one.
 copyFileSync(join(here, '../../LICENSE'), join(here, 'LICENSE'));
-console.log('built types/, dist/venta-realtime.browser.js, LICENSE');
+// stderr: `npm pack --json` prints its JSON on stdout.
+console.error('built types/, dist/venta-realtime.browser.js, LICENSE');

@@ -1,7 +1,7 @@
 //! WebTransport in a real browser: headless Chromium (Debian's `chromium`)
 //! loads a page served by this test over plain http on loopback, runs the
-//! project's JS client (`VentaWebTransportClient`, vendored MessagePack, no
-//! bundler), pins the certificate hash from /wt/cert-hash, subscribes, and
+//! project's JS client (`VentaWebTransportClient` from the self-contained
+//! browser bundle of clients/js, which `npm run build` makes), pins the certificate hash from /wt/cert-hash, subscribes, and
 //! shows published updates. The test reads the result from `--dump-dom`
 //! (a `/wait` stylesheet holds the load event until the page reported) and
 //! checks every message the page received against `schemas/server/any.json`.
@@ -46,8 +46,20 @@ struct PageServer {
     events: mpsc::UnboundedReceiver<PageEvent>,
 }
 
+/// The JS client's browser bundle must be built first (`.ci/js.sh` does it);
+/// without it every page here would fail with an opaque import error.
+fn require_client_bundle() {
+    let bundle = common::root().join("clients/js/dist/venta-realtime.browser.js");
+    assert!(
+        bundle.is_file(),
+        "{} is missing: build the JS client first (npm --prefix clients/js ci && npm --prefix clients/js run build; .ci/js.sh does it)",
+        bundle.display()
+    );
+}
+
 impl PageServer {
     async fn start(page: String) -> Self {
+        require_client_bundle();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, events) = mpsc::unbounded_channel();
@@ -176,7 +188,7 @@ window.addEventListener('error', (e) => fetch('/log?m=' + encodeURIComponent('un
 // A classic script with a dynamic import: a module script would wait for the
 // /wait stylesheet below (deferred scripts run after script-blocking styles).
 (async () => {{
-const {{ VentaWebTransportClient }} = await import('/client/src/venta-client.js');
+const {{ VentaWebTransportClient }} = await import('/client/dist/venta-realtime.browser.js');
 const cfg = {cfg};
 const out = document.getElementById('out');
 const seen = [];
@@ -368,7 +380,7 @@ window.addEventListener('error', (e) => fetch('/log?m=' + encodeURIComponent('un
 </script>
 <script>
 (async () => {{
-const {{ VentaWebTransportClient }} = await import('/client/src/venta-client.js');
+const {{ VentaWebTransportClient }} = await import('/client/dist/venta-realtime.browser.js');
 const cfg = {cfg};
 const out = document.getElementById('out');
 const seen = [];
