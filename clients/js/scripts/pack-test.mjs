@@ -16,15 +16,14 @@
 
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
-import { dirname, extname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { browse } from '../test/browser.mjs';
 import { Gateway, freePort, uniq } from '../test/gateway.mjs';
 
 const pkgDir = dirname(dirname(fileURLToPath(import.meta.url)));
 const work = mkdtempSync(join(tmpdir(), 'venta-pack-test-'));
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 // The string only MessagePack's decoder contains (its error for a bad type byte).
 const MSGPACK_MARKER = 'Unrecognized type byte';
 const step = (text) => process.stdout.write(`pack-test: ${text}\n`);
@@ -32,7 +31,6 @@ const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, stdio: ['ignore',
 
 let gw = null;
 const children = [];
-const servers = [];
 
 async function main() {
   step(`npm pack into ${work}`);
@@ -160,12 +158,12 @@ setTimeout(() => report({ ok: false, error: 'timeout', transport: client.transpo
   for (const [html, expected] of [['wt.html', 'webtransport'], ['ws.html', 'websocket']]) {
     const vendor = uniq('packweb');
     step(`Chromium opens the Vite-built ${html}`);
-    const result = await browse(join(app, 'dist'), html, {
-      wt: `https://127.0.0.1:${port}/wt/location`,
-      hash: `${gw.http}/wt/cert-hash`,
-      ws: gw.url('/ws/location'),
-      vendor,
-    }, () => gw.publish('location', { vendorId: vendor, location: { lat: 48.8584, long: 2.2945 } }));
+    const result = await browse({
+      root: join(app, 'dist'),
+      page: `/${html}`,
+      params: { wt: `https://127.0.0.1:${port}/wt/location`, hash: `${gw.http}/wt/cert-hash`, ws: gw.url('/ws/location'), vendor },
+      onSubscribed: () => gw.publish('location', { vendorId: vendor, location: { lat: 48.8584, long: 2.2945 } }),
+    });
     if (!result.ok) throw new Error(`${html}: ${JSON.stringify(result)}`);
     if (result.transport !== expected) throw new Error(`${html} used ${result.transport}, not ${expected}`);
     if (result.data.location.lat !== 48.8584) throw new Error(`${html} got ${JSON.stringify(result.data)}`);
@@ -209,67 +207,6 @@ function runUntil(cmd, args, cwd, onLine) {
   });
 }
 
-const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.map': 'application/json' };
-
-/**
- * Serves `root` on loopback, opens `html?params` in headless Chromium, calls
- * `publish` once the page says it subscribed, and resolves with the page's
- * report (30 s at most).
- */
-async function browse(root, html, params, publish) {
-  let settle;
-  const reported = new Promise((r) => {
-    settle = r;
-  });
-  const server = createServer((req, res) => {
-    const path = new URL(req.url, 'http://x').pathname;
-    if (path === '/subscribed') {
-      publish().catch((err) => settle({ ok: false, error: `publish: ${err.message}` }));
-      res.writeHead(204).end();
-      return;
-    }
-    if (path === '/report') {
-      let body = '';
-      req.on('data', (c) => {
-        if (body.length < 65536) body += c;
-      });
-      req.on('end', () => {
-        res.writeHead(204).end();
-        try {
-          settle(JSON.parse(body));
-        } catch {
-          settle({ ok: false, error: `bad report ${body}` });
-        }
-      });
-      return;
-    }
-    const file = join(root, path === '/' ? 'index.html' : path);
-    if (!file.startsWith(root) || !existsSync(file)) {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' });
-    res.end(readFileSync(file));
-  });
-  servers.push(server);
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const url = `http://127.0.0.1:${server.address().port}/${html}?${new URLSearchParams(params)}`;
-  const profile = mkdtempSync(join(work, 'chromium-'));
-  const chromium = spawn(CHROMIUM, [
-    '--headless', '--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--disable-gpu', `--user-data-dir=${profile}`, url,
-  ], { stdio: 'ignore' });
-  children.push(chromium);
-  const timeout = new Promise((r) => setTimeout(() => r({ ok: false, error: `${html}: no report within 30 s` }), 30_000));
-  const exited = new Promise((r) => chromium.once('exit', (code) => r({ ok: false, error: `chromium exited (${code}) before reporting` })));
-  try {
-    return await Promise.race([reported, timeout, exited]);
-  } finally {
-    chromium.kill();
-    server.close();
-  }
-}
-
 let failed = false;
 try {
   await main();
@@ -278,7 +215,6 @@ try {
   process.stderr.write(`pack-test: FAILED: ${err?.stack ?? err}\n`);
 } finally {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill();
-  for (const s of servers) s.close();
   await gw?.dispose();
   rmSync(work, { recursive: true, force: true });
 }

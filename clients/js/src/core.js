@@ -43,6 +43,7 @@
  * @property {Logger} log
  * @property {Record<string, any>} options the client's options
  * @property {() => Subscription[]} subscriptions what the caller follows now (SSE puts it in its URL)
+ * @property {() => {areaId: string, userId: string, shape: AreaShape}[]} areas the areas the caller follows now
  */
 
 /**
@@ -761,6 +762,7 @@ export class BaseClient extends EventTarget {
       log: this.#log,
       options: this.#options,
       subscriptions: () => this.#currentSubscriptions(),
+      areas: () => [...this.#areas.values()].map(({ areaId, userId, shape }) => ({ areaId, userId, shape })),
     };
     try {
       conn = transport.open(ctx, on);

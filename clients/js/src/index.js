@@ -1,12 +1,13 @@
 // @venta/realtime: the venta-gateway client with every transport.
 // `RealtimeClient` tries them in the order of `options.transports`
-// (WebTransport, then WebSocket by default) and falls back when one is
+// (WebTransport, WebSocket, then Server-Sent Events by default) and falls back when one is
 // missing or fails before opening. For a smaller app import a subpath:
 // `@venta/realtime/websocket` (no MessagePack) or `@venta/realtime/webtransport`.
 
 import { BaseClient } from './core.js';
 import { webSocketTransport } from './websocket.js';
 import { webTransportTransport } from './webtransport.js';
+import { sseTransport } from './sse.js';
 
 export * from './webtransport.js';
 
@@ -23,6 +24,6 @@ export class RealtimeClient extends BaseClient {
    */
   constructor(url, options = {}) {
     const urls = options.webSocketUrl ? { ...options.urls, websocket: options.webSocketUrl } : options.urls;
-    super(url, { ...options, urls }, [webTransportTransport, webSocketTransport], ['webtransport', 'websocket']);
+    super(url, { ...options, urls }, [webTransportTransport, webSocketTransport, sseTransport], ['webtransport', 'websocket', 'sse']);
   }
 }

@@ -2,6 +2,9 @@
 // MessagePack: `import { WebSocketClient } from '@venta/realtime/websocket'`.
 
 import { BaseClient, SeedClient, swapEndpoint } from './core.js';
+import { sseTransport } from './sse.js';
+
+export { sseTransport } from './sse.js';
 
 export {
   BaseClient,
@@ -90,22 +93,25 @@ export const webSocketTransport = {
  * @typedef {import('./core.js').ClientOptions & {
  *   WebSocket?: any,
  *   protocols?: string | string[],
+ *   EventSource?: any,
  * }} WebSocketClientOptions
  */
 
 /**
- * The client over WebSocket only (`/ws/location`, `/ws/vendor`), an
+ * The client over WebSocket (`/ws/location`, `/ws/vendor`), an
  * `EventTarget`; see {@link BaseClient} for its methods and events.
+ * `transports: ['websocket', 'sse']` adds Server-Sent Events as the
+ * fallback (no codec either).
  */
 export class WebSocketClient extends BaseClient {
   /**
    * Connects at once.
    * @param {string | URL} url e.g. `ws://localhost:5006/ws/location` (`?token=JWT` when auth is on)
    * @param {WebSocketClientOptions} [options] `WebSocket`: an implementation instead of the global one
-   *   (e.g. the `ws` package); `protocols`: WebSocket sub-protocols
+   *   (e.g. the `ws` package); `protocols`: WebSocket sub-protocols; `EventSource`: for `sse`
    */
   constructor(url, options = {}) {
-    super(url, { ...options, transports: ['websocket'] }, [webSocketTransport], ['websocket']);
+    super(url, options, [webSocketTransport, sseTransport], ['websocket']);
   }
 }
 

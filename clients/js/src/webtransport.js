@@ -6,6 +6,7 @@
 import { decode, encode } from '@msgpack/msgpack';
 import { BaseClient, SeedClient, swapEndpoint } from './core.js';
 import { webSocketTransport } from './websocket.js';
+import { sseTransport } from './sse.js';
 
 export * from './websocket.js';
 
@@ -250,7 +251,7 @@ export class WebTransportClient extends BaseClient {
    *   (an implementation), `webSocketUrl` (the fallback endpoint, same as `urls.websocket`)
    */
   constructor(url, options = {}) {
-    super(url, withFallbackUrl(options), [webTransportTransport, webSocketTransport], ['webtransport', 'websocket']);
+    super(url, withFallbackUrl(options), [webTransportTransport, webSocketTransport, sseTransport], ['webtransport', 'websocket']);
   }
 }
 
