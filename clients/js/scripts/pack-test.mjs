@@ -1,5 +1,6 @@
 // The package as a user gets it: `npm pack`, then install the tarball into
 // a fresh project in a temporary directory and
+//  (0) type-check a TypeScript file there against the generated .d.ts;
 //  (a) run a Node script there that imports '@venta/realtime/websocket' and
 //      receives an update published to a real gateway;
 //  (b) build two pages there with Vite (7, from this package's
@@ -27,7 +28,14 @@ const work = mkdtempSync(join(tmpdir(), 'venta-pack-test-'));
 // The string only MessagePack's decoder contains (its error for a bad type byte).
 const MSGPACK_MARKER = 'Unrecognized type byte';
 const step = (text) => process.stdout.write(`pack-test: ${text}\n`);
-const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', timeout: 120_000 });
+const run = (cmd, args, cwd) => {
+  try {
+    return execFileSync(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', timeout: 120_000 });
+  } catch (err) {
+    // The command's stdout (tsc prints its errors there) goes with the failure.
+    throw new Error(`${cmd} ${args.join(' ')} failed:\n${err.stdout ?? ''}`);
+  }
+};
 
 let gw = null;
 const children = [];
@@ -58,6 +66,40 @@ async function main() {
   const installed = JSON.parse(readFileSync(join(app, 'node_modules/@venta/realtime/package.json'), 'utf8'));
   if (installed.license !== 'MIT' || installed.private) throw new Error('installed package is not MIT / is private');
   if (!existsSync(join(app, 'node_modules/@msgpack/msgpack'))) throw new Error('@msgpack/msgpack was not installed');
+
+  step('TypeScript in the fresh project type-checks against the generated declarations');
+  writeFileSync(join(app, 'check.ts'), `
+import { RealtimeClient, VentaError, type VentaAreaEvent } from '@venta/realtime';
+import { WebSocketClient, VentaWebSocketClient } from '@venta/realtime/websocket';
+import { WebTransportClient } from '@venta/realtime/webtransport';
+const c = new RealtimeClient('ws://localhost:5006/ws/location', { transports: ['websocket', 'sse'], ackTimeoutMs: 5000 });
+c.addEventListener('open', () => {});
+const p: Promise<void> = c.subscribeToLocation('v1', 'u1', { delivery: 'datagram' });
+p.catch((e: unknown) => { if (e instanceof VentaError) { const code: string = e.code; void code; } });
+const a: Promise<void> = c.subscribeArea('map', { bbox: { south: 1, west: 2, north: 3, east: 4 } }, { userId: 'u1' });
+void a;
+const vendors = c.areaVendors('map');
+if (vendors) for (const v of vendors.values()) { const lat: number = v.location.lat; void lat; }
+const t: string | null = c.transport;
+void t;
+const ws = new WebSocketClient('ws://localhost:5006/ws/location');
+ws.close(1000, 'bye');
+class Tracker extends VentaWebSocketClient {
+  onLocationUpdate(data: any) { void data; }
+}
+new Tracker('ws://localhost:5006/ws/location').subscribeToVendor('v1', 'u1');
+new WebTransportClient('https://localhost:5006/wt/location', { certificateHashUrl: 'http://localhost:5006/wt/cert-hash' });
+const e = null as unknown as VentaAreaEvent;
+const kind: 'area_snapshot' | 'vendor_entered' | 'location_updated' | 'vendor_left' = e?.kind;
+void kind;
+// @ts-expect-error: subscribeArea needs the options with userId
+c.subscribeArea('map', { bbox: { south: 1, west: 2, north: 3, east: 4 } });
+`);
+  writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({
+    compilerOptions: { strict: true, noEmit: true, module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', lib: ['es2022', 'dom'], types: [] },
+    files: ['check.ts'],
+  }));
+  run(process.execPath, [join(pkgDir, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], app);
 
   const port = await freePort();
   // WebTransport on the HTTP port's number (UDP), as in production.

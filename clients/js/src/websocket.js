@@ -6,8 +6,8 @@ import { sseTransport } from './sse.js';
 
 export { sseTransport } from './sse.js';
 
+export { BaseClient, SeedClient };
 export {
-  BaseClient,
   VentaError,
   VentaMessageEvent,
   VentaAreaEvent,
@@ -16,7 +16,6 @@ export {
   VentaOpenEvent,
   VentaReconnectingEvent,
   VentaFallbackEvent,
-  SeedClient,
 } from './core.js';
 
 // WebSocket.readyState OPEN, fixed by the standard; not read from the
