@@ -2,7 +2,8 @@
 # The JS client (clients/js, npm package @venta/realtime): install from the
 # committed lockfile, type-check, build (declarations, browser bundle: the
 # Chromium tests in crates/gateway/tests/browser.rs load it), run its tests
-# against a real gateway, then pack it and use the tarball from a fresh
+# against a real gateway (and the transport fallback, down to Server-Sent
+# Events, from Node and in headless Chromium), then pack it and use the tarball from a fresh
 # project (Node, and a Vite-built page in headless Chromium).
 # Called by .ci/run before `cargo test`. Fails loudly; every step bounded.
 set -euo pipefail
@@ -21,6 +22,12 @@ timeout 120 npm run --silent build || die "build failed (a type error in src/ fa
 
 step "unit and real-gateway tests (node --test)"
 timeout 300 npm test || die "node --test failed"
+
+step "Server-Sent Events from Node: websocket refused by a proxy -> sse, and back (node --test)"
+timeout 180 npm run --silent test:sse || die "the SSE fallback tests failed"
+
+step "transport fallback in Chromium: webtransport; UDP closed -> websocket; upgrades refused too -> sse"
+timeout 180 npm run --silent test:browser || die "the browser fallback tests failed"
 
 step "npm pack, install the tarball in a fresh project: Node + Vite page in Chromium"
 timeout 180 npm run --silent test:pack || die "the packed package does not work from a fresh project"
