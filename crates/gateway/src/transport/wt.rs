@@ -198,10 +198,7 @@ type Accepted = (wtransport::Connection, Path, SocketAddr, admission::Admitted);
 
 /// The handshake, routing and admission: the accepted session, or `None`
 /// once the client was answered (refused, timed out, failed).
-async fn negotiate(
-    incoming: IncomingSession,
-    shared: &Arc<Shared>,
-) -> Option<(wtransport::Connection, Path, SocketAddr, admission::Admitted)> {
+async fn negotiate(incoming: IncomingSession, shared: &Arc<Shared>) -> Option<Accepted> {
     let request = match step(shared, incoming.into_future()).await {
         Some(Ok(request)) => request,
         Some(Err(e)) => {
