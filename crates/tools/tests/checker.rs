@@ -161,7 +161,7 @@ impl Drop for Cluster {
 
 /// A gateway on `nats` (all `urls`, the first at the head) with a
 /// replicated last-value stream, on `port` (0: any).
-fn gw_config(urls: &[String], prefix: &str, port: u16, replicas: u8) -> GwConfig {
+fn gw_config(urls: &[String], prefix: &str, port: u16, replicas: usize) -> GwConfig {
     let mut g = GwConfig::new().nats(&urls.join(","), prefix);
     let c = g.config_mut();
     c.server.port = port;
@@ -411,8 +411,11 @@ async fn the_checker_through_a_gateway_restart() {
     bench.at_a_third().await;
     let t = Instant::now();
     assert!(gw0.shutdown().await, "graceful shutdown in time");
-    let gw0 = started(gw_config(&urls, &prefix, port, 1)).await;
-    eprintln!("gateway restarted on port {port} in {:?}", t.elapsed());
+    let down = t.elapsed();
+    // Ready is enough: the clients come back on their own.
+    let gw0 = TestGateway::start_with(gw_config(&urls, &prefix, port, 1)).await;
+    wait_until("restarted gateway ready", async || gw0.is_ready().await).await;
+    eprintln!("gateway stopped in {down:?}, ready again on port {port} {:?} after the stop began", t.elapsed());
     let (code, v) = bench.result().await;
 
     assert_no_dup_ooo_and_converged(&v);
