@@ -444,3 +444,54 @@ async fn the_checker_through_a_gateway_restart() {
     gw1.shutdown().await;
     assert!(started_at.elapsed() < TEST_BOUND, "took {:?}", started_at.elapsed());
 }
+
+/// No fault, one in-process gateway (embedded bus, publishing over HTTP),
+/// WebTransport clients: on the stream the lossless promise holds (exit 0,
+/// nothing lost, twice or reordered); as datagrams only convergence is
+/// judged, and holds on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_over_webtransport_streams_and_datagrams() {
+    let started_at = Instant::now();
+    let gw = TestGateway::start().await;
+    wait_until("gateway ready", async || gw.is_ready().await).await;
+    for delivery in ["stream", "datagram"] {
+        let args: Vec<String> = [
+            "--transport",
+            "webtransport",
+            "--wt-delivery",
+            delivery,
+            "--url",
+            &gw.wt_url("/wt/location"),
+            "--http-url",
+            &gw.http(""),
+            "--via",
+            "http",
+            "--conns",
+            "30",
+            "--vendors",
+            "10",
+            "--rates",
+            "200",
+            "--duration",
+            "3",
+            "--label",
+            delivery,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let (code, v) = Bench::spawn(&args).result().await;
+        assert_no_dup_ooo_and_converged(&v);
+        assert_eq!(code, Some(0), "{v}");
+        let t = &v["totals"];
+        assert_eq!((n(&t["gap"]), n(&t["reconnects"])), (0, 0), "{v}");
+        if delivery == "stream" {
+            assert_eq!((v["path"].as_str(), n(&t["lost"])), (Some("lossless"), 0), "{v}");
+        } else {
+            assert_eq!(v["path"], "datagram", "{v}");
+        }
+        eprintln!("checker over WebTransport {delivery}: totals {t}");
+    }
+    gw.shutdown().await;
+    assert!(started_at.elapsed() < TEST_BOUND, "took {:?}", started_at.elapsed());
+}

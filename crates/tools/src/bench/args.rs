@@ -599,6 +599,32 @@ mod tests {
     }
 
     #[test]
+    fn verify_runs_at_one_rate_and_within_its_record_bound() -> anyhow::Result<()> {
+        let p = plan(&["--scenario", "verify"])?;
+        assert_eq!((p.conns, p.vendors, p.rates.clone(), p.duration), (30, 10, vec![200.0], 10.0));
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()));
+        let mut a =
+            parse(&["--scenario", "verify", "--verify-url", "ws://a:1/ws/location,ws://b:2/ws/location"])?.bench;
+        assert_eq!(a.verify.urls.len(), 2);
+        a.nats_url_given = true;
+        assert_eq!(a.via(), Via::Nats);
+        assert!(plan(&["--scenario", "verify", "--rates", "1,2"]).is_err());
+        assert!(plan(&["--scenario", "verify", "--reconnect-min-ms", "500", "--reconnect-max-ms", "100"]).is_err());
+        // 1,000 clients × 100,000 updates per vendor: 10⁸ records, over the bound.
+        assert!(plan(&["--scenario", "verify", "--conns", "1000", "--vendors", "1", "--rates", "10000"]).is_err());
+        let wt = [
+            "--scenario",
+            "verify",
+            "--transport",
+            "wt",
+            "--verify-url",
+            "https://a:1/wt/location,https://b:2/wt/location",
+        ];
+        assert!(plan(&wt).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn nonsense_is_refused() {
         for args in [
             &["--conns", "0"][..],
