@@ -86,9 +86,9 @@ pub struct Counts {
     pub dup: u64,
     /// Live updates received after a later one.
     pub ooo: u64,
-    /// Updates of this vendor the run did not publish (a sequence beyond
-    /// the log, or sent before the run began, e.g. an older run's snapshot
-    /// counts here only when live).
+    /// Live updates of this vendor the run did not publish (a sequence it
+    /// never published, or one sent before it began); an older run's value
+    /// as a snapshot is the store's, counted in `snapshots` only.
     pub foreign: u64,
     /// Connections after the first.
     pub reconnects: u64,
