@@ -175,6 +175,9 @@ async fn stats_stream_matches_ws_status_lists_the_busiest_vendors_and_is_bounded
     let mut c = config();
     c.http.dashboard_max_streams = 2;
     c.http.dashboard_top_vendors = 3;
+    // A stream outlives HTTP_REQUEST_TIMEOUT_MS (it bounds requests, not
+    // a response body that is still being sent).
+    c.http.request_timeout_ms = 300;
     let gw = TestGateway::start_with(c).await;
     let mut client = WsClient::connect(&gw.url("/ws/vendor")).await;
     client.subscribe("location", "busy").await;
@@ -228,6 +231,10 @@ async fn stats_stream_matches_ws_status_lists_the_busiest_vendors_and_is_bounded
         }
     }
     assert!(seen_rate, "messages out per second never rose above 0");
+    let open_for = std::time::Instant::now();
+    while open_for.elapsed() < Duration::from_millis(900) {
+        sse.next().await;
+    }
 
     // DASHBOARD_MAX_STREAMS = 2: a third stream is refused until one ends.
     let second = Sse::open(&gw.http("/dashboard/stats")).await;
@@ -375,6 +382,11 @@ struct Browser {
     _profile: common::nats::tempdir::Dir,
     page: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     next_id: u64,
+    /// Answers to HTTP auth challenges (after `Fetch.enable`), as an
+    /// operator typing into the browser's prompt would.
+    basic: Option<(String, String)>,
+    /// Challenges answered.
+    challenges: usize,
 }
 
 impl Browser {
@@ -433,7 +445,7 @@ impl Browser {
         }
         let page_ws = page_ws.expect("no page target");
         let (page, _) = tokio_tungstenite::connect_async(page_ws).await.expect("connect to the page target");
-        Self { _child: child, _profile: profile, page, next_id: 0 }
+        Self { _child: child, _profile: profile, page, next_id: 0, basic: None, challenges: 0 }
     }
 
     /// Sends one command and returns its result (events in between are
@@ -450,6 +462,26 @@ impl Browser {
                 if v["id"] == id {
                     assert!(v.get("error").is_none(), "{method}: {v}");
                     return v["result"].clone();
+                }
+                // With Fetch enabled every request waits for the test.
+                let reply = match (v["method"].as_str(), &self.basic) {
+                    (Some("Fetch.requestPaused"), _) => Some(
+                        json!({"method": "Fetch.continueRequest", "params": {"requestId": v["params"]["requestId"]}}),
+                    ),
+                    (Some("Fetch.authRequired"), Some((user, password))) => {
+                        self.challenges += 1;
+                        Some(
+                            json!({"method": "Fetch.continueWithAuth", "params": {"requestId": v["params"]["requestId"],
+                            "authChallengeResponse": {"response": "ProvideCredentials", "username": user, "password": password}}}),
+                        )
+                    }
+                    _ => None,
+                };
+                if let Some(mut reply) = reply {
+                    // Replies get ids far from the commands' own.
+                    self.next_id += 1;
+                    reply["id"] = json!(1_000_000 + self.next_id);
+                    self.page.send(Message::text(reply.to_string())).await.unwrap();
                 }
             }
         };
@@ -605,5 +637,22 @@ async fn in_chromium_the_page_shows_the_status_counts_and_the_map_follows_a_vend
     browser.until("the moved area's ack", &format!("venta.areaAcks > {acks}")).await;
     drop(browser);
     drop((a, b));
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test]
+async fn in_chromium_basic_credentials_typed_into_the_prompt_open_the_page_and_its_stream() {
+    let gw = TestGateway::start_with(config()).await;
+    let mut browser = Browser::launch().await;
+    browser.basic = Some(("operator".into(), ADMIN.into()));
+    browser.call("Fetch.enable", json!({"handleAuthRequests": true, "patterns": [{"urlPattern": "*"}]})).await;
+    browser.call("Page.navigate", json!({"url": gw.http("/dashboard")})).await;
+    browser.until("the stats stream", "typeof venta === 'object' && venta.statsEvents >= 2").await;
+    browser.until("the stream state", "document.getElementById('stream-state').textContent === 'live'").await;
+    browser.until("the map's area subscription", "venta.areaAcks >= 1").await;
+    assert!(browser.challenges >= 1, "the browser was never asked for credentials");
+    let html = browser.eval("document.documentElement.outerHTML + JSON.stringify(venta.stats) + location.href").await;
+    assert!(!html.as_str().unwrap_or("").contains(ADMIN), "the token reached the page");
+    drop(browser);
     assert!(gw.shutdown().await);
 }

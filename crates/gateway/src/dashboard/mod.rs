@@ -95,13 +95,13 @@ fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
     Some(decoded[colon + 1..].to_vec())
 }
 
-/// `Ok` when the request carries `ADMIN_TOKEN`; else the answer to give.
-fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// `None` when the request carries `ADMIN_TOKEN`; else the answer to give.
+fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &shared.config.auth.admin_token else {
-        return Err(error(StatusCode::NOT_FOUND, "unavailable", "the dashboard is off: ADMIN_TOKEN is not set"));
+        return Some(error(StatusCode::NOT_FOUND, "unavailable", "the dashboard is off: ADMIN_TOKEN is not set"));
     };
     match presented(headers) {
-        Some(given) if constant_time_eq(&given, expected.as_bytes()) => Ok(()),
+        Some(given) if constant_time_eq(&given, expected.as_bytes()) => None,
         _ => {
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
@@ -109,7 +109,7 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
                 "missing or wrong ADMIN_TOKEN (a bearer token, or the password of Basic credentials)",
             );
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
-            Err(resp)
+            Some(resp)
         }
     }
 }
@@ -174,7 +174,7 @@ fn asset(ctype: &'static str, body: &'static str) -> Response {
 
 /// `GET /dashboard`: the page (no data in it; its script fetches the stream).
 async fn page(State(dash): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if let Err(resp) = authorize(&dash.shared, &headers) {
+    if let Some(resp) = refusal(&dash.shared, &headers) {
         return resp;
     }
     (
@@ -204,7 +204,7 @@ async fn style_css() -> Response {
 /// `null` when auth is off (none needed) or uses a public key (the gateway
 /// cannot sign one). Also the map's limits.
 async fn map_token(State(dash): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if let Err(resp) = authorize(&dash.shared, &headers) {
+    if let Some(resp) = refusal(&dash.shared, &headers) {
         return resp;
     }
     let c = &dash.shared.config;
@@ -256,7 +256,7 @@ struct StatsStream {
 /// `GET /dashboard/stats`: `event: stats` with one JSON object per
 /// interval (see [`snapshot`]); ends at shutdown.
 async fn stats(State(dash): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if let Err(resp) = authorize(&dash.shared, &headers) {
+    if let Some(resp) = refusal(&dash.shared, &headers) {
         return resp;
     }
     let Ok(permit) = Arc::clone(&dash.streams).try_acquire_owned() else {
