@@ -197,9 +197,9 @@ def tables(m, a):
 
 
 def chart(m, a):
-    W, H = 900, 560
+    W, H = 900, 600
     panels = ((70, 420, "instances"), (520, 870, "fleet memory, GiB"))
-    T, B = 84, 470
+    T, B = 104, 480
     xs = [10 ** (4 + k / 8) for k in range(25)]  # 10k .. 10M
     colours = {"WebSocket": "#0072B2", "WebTransport": "#D55E00", "map-heavy": "#009E73",
                "map-heavy, by region": "#CC79A7"}
@@ -258,15 +258,14 @@ def chart(m, a):
             for c, p in zip(xs, ps):
                 if p and abs(math.log10(c) - round(math.log10(c))) < 1e-9:
                     o.append(f'<circle cx="{px(c):.1f}" cy="{py(p[key]):.1f}" r="4" fill="{colours[name]}"/>')
-    lx = 90
-    for name in MIXES:
-        o.append(f'<line x1="{lx}" y1="{H - 34}" x2="{lx + 28}" y2="{H - 34}" stroke="{colours[name]}" stroke-width="2.2"/>')
+    for k, name in enumerate(MIXES):
+        lx, ly = 90 + (k % 2) * 400, H - 58 + (k // 2) * 20
+        o.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 28}" y2="{ly - 4}" stroke="{colours[name]}" stroke-width="2.2"/>')
         mix = MIXES[name]
         desc = {"WebSocket": "per-vendor WS", "WebTransport": "per-vendor WT",
                 "map-heavy": f"map-heavy ({mix[0]:.0%} WS, {mix[1]:.0%} WT, {mix[2]:.0%} area)",
                 "map-heavy, by region": f"the same, by region ({a['regions']:g})"}[name]
-        o.append(text(lx + 34, H - 30, desc, size=12))
-        lx += 34 + 8 * len(desc) + 24
+        o.append(text(lx + 34, ly, desc, size=12))
     o.append(text(70, H - 10, "Fleet memory: instances × RSS + kernel socket memory in use (not the machines' size).",
                   size=11, extra=' fill="#555"'))
     o.append("</svg>")
@@ -274,12 +273,26 @@ def chart(m, a):
 
 
 def main():
+    global SIZES, UPDATE_EVERY_S
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--out", help="also write the chart (SVG) here")
+    ap.add_argument("--sizes", help="connections:vendors,... for the tables (default "
+                    + ",".join(f"{c}:{v}" for c, v in SIZES) + ")")
+    ap.add_argument("--update-every-s", type=float, default=UPDATE_EVERY_S,
+                    help=f"seconds between a vendor's updates (default {UPDATE_EVERY_S:g})")
     for k, v in {**MEASURED, **ASSUMED}.items():
         ap.add_argument("--" + k.replace("_", "-"), type=float, default=v, help=f"default {v:g}")
     a = vars(ap.parse_args())
     out = a.pop("out")
+    sizes = a.pop("sizes")
+    UPDATE_EVERY_S = a.pop("update_every_s")
+    try:
+        if sizes:
+            SIZES = tuple(tuple(int(x) for x in pair.split(":")) for pair in sizes.split(","))
+    except ValueError:
+        sys.exit("scaling.py: error: --sizes takes connections:vendors pairs, comma-separated")
+    if UPDATE_EVERY_S <= 0 or any(len(p) != 2 or min(p) <= 0 for p in SIZES):
+        sys.exit("scaling.py: error: --update-every-s and every size must be above 0")
     m = {k: a[k] for k in MEASURED}
     s = {k: a[k] for k in ASSUMED}
     if s["instance_cores"] <= 0 or s["instance_gib"] <= 0 or not (0 < s["cpu_headroom"] <= 1) \
