@@ -54,7 +54,7 @@ MEASURED = {
 ASSUMED = {
     "instance_cores": 4, "instance_gib": 8.0,   # the instance size
     "cpu_headroom": 0.60, "mem_headroom": 0.70,  # run cores at <= 60 %, memory at <= 70 %
-    "ping_s": 30.0,          # WS_HEARTBEAT default: a ping out and a pong in per 30 s, each costed as a delivery
+    "ping_s": 30.0,          # WS_HEARTBEAT_INTERVAL default: a ping out and a pong in per 30 s, each costed as a delivery
     "recv_us": 16.0,         # NATS message received by an instance: not measured apart; costed as one delivery
     "client_msgs_per_s": 1 / 60,  # client messages (subscribe, unsubscribe) per per-vendor client: usage, assumed
     "pan_per_s": 0.1 / 3,    # s4's pan rate: 10 % of area clients move their box every 3 s
@@ -164,7 +164,7 @@ def tables(m, a):
     for conns, vendors in SIZES:
         ps = {name: plan(conns, vendors, mix, m, a) for name, mix in MIXES.items()}
         p0 = ps["WebSocket"]
-        o.append(f"#### {fmt(conns)} connections, {fmt(vendors)} vendors every {UPDATE_EVERY_S:g} s "
+        o.append(f"### {fmt(conns)} connections, {fmt(vendors)} vendors every {UPDATE_EVERY_S:g} s "
                  f"({fmt(p0['updates'])} updates/s, {fmt(conns / vendors)} followers per vendor)\n")
         o.append("| | " + " | ".join(ps) + " |")
         o.append("|---" * (len(ps) + 1) + "|")
