@@ -115,7 +115,7 @@ def plan(conns, vendors, mix, m, a):
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if fits(mid, instances)[0] else (lo, mid - 1)
         if lo == 0:  # the fixed share (NATS receiving, indexing) fills an instance: more instances
-            if instances > 1_000_000 or cells_in * a["recv_us"] >= cpu_budget_us:
+            if instances > 1_000_000 or index_us == 0 or cells_in * a["recv_us"] >= cpu_budget_us:
                 return None  # receiving the region's cell traffic alone fills an instance
             instances *= 2
             continue
@@ -163,9 +163,9 @@ def tables(m, a):
     o = []
     for conns, vendors in SIZES:
         ps = {name: plan(conns, vendors, mix, m, a) for name, mix in MIXES.items()}
-        p0 = ps["WebSocket"]
+        updates = vendors / UPDATE_EVERY_S
         o.append(f"### {fmt(conns)} connections, {fmt(vendors)} vendors every {UPDATE_EVERY_S:g} s "
-                 f"({fmt(p0['updates'])} updates/s, {fmt(conns / vendors)} followers per vendor)\n")
+                 f"({fmt(updates)} updates/s, {fmt(conns / vendors)} followers per vendor)\n")
         o.append("| | " + " | ".join(ps) + " |")
         o.append("|---" * (len(ps) + 1) + "|")
         rows = [
@@ -189,9 +189,10 @@ def tables(m, a):
             o.append(f"| {label} | " + " | ".join(f(p) if p else "does not fit ¹" for p in ps.values()) + " |")
         if not all(ps.values()):
             o.append("")
-            o.append("¹ Every instance with area clients receives every indexed update on its cell subjects "
-                     f"({fmt(p0['updates'])}/s × {a['recv_us']:g} µs ≥ the {a['instance_cores'] * a['cpu_headroom']:g} "
-                     "cores an instance may use): no instance count works without routing clients by region.")
+            o.append("¹ No instance count fits: an instance cannot hold one connection on top of what it "
+                     "receives from NATS (with area clients: every indexed update of its region on the cell "
+                     f"subjects, {fmt(updates)}/s × {a['recv_us']:g} µs ≥ the {a['instance_cores'] * a['cpu_headroom']:g} "
+                     "cores an instance may use, when not routed by region), or the instance is too small.")
         o.append("")
     return "\n".join(o)
 
@@ -225,6 +226,8 @@ def chart(m, a):
               size=12, extra=' fill="#555"')]
     for (L, R, label), key in zip(panels, ("instances", "fleet_gib")):
         ys = [p[key] for ps in data.values() for p in ps if p]
+        if not ys:
+            sys.exit("scaling.py: error: no size fits an instance with these inputs: nothing to chart")
         ya, yb = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
         xa, xb = 4, 7
         px = lambda v: L + (math.log10(v) - xa) / (xb - xa) * (R - L)
@@ -251,7 +254,10 @@ def chart(m, a):
             pts = " ".join(f"{px(c):.1f},{py(p[key]):.1f}" for c, p in zip(xs, ps) if p)
             o.append(f'<polyline points="{pts}" fill="none" stroke="{colours[name]}" stroke-width="2.2" '
                      'stroke-linejoin="round"/>')
-            last = [(c, p) for c, p in zip(xs, ps) if p][-1]
+            fit = [(c, p) for c, p in zip(xs, ps) if p]
+            if not fit:
+                continue
+            last = fit[-1]
             if last[0] < xs[-1]:  # the model stops: say so where the line ends
                 o.append(f'<text x="{px(last[0]) + 6:.1f}" y="{py(last[1][key]) + 4:.1f}" font-size="11" '
                          f'fill="{colours[name]}">× no fit beyond {si(last[0] * 10 ** 0.125):s}</text>')
