@@ -206,7 +206,10 @@ async fn http_publish_refuses_a_null_timestamp() {
     ws.subscribe("vendor", "n1").await;
     let client = reqwest::Client::new();
     for (route, body) in [
-        ("/api/v1/publish/location", json!({"vendorId": "n1", "location": {"lat": 1.0, "long": 2.0}, "timestamp": null})),
+        (
+            "/api/v1/publish/location",
+            json!({"vendorId": "n1", "location": {"lat": 1.0, "long": 2.0}, "timestamp": null}),
+        ),
         ("/api/v1/publish/vendor", json!({"vendorId": "n1", "vendor": {"name": "Tacos"}, "timestamp": null})),
     ] {
         let resp = client.post(gw.http(route)).json(&body).send().await.expect("publish request");
