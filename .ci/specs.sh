@@ -8,7 +8,7 @@
 # The tools are pinned in tools/spec (package-lock.json, requirements.txt) and
 # installed under tools/spec/node_modules and target/spec-venv.
 #
-# Settings (environment): SPECS_MAX_EXAMPLES (60) test cases per operation and
+# Settings (environment): SPECS_MAX_EXAMPLES (150) test cases per operation and
 # phase, SPECS_FUZZ_TIMEOUT (180) seconds for the whole schemathesis run,
 # SPECS_SEED (fixed, so a CI failure reproduces) for schemathesis' generator.
 set -euo pipefail
@@ -17,7 +17,7 @@ root=$PWD
 die() { printf 'specs: ERROR: %s\n' "$*" >&2; exit 1; }
 say() { printf -- '--> %s\n' "$*"; }
 
-max_examples=${SPECS_MAX_EXAMPLES:-60}
+max_examples=${SPECS_MAX_EXAMPLES:-150}
 fuzz_timeout=${SPECS_FUZZ_TIMEOUT:-180}
 seed=${SPECS_SEED:-20261201}
 
@@ -87,14 +87,16 @@ node --experimental-websocket --no-warnings tools/spec/seed-audit.mjs "$base" "$
 say "fuzzing $base (at most ${max_examples} cases per operation and phase, ${fuzz_timeout} s in all)"
 # SSE streams never end, and schemathesis reads whole bodies: the /sse/ routes
 # are linted above but not fuzzed.
+# Run from target/: schemathesis keeps its cache of past failures (replayed
+# first on the next run) in ./.schemathesis, which must not land in the tree.
 status=0
-VENTA_INGEST_TOKEN="$ingest_token" VENTA_ADMIN_TOKEN="$admin_token" \
+(cd target && VENTA_INGEST_TOKEN="$ingest_token" VENTA_ADMIN_TOKEN="$admin_token" \
     timeout --kill-after=10 "$fuzz_timeout" \
-    "$venv/bin/schemathesis" --config-file tools/spec/schemathesis.toml run docs/openapi.yaml \
+    "$root/$venv/bin/schemathesis" --config-file "$root/tools/spec/schemathesis.toml" run "$root/docs/openapi.yaml" \
     --url "$base" \
     --exclude-path-regex '^/sse/' \
     --max-examples "$max_examples" --seed "$seed" \
-    --report junit --report-dir "$root/target/specs-report" || status=$?
+    --report junit --report-dir "$root/target/specs-report") || status=$?
 if ! kill -0 "$gw_pid" 2>/dev/null; then
     cat "$work/gateway.log" >&2
     die "the gateway died during the fuzzing"
