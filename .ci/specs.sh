@@ -23,7 +23,13 @@ seed=${SPECS_SEED:-20261201}
 
 say "spec tools (npm ci in tools/spec)"
 command -v npm >/dev/null || die "npm not found"
-npm ci --prefix tools/spec --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci in tools/spec failed"
+# npm ci starts from scratch every time; skip it while node_modules was
+# installed from this very lockfile.
+lock_sum=$(sha256sum tools/spec/package-lock.json | cut -d' ' -f1)
+if [ "$(cat tools/spec/node_modules/.venta-lock-sha256 2>/dev/null)" != "$lock_sum" ]; then
+    npm ci --prefix tools/spec --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci in tools/spec failed"
+    echo "$lock_sum" >tools/spec/node_modules/.venta-lock-sha256
+fi
 
 say "AsyncAPI: docs/asyncapi.yaml (@asyncapi/parser)"
 (cd tools/spec && node validate-asyncapi.mjs ../../docs/asyncapi.yaml) || die "docs/asyncapi.yaml is not valid"
