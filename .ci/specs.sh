@@ -48,6 +48,7 @@ if [ "$("$venv/bin/schemathesis" --version 2>/dev/null | awk '{print $NF}')" != 
 fi
 
 say "gateway binary"
+command -v curl >/dev/null || die "curl not found (apt-get install curl)"
 cargo build --locked -q -p venta-gateway --bin venta-gateway || die "cargo build failed"
 
 work=$(mktemp -d)
