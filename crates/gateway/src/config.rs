@@ -449,6 +449,17 @@ pub struct HttpConfig {
     /// Largest HTTP request head (request line and headers), bytes; over: 431.
     #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", value_name = "HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = header_bytes)]
     pub max_header_bytes: usize,
+
+    /// Concurrent streams per HTTP/2 connection (h2c: clients that offer
+    /// HTTP/2 with prior knowledge, e.g. many SSE streams on one
+    /// connection); 0 turns HTTP/2 off (HTTP/1.1 only).
+    #[arg(
+        long = "http2-max-streams",
+        env = "HTTP2_MAX_STREAMS",
+        value_name = "HTTP2_MAX_STREAMS",
+        default_value = "100"
+    )]
+    pub http2_max_streams: u32,
 }
 
 /// Who may connect and publish, and whether an open door is refused
@@ -765,6 +776,7 @@ impl Config {
             max_header_bytes: self.http.max_header_bytes,
             max_connections: self.http.max_connections,
             send_buffer: self.server.send_buffer_bytes,
+            http2_max_streams: self.http.http2_max_streams,
         }
     }
 
@@ -804,6 +816,7 @@ impl Config {
                 request_timeout_ms: 30_000,
                 max_connections: 4096,
                 max_header_bytes: 16_384,
+                http2_max_streams: 100,
             },
             auth: AuthConfig {
                 gateway_env: GatewayEnv::Development,

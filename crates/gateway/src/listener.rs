@@ -46,6 +46,8 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Kernel send buffer per socket (0: the OS default).
     pub send_buffer: usize,
+    /// Concurrent streams per HTTP/2 connection; 0: HTTP/1.1 only.
+    pub http2_max_streams: u32,
 }
 
 /// hyper's smallest read buffer; `max_buf_size` panics below it.
@@ -65,15 +67,27 @@ pub async fn serve(
     stop: CancellationToken,
     drain: Duration,
 ) -> tokio::time::Instant {
-    // HTTP/1.1 only: browsers' WebSockets, health checks and publishers
-    // speak it; HTTP/2 on this port would add idle streams no timeout here
-    // covers (gRPC has its own port).
-    let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+    // HTTP/1.1 always (browsers' WebSockets, health checks, publishers);
+    // HTTP/2 for clients that offer it with prior knowledge (h2c), so many
+    // SSE streams share one connection. h2 has no header timeout: its
+    // streams are bounded per connection and its connections by the same
+    // slots, and keep-alive pings find dead peers.
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    if limits.http2_max_streams == 0 {
+        http = http.http1_only();
+    }
     http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         // The read buffer bounds the request head: past it hyper answers 431.
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+    let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_streams)
+        .max_header_list_size(header_list)
+        .keep_alive_interval(Some(limits.header_timeout))
+        .keep_alive_timeout(limits.header_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
