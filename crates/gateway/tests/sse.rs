@@ -522,3 +522,245 @@ async fn a_reader_that_stops_reading_is_closed_as_a_slow_consumer() {
     drop(tcp);
     assert!(gw.shutdown().await);
 }
+
+#[tokio::test]
+async fn a_stream_ends_with_4001_when_its_token_expires() {
+    let mut config = test_config();
+    config.auth.jwt_secret = Some(SECRET.into());
+    config.auth.jwt_leeway_secs = 0;
+    let gw = TestGateway::start_with(config).await;
+    let claims = json!({"sub": "u1", "exp": now() + 2});
+    let short = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let mut s = Sse::must_open(&gw.http(&format!("/sse/location?vendorId=v1&token={short}"))).await;
+    let (event, ack) = s.event().await;
+    assert_eq!((event.as_str(), &ack["data"]["vendorId"]), ("subscribed", &json!("v1")));
+    // No `refresh` on a one-way stream: the token's end is the stream's.
+    let (event, data) = s.event().await;
+    assert_eq!(event, "close");
+    assert_eq!(data["code"], 4001);
+    assert_eq!(s.next_item().await, None);
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test]
+async fn http2_streams_are_bounded_and_http2_can_be_off() {
+    let mut config = test_config();
+    config.http.http2_max_streams = 2;
+    let gw = TestGateway::start_with(config).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    // Settings arrive with the first exchange.
+    let req = axum::http::Request::get(format!("http://{}/health/live", gw.addr)).body(()).unwrap();
+    let (resp, _) = client.clone().ready().await.unwrap().send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert_eq!(client.current_max_send_streams(), 2, "the server announces HTTP2_MAX_STREAMS");
+    assert!(gw.shutdown().await);
+
+    let mut config = test_config();
+    config.http.http2_max_streams = 0;
+    let gw = TestGateway::start_with(config).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = axum::http::Request::get(format!("http://{}/health/live", gw.addr)).body(()).unwrap();
+    let answer = match client.ready().await {
+        Ok(mut c) => match c.send_request(req, true) {
+            Ok((resp, _)) => tokio::time::timeout(TIMEOUT, resp).await.expect("an answer or an error").is_ok(),
+            Err(_) => false,
+        },
+        Err(_) => false,
+    };
+    assert!(!answer, "HTTP2_MAX_STREAMS=0: no HTTP/2");
+    let _ = tokio::time::timeout(TIMEOUT, conn).await;
+    // HTTP/1.1 still works.
+    assert_eq!(reqwest::get(gw.http("/health/live")).await.unwrap().status(), 200);
+    assert!(gw.shutdown().await);
+}
+
+// ---------------------------------------------------------------------------
+// A real browser: Chromium's EventSource.
+
+/// What the page tells the test.
+#[derive(Debug)]
+enum PageEvent {
+    Subscribed,
+    Updated,
+    Report(Value),
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// Serves the page and the /subscribed, /updated, /report, /wait endpoints
+/// (/wait, a stylesheet, holds the load event, so `--dump-dom` waits until
+/// the page reported).
+async fn page_server(page: String) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<PageEvent>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reported = std::sync::Arc::new(tokio::sync::Notify::new());
+    let page = std::sync::Arc::new(page);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let (tx, reported, page) = (tx.clone(), reported.clone(), page.clone());
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 64 * 1024 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&req).into_owned();
+                let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                let (status, ctype, body) = match path {
+                    "/" => ("200 OK", "text/html; charset=utf-8", page.as_bytes().to_vec()),
+                    "/subscribed" => {
+                        let _ = tx.send(PageEvent::Subscribed);
+                        ("204 No Content", "text/plain", Vec::new())
+                    }
+                    "/updated" => {
+                        let _ = tx.send(PageEvent::Updated);
+                        ("204 No Content", "text/plain", Vec::new())
+                    }
+                    "/report" => {
+                        let r = percent_decode(query.strip_prefix("r=").unwrap_or_default());
+                        let v = serde_json::from_str(&r)
+                            .unwrap_or_else(|e| json!({"ok": false, "error": format!("{r}: {e}")}));
+                        let _ = tx.send(PageEvent::Report(v));
+                        reported.notify_waiters();
+                        reported.notify_one();
+                        ("204 No Content", "text/plain", Vec::new())
+                    }
+                    "/wait" => {
+                        let _ = tokio::time::timeout(Duration::from_secs(25), reported.notified()).await;
+                        ("200 OK", "text/css", Vec::new())
+                    }
+                    _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The page: an `EventSource` on the gateway (another origin: the stream
+/// needs CORS), the events it got, the last event id, and the close.
+fn eventsource_page(url: &str) -> String {
+    let cfg = json!({"url": url});
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>PENDING</title></head>
+<body><pre id="out">PENDING</pre>
+<script>
+(() => {{
+const cfg = {cfg};
+const seen = [];
+let done = false, last = null, opened = false;
+const finish = (r) => {{
+  if (done) return;
+  done = true;
+  const text = JSON.stringify(r);
+  document.getElementById('out').textContent = text;
+  fetch('/report?r=' + encodeURIComponent(text));
+}};
+setTimeout(() => finish({{ ok: false, error: 'timeout', seen }}), 20000);
+const es = new EventSource(cfg.url);
+es.onopen = () => {{ opened = true; }};
+es.onerror = () => {{ if (!opened) finish({{ ok: false, error: 'could not open', seen }}); }};
+es.addEventListener('subscribed', (e) => {{ seen.push(JSON.parse(e.data)); fetch('/subscribed'); }});
+es.addEventListener('location_updated', (e) => {{ seen.push(JSON.parse(e.data)); last = e.lastEventId; fetch('/updated'); }});
+es.addEventListener('close', (e) => {{ es.close(); finish({{ ok: true, seen, lastEventId: last, close: JSON.parse(e.data) }}); }});
+}})();
+</script>
+<link rel="stylesheet" href="/wait">
+</body></html>
+"#
+    )
+}
+
+#[tokio::test]
+async fn chromium_eventsource_gets_updates_and_the_close_event() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("chromium is not installed: apt-get install -y chromium (.ci/run does this)");
+    let gw = TestGateway::start().await;
+    gw.publish_location("cv", 48.85, 2.29).await;
+    let url = gw.http("/sse/location?vendorId=cv&userId=u1");
+    let (addr, mut events) = page_server(eventsource_page(&url)).await;
+    let profile = std::env::temp_dir().join(format!("venta-chromium-sse-{}", uuid::Uuid::new_v4().simple()));
+    let child = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-gpu",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{addr}/"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromium");
+    let browser = tokio::spawn(tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()));
+    let (mut gw, mut published, mut updates) = (Some(gw), false, 0);
+    let report = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), events.recv()).await.expect("page silent").unwrap();
+        match ev {
+            PageEvent::Subscribed if !published => {
+                published = true;
+                if let Some(g) = &gw {
+                    g.publish_location("cv", 48.86, 2.30).await;
+                }
+            }
+            PageEvent::Subscribed => {}
+            // The snapshot, then the live update: then shut down.
+            PageEvent::Updated => {
+                updates += 1;
+                if updates == 2
+                    && let Some(g) = gw.take()
+                {
+                    assert!(g.shutdown().await);
+                }
+            }
+            PageEvent::Report(v) => break v,
+        }
+    };
+    let _ = browser.await;
+    let _ = std::fs::remove_dir_all(&profile);
+    assert_eq!(report["ok"], true, "{report}");
+    let seen = report["seen"].as_array().unwrap();
+    for m in seen {
+        assert_schema("server/any.json", m);
+    }
+    let types: Vec<&str> = seen.iter().map(|m| m["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["subscribed", "location_updated", "location_updated"], "{report}");
+    assert_eq!(seen[1]["data"]["snapshot"], true);
+    assert_eq!(seen[2]["data"]["location"], json!({"lat": 48.86, "long": 2.30}));
+    assert!(report["lastEventId"].as_str().is_some_and(|id| !id.is_empty()), "{report}");
+    assert_eq!(report["close"], json!({"type": "close", "code": 1001, "reason": "server shutting down"}));
+}
