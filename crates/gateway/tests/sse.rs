@@ -764,3 +764,57 @@ async fn chromium_eventsource_gets_updates_and_the_close_event() {
     assert!(report["lastEventId"].as_str().is_some_and(|id| !id.is_empty()), "{report}");
     assert_eq!(report["close"], json!({"type": "close", "code": 1001, "reason": "server shutting down"}));
 }
+
+/// The resume id holds everything: a client resumes on another instance of
+/// a cluster (NATS with JetStream's last values) without duplicates.
+#[tokio::test]
+async fn last_event_id_resumes_on_another_instance() {
+    let nats = common::nats::OwnNats::start().await;
+    let prefix = common::nats::unique_prefix();
+    let config = || {
+        let mut c = test_config();
+        c.nats.url = Some(nats.url());
+        c.nats.subject_prefix = prefix.clone();
+        c.nats.interest_linger_ms = 100;
+        c
+    };
+    let a = TestGateway::start_with(config()).await;
+    let b = TestGateway::start_with(config()).await;
+    wait_until("both ready", async || a.is_ready().await && b.is_ready().await).await;
+    a.publish_location("n1", 1.0, 1.0).await;
+    a.publish_location("n2", 2.0, 2.0).await;
+    let path = "/sse/location?vendorId=n1,n2&userId=u1";
+    // The last values are stored once a fresh stream on B shows both.
+    let snapshots = async |gw: &TestGateway, want: &[(&str, f64)]| {
+        let mut s = Sse::must_open(&gw.http(path)).await;
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let up = s.update().await;
+            got.push((
+                up["data"]["vendorId"].as_str().unwrap().to_owned(),
+                up["data"]["location"]["lat"].as_f64().unwrap(),
+            ));
+        }
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        got.iter().map(|(v, l)| (v.as_str(), *l)).eq(want.iter().copied())
+    };
+    wait_until("stored on JetStream", async || snapshots(&b, &[("n1", 1.0), ("n2", 2.0)]).await).await;
+    let mut s = Sse::must_open(&a.http(path)).await;
+    for _ in 0..2 {
+        s.update().await;
+    }
+    let last = s.last_id.clone().expect("an id");
+    drop(s);
+    b.publish_location("n2", 3.0, 3.0).await;
+    wait_until("the move stored", async || snapshots(&b, &[("n1", 1.0), ("n2", 3.0)]).await).await;
+    let mut s = Sse::open(&b.http(path), &[("last-event-id", &last)]).await.expect("resume on B");
+    let up = s.update().await;
+    assert_eq!((up["data"]["vendorId"].as_str(), up["data"]["location"]["lat"].as_f64()), (Some("n2"), Some(3.0)));
+    a.publish_location("n1", 4.0, 4.0).await;
+    let up = s.update().await;
+    assert_eq!((up["data"]["vendorId"].as_str(), up["data"]["location"]["lat"].as_f64()), (Some("n1"), Some(4.0)));
+    assert!(up["data"].get("snapshot").is_none(), "live, not a replay of n1's old value");
+    drop(s);
+    assert!(a.shutdown().await);
+    assert!(b.shutdown().await);
+}
