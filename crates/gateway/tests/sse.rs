@@ -551,15 +551,42 @@ async fn a_stream_ends_with_4001_when_its_token_expires() {
 async fn http2_streams_are_bounded_and_http2_can_be_off() {
     let mut config = test_config();
     config.http.http2_max_streams = 2;
+    config.http.header_timeout_ms = 300;
+    config.limits.heartbeat_interval_ms = 1000;
     let gw = TestGateway::start_with(config).await;
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let conn = tokio::spawn(conn);
     // Settings arrive with the first exchange.
     let req = axum::http::Request::get(format!("http://{}/health/live", gw.addr)).body(()).unwrap();
     let (resp, _) = client.clone().ready().await.unwrap().send_request(req, true).unwrap();
     assert_eq!(resp.await.unwrap().status(), 200);
     assert_eq!(client.current_max_send_streams(), 2, "the server announces HTTP2_MAX_STREAMS");
+    // An open stream is activity: the connection outlives HTTP_HEADER_TIMEOUT_MS
+    // (300 ms) and carries the 1 s heartbeat.
+    let req = axum::http::Request::get(format!("http://{}/sse/vendor?vendorId=x&userId=u1", gw.addr)).body(()).unwrap();
+    let (resp, _) = client.clone().ready().await.unwrap().send_request(req, true).unwrap();
+    let mut body = tokio::time::timeout(TIMEOUT, resp).await.unwrap().unwrap().into_body();
+    let mut parser = Parser::default();
+    loop {
+        match parser.next() {
+            Some(Item::Comment(c)) if c == "ping" => break,
+            Some(_) => continue,
+            None => {
+                let chunk = tokio::time::timeout(TIMEOUT, body.data()).await.unwrap().expect("stream open").unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                parser.push(&chunk);
+            }
+        }
+    }
+    // Without a stream, HTTP/2 has no header timeout of hyper's: the
+    // gateway closes a connection idle that long itself.
+    // The client keeps its handle (it would close the connection itself
+    // once every handle is gone) and answers the server's pings.
+    drop(body);
+    tokio::time::timeout(TIMEOUT, conn).await.expect("an idle h2 connection is closed").unwrap().ok();
+    drop(client);
+    wait_until("the HTTP connection is gone", async || metric(&gw, "venta_http_connections").await == 1.0).await;
     assert!(gw.shutdown().await);
 
     let mut config = test_config();
