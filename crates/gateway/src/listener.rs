@@ -125,8 +125,11 @@ pub async fn serve(
         let app = app.clone();
         let activity = Arc::new(Activity::default());
         let seen = Arc::clone(&activity);
+        let abort = CancellationToken::new();
+        let abort_handle = ConnAbort(abort.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(remote));
+            req.extensions_mut().insert(abort_handle.clone());
             let mut app = app.clone();
             let guard = Activity::begin(&seen);
             async move {
@@ -148,6 +151,7 @@ pub async fn serve(
                 // HTTP/1.1 has hyper's header timeout; HTTP/2 has none, so an
                 // h2 connection without a request for the same time is closed.
                 () = activity.idle(idle_after) => tracing::debug!(%remote, "idle HTTP connection closed"),
+                () = abort.cancelled() => tracing::debug!(%remote, "HTTP connection dropped: a response stalled"),
             }
             gauge.dec();
             drop(slot);
@@ -248,5 +252,18 @@ impl hyper::body::Body for Tracked {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Drops the request's connection at once: for a streamed HTTP/1.1 response
+/// (SSE) whose client stopped reading, where hyper's write would otherwise
+/// wait forever (it never polls the body again to see it end).
+#[derive(Debug, Clone)]
+pub struct ConnAbort(CancellationToken);
+
+impl ConnAbort {
+    /// Closes the connection.
+    pub fn abort(&self) {
+        self.0.cancel();
     }
 }

@@ -499,6 +499,7 @@ async fn a_reader_that_stops_reading_is_closed_as_a_slow_consumer() {
     config.limits.heartbeat_interval_ms = 1000;
     config.limits.max_queue_bytes = 16 * 1024;
     config.server.send_buffer_bytes = 4096;
+    config.http.header_timeout_ms = 300;
     let gw = TestGateway::start_with(config).await;
     // A raw socket that sends the request and then never reads.
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -519,6 +520,9 @@ async fn a_reader_that_stops_reading_is_closed_as_a_slow_consumer() {
     }
     wait_until("the session is gone", async || status(&gw).await["connections"]["byTransport"]["sse"] == 0).await;
     assert_eq!(gw.shared.hub.subscription_count(), 0);
+    // hyper's write to the stalled socket never completes; once the body is
+    // done the connection is idle and dropped, so no HTTP slot stays stuck.
+    wait_until("the stalled connection is dropped", async || metric(&gw, "venta_http_connections").await == 1.0).await;
     drop(tcp);
     assert!(gw.shutdown().await);
 }

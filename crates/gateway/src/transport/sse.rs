@@ -22,17 +22,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::admission::{self, Admitted, Knock};
 use crate::auth;
 use crate::hub::{Batch, Frame, Outbox};
+use crate::listener::ConnAbort;
 use crate::protocol::{Channel, Close, ErrorCode};
 use crate::session::{Inbound, Session, Transport};
 use crate::state::Shared;
@@ -70,30 +73,30 @@ impl Kind {
 pub async fn location(
     state: State<Arc<Shared>>,
     remote: ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
+    abort: Option<Extension<ConnAbort>>,
+    req: Parts,
 ) -> Response {
-    open(state, remote, &uri, &headers, Kind::Location)
+    open(state, remote, abort, &req, Kind::Location)
 }
 
 /// `GET /sse/vendor?vendorId=a,b`.
 pub async fn vendor(
     state: State<Arc<Shared>>,
     remote: ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
+    abort: Option<Extension<ConnAbort>>,
+    req: Parts,
 ) -> Response {
-    open(state, remote, &uri, &headers, Kind::Vendor)
+    open(state, remote, abort, &req, Kind::Vendor)
 }
 
 /// `GET /sse/area?areaId=a&bbox=s,w,n,e` (or `&lat=&long=&radiusM=`).
 pub async fn area(
     state: State<Arc<Shared>>,
     remote: ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
+    abort: Option<Extension<ConnAbort>>,
+    req: Parts,
 ) -> Response {
-    open(state, remote, &uri, &headers, Kind::Area)
+    open(state, remote, abort, &req, Kind::Area)
 }
 
 /// A refusal with the JSON error body every HTTP refusal has.
@@ -221,10 +224,14 @@ fn plan(kind: Kind, p: &Params, user: &str, shared: &Shared) -> Result<Plan, (Er
 fn open(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    uri: &Uri,
-    headers: &HeaderMap,
+    abort: Option<Extension<ConnAbort>>,
+    req: &Parts,
     kind: Kind,
 ) -> Response {
+    let (uri, headers) = (&req.uri, &req.headers);
+    // On HTTP/2 a stalled stream is bounded by flow control and the
+    // connection serves others; only an HTTP/1.1 connection is dropped.
+    let abort = abort.filter(|_| req.version <= Version::HTTP_11).map(|Extension(a)| a);
     let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("(not ASCII)"));
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = auth::token_from(uri.query(), authorization);
@@ -261,8 +268,15 @@ fn open(
         .filter(|id| id.len() <= MAX_LAST_EVENT_ID);
     let seen = Seen::resume(&plan.ids, last_event_id);
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS);
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
-    shared.tracker.spawn(serve(tx, Arc::clone(&shared), kind, remote, Box::new(admitted), plan, seen));
+    // Dropped with the body, i.e. once hyper has sent all of it (or the
+    // client left): `serve` learns whether the stream really drained.
+    let (body_alive, body_gone) = oneshot::channel::<()>();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |chunk| {
+        let _alive = &body_alive;
+        Ok::<_, Infallible>(chunk)
+    });
+    let edge = Edge { tx, body_gone, abort };
+    shared.tracker.spawn(serve(edge, Arc::clone(&shared), kind, remote, Box::new(admitted), plan, seen));
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -278,8 +292,18 @@ fn open(
     resp
 }
 
-async fn serve(
+/// The stream's end of the HTTP response.
+struct Edge {
+    /// Chunks to the body.
     tx: mpsc::Sender<Bytes>,
+    /// Resolves when the body is gone.
+    body_gone: oneshot::Receiver<()>,
+    /// Drops the HTTP/1.1 connection.
+    abort: Option<ConnAbort>,
+}
+
+async fn serve(
+    Edge { tx, body_gone, abort }: Edge,
     shared: Arc<Shared>,
     kind: Kind,
     remote: SocketAddr,
@@ -292,25 +316,36 @@ async fn serve(
     let now = crate::transport::now();
     let mut session = Session::open(Arc::clone(&shared.sessions), Transport::Sse, kind.endpoint(), remote, token, now);
     let outbox = Arc::clone(session.outbox());
-    let writer = write_loop(tx.clone(), &outbox, &shared, Resume { channel: kind.endpoint(), ids, seen });
-    tokio::pin!(writer);
-    let driver = drive(&mut session, requests, &tx, &shared);
-    let reason = tokio::select! {
-        sent = &mut writer => match sent {
-            Some(close) => crate::transport::close_reason(&close),
-            None => "client closed".to_owned(),
-        },
-        end = driver => match end {
-            DriveEnd::Close(close) => {
-                let reason = crate::transport::close_reason(&close);
-                outbox.close(close);
-                let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
-                reason
+    let reason = {
+        let writer = write_loop(tx.clone(), &outbox, &shared, Resume { channel: kind.endpoint(), ids, seen });
+        tokio::pin!(writer);
+        let driver = drive(&mut session, requests, &tx, &shared);
+        tokio::select! {
+            sent = &mut writer => match sent {
+                Some(close) => crate::transport::close_reason(&close),
+                None => "client closed".to_owned(),
+            },
+            end = driver => match end {
+                DriveEnd::Close(close) => {
+                    let reason = crate::transport::close_reason(&close);
+                    outbox.close(close);
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+                    reason
+                }
+                DriveEnd::ClientGone => "client closed".to_owned(),
             }
-            DriveEnd::ClientGone => "client closed".to_owned(),
         }
     };
     session.finish(&reason);
+    // The body ends once hyper has written what it holds. A client that
+    // stopped reading never lets it: its connection is dropped, as a
+    // WebSocket's socket is when its session ends.
+    drop(tx);
+    if tokio::time::timeout(CLOSE_GRACE, body_gone).await.is_err()
+        && let Some(abort) = abort
+    {
+        abort.abort();
+    }
 }
 
 enum DriveEnd {
