@@ -439,17 +439,6 @@ pub struct HttpConfig {
     #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT_MS", value_name = "HTTP_REQUEST_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout_ms)]
     pub request_timeout_ms: u64,
 
-    /// Connections on the HTTP port that are not WebSocket (plain HTTP,
-    /// keep-alive, handshakes in progress). Over: 503 and closed at once.
-    /// Room for a reconnect storm's handshakes (each takes milliseconds);
-    /// with `HTTP_MAX_HEADER_BYTES` it bounds what idle sockets can hold.
-    #[arg(id = "http_max_connections", long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS", default_value = "4096", value_parser = positive)]
-    pub max_connections: usize,
-
-    /// Largest HTTP request head (request line and headers), bytes; over: 431.
-    #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", value_name = "HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = header_bytes)]
-    pub max_header_bytes: usize,
-
     /// Concurrent streams per HTTP/2 connection (h2c: clients that offer
     /// HTTP/2 with prior knowledge, e.g. many SSE streams on one
     /// connection); 0 turns HTTP/2 off (HTTP/1.1 only).
@@ -460,6 +449,17 @@ pub struct HttpConfig {
         default_value = "100"
     )]
     pub http2_max_streams: u32,
+
+    /// Connections on the HTTP port that are not WebSocket (plain HTTP,
+    /// keep-alive, handshakes in progress). Over: 503 and closed at once.
+    /// Room for a reconnect storm's handshakes (each takes milliseconds);
+    /// with `HTTP_MAX_HEADER_BYTES` it bounds what idle sockets can hold.
+    #[arg(id = "http_max_connections", long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS", default_value = "4096", value_parser = positive)]
+    pub max_connections: usize,
+
+    /// Largest HTTP request head (request line and headers), bytes; over: 431.
+    #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", value_name = "HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = header_bytes)]
+    pub max_header_bytes: usize,
 }
 
 /// Who may connect and publish, and whether an open door is refused
@@ -814,9 +814,9 @@ impl Config {
             http: HttpConfig {
                 header_timeout_ms: 10_000,
                 request_timeout_ms: 30_000,
+                http2_max_streams: 100,
                 max_connections: 4096,
                 max_header_bytes: 16_384,
-                http2_max_streams: 100,
             },
             auth: AuthConfig {
                 gateway_env: GatewayEnv::Development,
