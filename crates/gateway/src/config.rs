@@ -447,6 +447,17 @@ pub struct HttpConfig {
     #[arg(long = "http-request-timeout", env = "HTTP_REQUEST_TIMEOUT_MS", value_name = "HTTP_REQUEST_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout_ms)]
     pub request_timeout_ms: u64,
 
+    /// Concurrent streams per HTTP/2 connection (h2c: clients that offer
+    /// HTTP/2 with prior knowledge, e.g. many SSE streams on one
+    /// connection); 0 turns HTTP/2 off (HTTP/1.1 only).
+    #[arg(
+        long = "http2-max-streams",
+        env = "HTTP2_MAX_STREAMS",
+        value_name = "HTTP2_MAX_STREAMS",
+        default_value = "100"
+    )]
+    pub http2_max_streams: u32,
+
     /// Connections on the HTTP port that are not WebSocket (plain HTTP,
     /// keep-alive, handshakes in progress). Over: 503 and closed at once.
     /// Room for a reconnect storm's handshakes (each takes milliseconds);
@@ -788,6 +799,7 @@ impl Config {
             max_header_bytes: self.http.max_header_bytes,
             max_connections: self.http.max_connections,
             send_buffer: self.server.send_buffer_bytes,
+            http2_max_streams: self.http.http2_max_streams,
         }
     }
 
@@ -825,6 +837,7 @@ impl Config {
             http: HttpConfig {
                 header_timeout_ms: 10_000,
                 request_timeout_ms: 30_000,
+                http2_max_streams: 100,
                 max_connections: 4096,
                 max_header_bytes: 16_384,
                 dashboard_max_streams: 8,

@@ -42,29 +42,39 @@ pub enum Transport {
     /// WebTransport, length-prefixed MessagePack frames on one stream, plus
     /// datagrams for location subscriptions that ask for them.
     WebTransport,
+    /// Server-Sent Events: JSON in `data:` lines, one way. The requests
+    /// come from the URL, once, at the start.
+    Sse,
 }
 
 impl Transport {
     /// Every transport, for metrics and status.
-    pub const ALL: [Transport; 2] = [Self::WebSocket, Self::WebTransport];
+    pub const ALL: [Transport; 3] = [Self::WebSocket, Self::WebTransport, Self::Sse];
 
     /// Metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WebSocket => "websocket",
             Self::WebTransport => "webtransport",
+            Self::Sse => "sse",
         }
     }
 
     fn codec(self) -> Codec {
         match self {
-            Self::WebSocket => Codec::Json,
+            Self::WebSocket | Self::Sse => Codec::Json,
             Self::WebTransport => Codec::MsgPack,
         }
     }
 
     fn has_datagrams(self) -> bool {
         matches!(self, Self::WebTransport)
+    }
+
+    /// Whether the client can talk back. An SSE client cannot: its silence
+    /// is no sign of death (a failed write is), so it has no 4000 timeout.
+    fn hears_client(self) -> bool {
+        !matches!(self, Self::Sse)
     }
 }
 
@@ -608,7 +618,11 @@ impl Session {
 
     /// When [`Session::on_timer`] must next run.
     pub fn next_deadline(&self) -> Instant {
-        let heartbeat = self.next_ping.min(self.last_seen + 2 * self.ctx.limits.heartbeat);
+        let heartbeat = if self.transport.hears_client() {
+            self.next_ping.min(self.last_seen + 2 * self.ctx.limits.heartbeat)
+        } else {
+            self.next_ping
+        };
         self.token_deadline.map_or(heartbeat, |t| heartbeat.min(t))
     }
 
@@ -628,7 +642,7 @@ impl Session {
             // client's silence is ours, not its.
             self.last_seen = now;
         }
-        if now >= self.last_seen + 2 * interval {
+        if self.transport.hears_client() && now >= self.last_seen + 2 * interval {
             tracing::debug!(conn = %self.uid, "heartbeat timeout");
             return Some(Close::new(Close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
         }

@@ -397,6 +397,11 @@ async fn api_scenario(gw: &TestGateway) {
         "?since=yesterday",
         "?cursor=zzz",
         "?connectionId=1",
+        // Found by schemathesis (.ci/specs.sh): a UUID that is not in the
+        // hyphenated form of the rows (and of `format: uuid`) was taken.
+        "?connectionId=00000000000000000000000000000000",
+        "?connectionId=%7B00000000-0000-0000-0000-00000000002a%7D",
+        "?connectionId=urn:uuid:00000000-0000-0000-0000-00000000002a",
         "?userId=alice&userId=bob",
     ] {
         let (status, v) = api(gw, bad, Some(TOKEN)).await;

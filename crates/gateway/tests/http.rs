@@ -43,10 +43,14 @@ async fn publish_validates_and_answers_with_codes() {
     let (status, resp) = post(&loc, "{nope", None).await;
     assert_eq!((status, resp["error"]["code"].as_str()), (400, Some("invalid_json")));
 
-    // Over 64 KiB → 413.
+    // Over 64 KiB → 413, with the JSON error body of every other refusal
+    // (docs/openapi.yaml); it was axum's text/plain "Failed to buffer the
+    // request body" until the spec check of .ci/specs.sh caught it.
     let big = json!({"vendorId": "v1", "vendor": {"name": "x", "pad": "y".repeat(70_000)}}).to_string();
-    let (status, _) = post(&ven, big, None).await;
-    assert_eq!(status, 413);
+    let (status, resp) = post(&ven, big, None).await;
+    assert_eq!(status, 413, "{resp}");
+    assert_schema("http/error_response.json", &resp);
+    assert_eq!(resp["error"]["code"], "message_too_large", "{resp}");
 
     // A valid publish with a given timestamp passes it through unchanged.
     let mut c = WsClient::connect(&gw.url("/ws/location")).await;
@@ -76,6 +80,11 @@ async fn ingest_token_is_required_when_set() {
         assert_eq!(status, 401, "{token:?}");
         assert_eq!(resp["error"]["code"], "unauthorized");
     }
+    // The bearer is checked before the body: an oversized one from a client
+    // without the token learns only that it is not allowed.
+    let big = json!({"vendorId": "v1", "vendor": {"name": "x", "pad": "y".repeat(70_000)}}).to_string();
+    let (status, resp) = post(&gw.http("/api/v1/publish/vendor"), big, None).await;
+    assert_eq!((status, resp["error"]["code"].as_str()), (401, Some("unauthorized")), "{resp}");
     let (status, _) = post(&url, body, Some("s3cret")).await;
     assert_eq!(status, 202);
     gw.shutdown().await;

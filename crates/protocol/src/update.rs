@@ -139,7 +139,10 @@ impl Update {
             ));
         }
         let timestamp = match obj.remove("timestamp") {
-            None | Some(Value::Null) => now_rfc3339(),
+            // Absent, never null: the schemas (and so every client of the
+            // specs) say `timestamp` is a string when present; a null that
+            // passed here would be a payload no validator accepts.
+            None => now_rfc3339(),
             Some(Value::String(s)) => {
                 OffsetDateTime::parse(&s, &Rfc3339)
                     .map_err(|e| ValidationError::new("timestamp", format!("must be RFC 3339: {e}")))?;
@@ -234,6 +237,8 @@ mod tests {
         let body = format!(r#"{{"vendorId":"v1","location":{{"lat":0,"long":0}},"timestamp":"{ts}"}}"#);
         let Ok(Update::Location(u)) = loc(&body) else { panic!() };
         assert_eq!(u.timestamp, ts);
+        let null = loc(r#"{"vendorId":"v1","location":{"lat":0,"long":0},"timestamp":null}"#);
+        assert_eq!(null.map_err(|e| e.field), Err("timestamp".to_owned()));
     }
 
     #[test]

@@ -89,7 +89,9 @@ impl Params {
             None => None,
         };
         let connection_id = match self.connection_id {
-            Some(c) => Some(uuid::Uuid::try_parse(&c).map_err(|_| "connectionId: must be a UUID".to_owned())?),
+            Some(c) => {
+                Some(parse_uuid(&c).ok_or("connectionId: must be a UUID, e.g. 0190a5b2-7c1e-7000-8000-000000000002")?)
+            }
             None => None,
         };
         let since = match self.since {
@@ -155,6 +157,14 @@ pub async fn list(
     }
 }
 
+/// A UUID in its standard hyphenated form (RFC 9562 §4, any case): the form
+/// every row and log line shows, and the one docs/openapi.yaml promises.
+/// `Uuid::try_parse` alone also takes the simple, braced and URN forms.
+fn parse_uuid(s: &str) -> Option<uuid::Uuid> {
+    let hyphens = s.len() == 36 && s.char_indices().all(|(i, c)| (c == '-') == matches!(i, 8 | 13 | 18 | 23));
+    hyphens.then(|| uuid::Uuid::try_parse(s).ok()).flatten()
+}
+
 /// `name` cut to [`MAX_NAME_ECHO`] characters: an error names the
 /// parameter without echoing a client's megabyte back.
 fn echo(name: &str) -> String {
@@ -182,6 +192,12 @@ mod tests {
         let err = Params::from_pairs(pairs(&[(long.as_str(), "1")])).err().unwrap_or_default();
         assert!(err.len() < 300, "{err}");
         let ok = Params::from_pairs(pairs(&[("userId", "alice"), ("limit", "5")])).and_then(Params::parse);
+        let id = "0190a5b2-7c1e-7000-8000-00000000002A";
+        assert_eq!(parse_uuid(id).map(|u| u.to_string()), Some(id.to_lowercase()));
+        for other_form in [id.replace('-', ""), format!("{{{id}}}"), format!("urn:uuid:{id}"), id.replacen('-', "+", 1)]
+        {
+            assert_eq!(parse_uuid(&other_form), None, "{other_form}");
+        }
         assert_eq!(ok.map(|q| (q.user_id, q.limit)), Ok((Some("alice".to_owned()), 5)));
     }
 }

@@ -100,8 +100,10 @@ fn unavailable(e: BusError) -> Status {
     Status::unavailable(e.to_string())
 }
 
-fn timestamp_json(ts: Option<prost_types::Timestamp>) -> Result<Value, crate::protocol::ValidationError> {
-    let Some(ts) = ts else { return Ok(Value::Null) };
+/// The JSON `timestamp` of a gRPC one; `None` when the request has none, so
+/// the field is left out (the gateway stamps it) rather than sent as null.
+fn timestamp_json(ts: Option<prost_types::Timestamp>) -> Result<Option<Value>, crate::protocol::ValidationError> {
+    let Some(ts) = ts else { return Ok(None) };
     let bad = |m: &str| crate::protocol::ValidationError { field: "timestamp".into(), message: m.into() };
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(bad("nanos must be in [0, 999999999]"));
@@ -111,7 +113,7 @@ fn timestamp_json(ts: Option<prost_types::Timestamp>) -> Result<Value, crate::pr
     }
     let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
     let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad("out of range"))?;
-    at.format(&Rfc3339).map(Value::String).map_err(|_| bad("out of range"))
+    at.format(&Rfc3339).map(|t| Some(Value::String(t))).map_err(|_| bad("out of range"))
 }
 
 fn location_update(req: pb::PublishLocationRequest) -> Result<Update, crate::protocol::ValidationError> {
@@ -120,7 +122,9 @@ fn location_update(req: pb::PublishLocationRequest) -> Result<Update, crate::pro
     if let Some(l) = req.location {
         body.insert("location".into(), json!({"lat": l.lat, "long": l.long}));
     }
-    body.insert("timestamp".into(), timestamp_json(req.timestamp)?);
+    if let Some(ts) = timestamp_json(req.timestamp)? {
+        body.insert("timestamp".into(), ts);
+    }
     Update::from_publish_value(Channel::Location, Value::Object(body), None)
 }
 
@@ -130,7 +134,9 @@ fn vendor_update(req: pb::PublishVendorRequest) -> Result<Update, crate::protoco
     if let Some(v) = req.vendor {
         body.insert("vendor".into(), struct_json(v));
     }
-    body.insert("timestamp".into(), timestamp_json(req.timestamp)?);
+    if let Some(ts) = timestamp_json(req.timestamp)? {
+        body.insert("timestamp".into(), ts);
+    }
     Update::from_publish_value(Channel::Vendor, Value::Object(body), None)
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -24,12 +25,12 @@ fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
 }
 
 /// `POST /api/v1/publish/location`.
-pub async fn location(state: State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn location(state: State<Arc<Shared>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     publish(state, headers, body, Channel::Location).await
 }
 
 /// `POST /api/v1/publish/vendor`.
-pub async fn vendor(state: State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn vendor(state: State<Arc<Shared>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     publish(state, headers, body, Channel::Vendor).await
 }
 
@@ -53,7 +54,16 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     })
 }
 
-async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes, channel: Channel) -> Response {
+/// The body comes as a `Result`: axum's own rejection of a body over
+/// [`MAX_BODY`] is a `text/plain` 413, where every other publish error is the
+/// JSON error body of docs/openapi.yaml; and a refused bearer is told so
+/// before anything about the body.
+async fn publish(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    channel: Channel,
+) -> Response {
     if !super::authorized(&shared.config.auth, crate::auth::bearer_token(&headers)) {
         let mut resp =
             error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong bearer token (INGEST_TOKEN)");
@@ -71,6 +81,18 @@ async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             "Content-Type must be application/json",
         );
     }
+    let body = match body {
+        Ok(body) => body,
+        // Not counted as invalid updates: no update was read.
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::MessageTooLarge,
+                &format!("body over {} KiB", MAX_BODY / 1024),
+            );
+        }
+        Err(_) => return error(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, "the body could not be read"),
+    };
     let value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return invalid(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, &format!("invalid JSON: {e}")),

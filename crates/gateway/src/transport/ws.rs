@@ -61,8 +61,9 @@ pub async fn vendor(
     upgrade(state, Handshake { remote, query, headers }, ws, Channel::Vendor)
 }
 
-/// An HTTP refusal: status, the JSON error body, `Retry-After` when known.
-fn refuse(refusal: &Refusal) -> Response {
+/// An HTTP refusal: status, the JSON error body, `Retry-After` when known
+/// (also SSE's, so both refuse alike).
+pub(crate) fn refuse(refusal: &Refusal) -> Response {
     let body = serde_json::json!({"error": {"code": refusal.code(), "message": refusal.message()}});
     let mut resp = (refusal.status(), axum::Json(body)).into_response();
     if let Some(secs) = refusal.retry_after_secs() {
