@@ -90,6 +90,12 @@ export async function browse({ root, files = {}, page, params, onSubscribed, tim
     await Promise.race([gone, new Promise((r) => setTimeout(r, 5000))]);
     server.close();
     server.closeAllConnections?.();
-    rmSync(profile, { recursive: true, force: true });
+    // Chromium's helper processes may still be writing the profile for a
+    // moment after the main one exited; a leftover temp dir is no failure.
+    try {
+      rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    } catch (err) {
+      process.stderr.write(`browser.mjs: could not remove ${profile}: ${err.message}\n`);
+    }
   }
 }
