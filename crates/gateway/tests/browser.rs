@@ -46,10 +46,10 @@ struct PageServer {
     events: mpsc::UnboundedReceiver<PageEvent>,
 }
 
-/// The JS client's browser bundle must be built first (`.ci/js.sh` does it);
-/// without it every page here would fail with an opaque import error.
+/// The JS client's browser bundle (built here if missing or stale); without
+/// it every page here would fail with an opaque import error.
 fn require_client_bundle() {
-    let bundle = common::root().join("clients/js/dist/venta-realtime.browser.js");
+    let bundle = common::js_client().join("dist/venta-realtime.browser.js");
     assert!(
         bundle.is_file(),
         "{} is missing: build the JS client first (npm --prefix clients/js ci && npm --prefix clients/js run build; .ci/js.sh does it)",

@@ -86,7 +86,7 @@ async fn js_client_receives_updates_and_resubscribes_after_restart() {
     assert!(node_ok, "node (20+) is required for the JS client test: apt-get install nodejs");
     let port = free_port();
     let gw = GatewayProcess::spawn(port, &[]).await;
-    let driver = common::root().join("clients/js/test/driver.mjs");
+    let driver = common::js_client().join("test/driver.mjs");
     let mut child = Command::new("node")
         .arg("--experimental-websocket")
         .arg(&driver)
@@ -182,7 +182,7 @@ async fn js_webtransport_client_falls_back_to_websocket_in_node() {
     let url = format!("https://127.0.0.1:{}/wt/location", gw.port);
     let mut child = Command::new("node")
         .arg("--experimental-websocket")
-        .arg(common::root().join("clients/js/test/driver.mjs"))
+        .arg(common::js_client().join("test/driver.mjs"))
         .args([url.as_str(), "fallback1", "u1", "200", "5"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -240,7 +240,7 @@ async fn js_client_follows_areas_across_a_restart() {
 
     let mut child = Command::new("node")
         .arg("--experimental-websocket")
-        .arg(common::root().join("clients/js/test/driver.mjs"))
+        .arg(common::js_client().join("test/driver.mjs"))
         .args([gw.url("/ws/location").as_str(), "-", "u1", "200", "20"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

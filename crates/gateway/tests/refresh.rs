@@ -119,7 +119,7 @@ async fn the_js_client_refreshes_its_token_in_place() {
     let gw = common::GatewayProcess::spawn(common::free_port(), &[("JWT_SECRET", SECRET), ("JWT_LEEWAY", "0")]).await;
     let mut child = Command::new("node")
         .arg("--experimental-websocket")
-        .arg(common::root().join("clients/js/test/driver.mjs"))
+        .arg(common::js_client().join("test/driver.mjs"))
         .args([gw.url("/ws/location").as_str(), "jsr1", "u1", "200", "3"])
         .env("VENTA_DRIVER_JWT_SECRET", SECRET)
         .env("VENTA_DRIVER_TOKEN_TTL", "3")

@@ -28,6 +28,44 @@ pub fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
+/// The JS client (clients/js), with its packages installed and its browser
+/// bundle built, doing either once per test process when missing or older
+/// than the sources: the Node driver imports the package, the Chromium pages
+/// load the bundle, and `cargo test` must work on a fresh clone as it is.
+pub fn js_client() -> PathBuf {
+    static READY: OnceLock<PathBuf> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let dir = root().join("clients/js");
+            let npm = |args: &[&str]| {
+                let ok = Command::new("npm").args(args).current_dir(&dir).status().is_ok_and(|s| s.success());
+                assert!(
+                    ok,
+                    "npm {} in {} failed (Node 20+ with npm is needed; .ci/run checks it)",
+                    args.join(" "),
+                    dir.display()
+                );
+            };
+            if !dir.join("node_modules").is_dir() {
+                eprintln!("installing the JS client's packages (npm ci in {})", dir.display());
+                npm(&["ci", "--no-audit", "--no-fund"]);
+            }
+            let bundle = dir.join("dist/venta-realtime.browser.js");
+            let built = std::fs::metadata(&bundle).and_then(|m| m.modified()).ok();
+            let newest_source = std::fs::read_dir(dir.join("src"))
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+                .max();
+            if built.is_none() || newest_source > built {
+                eprintln!("building the JS client (npm run build in {})", dir.display());
+                npm(&["run", "build"]);
+            }
+            dir
+        })
+        .clone()
+}
+
 pub fn schema(rel: &str) -> jsonschema::Validator {
     let path = root().join("schemas").join(rel);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
