@@ -62,7 +62,7 @@ pub enum Topology {
 /// The client for either topology (a ready connection is [`Conn`]).
 enum Client {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// A connection that re-connects by itself: to the server, or to every
@@ -236,7 +236,7 @@ fn open(url: &str, topology: Topology) -> Result<Client, RedisConfigError> {
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(CHECK_TIMEOUT)
                 .build()
-                .map(Client::Cluster)
+                .map(|c| Client::Cluster(Box::new(c)))
                 .map_err(|e| invalid(e.to_string()))
         }
     }
