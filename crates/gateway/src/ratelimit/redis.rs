@@ -391,17 +391,7 @@ impl Inner {
             Ok(Ok(wait_us)) => {
                 self.succeeded();
                 match u64::try_from(wait_us) {
-                    // The local limiter counts every message this
-                    // instance lets through, and has the last word. While
-                    // Redis answers it never refuses (this instance's share
-                    // is a part of the shared spend); when Redis goes away
-                    // mid-burst it goes on from what this instance already
-                    // spent, not from a fresh burst; and after an outage
-                    // (whose local spending Redis never saw) it holds this
-                    // instance to one budget until that refills. So one
-                    // instance never lets a key through faster than
-                    // WS_RATE_LIMIT, whatever Redis does.
-                    Ok(0) | Err(_) => self.fallback.check_now(key),
+                    Ok(0) | Err(_) => Decision::Allow,
                     Ok(us) => Decision::Deny { retry_after: Duration::from_micros(us) },
                 }
             }

@@ -52,6 +52,12 @@ impl RedisCluster {
     /// returns once every node says `cluster_state:ok` and every replica
     /// is in sync with its primary (so a failover can happen).
     pub async fn start() -> Self {
+        Self::start_with_node_timeout(1000).await
+    }
+
+    /// Like [`RedisCluster::start`], with `cluster-node-timeout` in ms: a
+    /// primary that stops answering is replaced after about 2-3 times it.
+    pub async fn start_with_node_timeout(node_timeout_ms: u32) -> Self {
         // One cluster forms at a time in this process: ports are picked
         // and bound under the lock, so two tests never pick the same ones.
         static FORMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -66,8 +72,8 @@ impl RedisCluster {
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--cluster-port", &bus.to_string()])
                 .args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(dir.0.join(format!("nodes-{port}.conf")))
-                // A primary that stops answering is replaced within ~2 s.
-                .args(["--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0"])
+                .args(["--cluster-node-timeout", &node_timeout_ms.to_string()])
+                .args(["--cluster-replica-validity-factor", "0"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--dir"])
                 .arg(&dir.0)
                 .arg("--logfile")
