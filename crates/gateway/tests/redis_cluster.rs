@@ -197,7 +197,7 @@ async fn watch_health(gw: Arc<TestGateway>, stop: CancellationToken) -> Vec<(Str
     seen
 }
 
-/// One user's client on `gw`, pinging every 20 ms until `stop`.
+/// One user's client on `gw`, pinging every 10 ms until `stop`.
 async fn load(gw: Arc<TestGateway>, user: &'static str, seen: Arc<Seen>, stop: CancellationToken) {
     let mut c = connect(&gw, user).await;
     let mut i = 0;
@@ -205,7 +205,7 @@ async fn load(gw: Arc<TestGateway>, user: &'static str, seen: Arc<Seen>, stop: C
         let list = if ping(&mut c, i).await { &seen.passes } else { &seen.refusals };
         list.lock().push(Instant::now());
         i += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -237,7 +237,7 @@ async fn a_primary_failing_over_under_load_keeps_the_limits_and_recovers() {
     let load_a = tokio::spawn(load(Arc::clone(&a), user, Arc::clone(&seen_a), stop_load.clone()));
     let load_b = tokio::spawn(load(Arc::clone(&b), user, Arc::clone(&seen_b), stop_load.clone()));
 
-    // The shared burst is spent (two clients at ~50/s each against 120):
+    // The shared burst is spent (two clients at up to 100/s each against 120):
     // both instances refuse, and no more than one budget passed in all.
     common::wait_until("the shared budget to be spent", async || seen_a.refused() > 0 && seen_b.refused() > 0).await;
     let shared = seen_a.passed() + seen_b.passed();
