@@ -112,15 +112,27 @@ async fn ping_primaries(c: &mut ClusterConnection, prefix: &str) -> Result<(), S
         .map_err(|e| e.to_string())?;
     let Value::Array(ranges) = map else { return Err("CLUSTER SLOTS: not an array".into()) };
     let mut covered = 0_i64;
+    // One read per primary (its first range), however fragmented the slots.
+    let mut probed: Vec<&Value> = Vec::new();
     for range in &ranges {
         // [start, end, [host, port, id, ...], replicas...]
         let Value::Array(f) = range else { continue };
-        let (Some(Value::Int(start)), Some(Value::Int(end))) = (f.first(), f.get(1)) else { continue };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
+            (f.first(), f.get(1), f.get(2))
+        else {
+            continue;
+        };
         let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else { continue };
         if start > end {
             continue;
         }
         covered += i64::from(end - start) + 1;
+        // [host, port, node id, ...]: the same in each of its ranges.
+        let primary = node.get(2).unwrap_or(&Value::Nil);
+        if *primary != Value::Nil && probed.contains(&primary) {
+            continue;
+        }
+        probed.push(primary);
         let Some(key) = key_in_slots(prefix, start, end) else { continue };
         redis::cmd("EXISTS").arg(&key).query_async::<i64>(c).await.map_err(|e| format!("slots {start}-{end}: {e}"))?;
     }
@@ -134,8 +146,9 @@ async fn ping_primaries(c: &mut ClusterConnection, prefix: &str) -> Result<(), S
 const SLOTS: u16 = 16_384;
 
 /// A key (never written; under the prefix, so an ACL limited to it
-/// allows it) whose hash slot is in `start..=end`: a hash tag of a counter, hashed as Redis does (CRC16/XMODEM mod 16384). Ranges are
-/// rarely small, and 2^20 counters cover every slot.
+/// allows it) whose hash slot is in `start..=end`: a hash tag of a counter,
+/// hashed as Redis does (CRC16/XMODEM mod 16384). 2^20 counters cover
+/// every slot.
 fn key_in_slots(prefix: &str, start: u16, end: u16) -> Option<String> {
     (0..1_u32 << 20).find_map(|n| {
         let tag = n.to_string();
