@@ -5,7 +5,7 @@
         [--scenario s2] [--metric p99,p50] [--threshold 250]
 
 Input: the JSONL files written by the team's scenario driver
-(`python3 shared/bench/bench.py run ... --out results.jsonl`, see shared/bench/README.md): one line
+(`python3 bench/bench.py run ... --out results.jsonl`, see bench/README.md): one line
 per run of one server name ("peer") x scenario x repetition, holding loadgen's JSON result with
 its `steps[]` (offered `rate`, `deliveries_per_s`, `lat_ms{p50,p90,p99,p999,max,mean}`, `ok`,
 `attempt`) plus the driver's `peer`, `scenario`, `rep`, `valid` and `final`. Runs are selected as

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The gateway as a "peer" of shared/bench's bench.py, features on: per-client
+# The gateway as a "peer" of bench/bench.py, features on: per-client
 # rate limits counted in Redis (per-IP connect limit off: loadgen is one IP),
 # metrics, the SQLite audit trail, heartbeats. bench.py sets PORT, HOST and
 # NATS_URL; everything else can be overridden from the environment.

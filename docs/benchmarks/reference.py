@@ -3,7 +3,7 @@
 the gateway on this machine, as in docs/BENCHMARKS.md.
 
     python3 docs/benchmarks/reference.py run --reps 3 --out /tmp/bench.jsonl \
-        [--loadgen /path/to/shared/bench/loadgen]       # pair every run with the team's loadgen
+        [--loadgen bench/target/release/loadgen]       # pair every run with the team's loadgen
     python3 docs/benchmarks/reference.py report /tmp/bench.jsonl > table.md
 
 For every repetition, scenario and tool (interleaved in that order, so runs that are

@@ -179,6 +179,14 @@ fn snapshot_max(s: &str) -> Result<usize, String> {
     Ok(v)
 }
 
+fn top_vendors(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=100).contains(&v) {
+        return Err("must be between 1 and 100".into());
+    }
+    Ok(v)
+}
+
 fn nonzero_secs(s: &str) -> Result<u64, String> {
     let v = seconds(s)?;
     if v == 0 {
@@ -449,6 +457,21 @@ pub struct HttpConfig {
     /// Largest HTTP request head (request line and headers), bytes; over: 431.
     #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", value_name = "HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = header_bytes)]
     pub max_header_bytes: usize,
+
+    /// Concurrent `/dashboard/stats` streams; one more is answered 503. Each
+    /// holds an HTTP connection and a timer, so a few operators' tabs are
+    /// the need, not thousands.
+    #[arg(long = "dashboard-max-streams", env = "DASHBOARD_MAX_STREAMS", value_name = "DASHBOARD_MAX_STREAMS", default_value = "8", value_parser = positive)]
+    pub dashboard_max_streams: usize,
+
+    /// Milliseconds between two events of a `/dashboard/stats` stream.
+    #[arg(long = "dashboard-interval", env = "DASHBOARD_INTERVAL_MS", value_name = "DASHBOARD_INTERVAL_MS", default_value = "1000", value_parser = probe_ms)]
+    pub dashboard_interval_ms: u64,
+
+    /// Busiest vendors the dashboard lists; the counter behind the list
+    /// keeps four times as many, whatever the number of vendors.
+    #[arg(long = "dashboard-top-vendors", env = "DASHBOARD_TOP_VENDORS", value_name = "DASHBOARD_TOP_VENDORS", default_value = "10", value_parser = top_vendors)]
+    pub dashboard_top_vendors: usize,
 }
 
 /// Who may connect and publish, and whether an open door is refused
@@ -833,6 +856,9 @@ impl Config {
                 request_timeout_ms: 30_000,
                 max_connections: 4096,
                 max_header_bytes: 16_384,
+                dashboard_max_streams: 8,
+                dashboard_interval_ms: 1000,
+                dashboard_top_vendors: 10,
             },
             auth: AuthConfig {
                 gateway_env: GatewayEnv::Development,

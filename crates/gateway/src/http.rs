@@ -21,10 +21,11 @@ fn check(status: &DependencyStatus) -> Value {
     }
 }
 
-/// `GET /health`: overall status and one entry per dependency; 503 when a
-/// required dependency (the bus) is down, `degraded` (200) when an optional
-/// one (Redis, JetStream, the audit database) is.
-pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
+/// The `/health` body and its status code: 503 when a required
+/// dependency (the bus) is down, `degraded` (200) when an optional one
+/// (Redis, JetStream, the audit database) is. Shared with the dashboard's
+/// stats stream and the `venta_dependency_up` gauges, so all three agree.
+pub fn health_report(shared: &Shared) -> (StatusCode, Value) {
     let nats = shared.bus.health();
     let extra = shared.bus.extra_checks();
     let redis = shared.limiter.health();
@@ -42,14 +43,20 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
         _ => ("ok", StatusCode::OK),
     };
     let mut checks = serde_json::Map::new();
-    checks.insert("nats".into(), check(&nats));
-    checks.insert("redis".into(), check(&redis));
-    checks.insert("database".into(), check(&database));
-    checks.insert("areas".into(), check(&areas));
-    for (name, s) in &extra {
-        checks.insert((*name).into(), check(s));
+    let m = &shared.metrics;
+    for (name, s) in [("nats", &nats), ("redis", &redis), ("database", &database), ("areas", &areas)]
+        .into_iter()
+        .chain(extra.iter().map(|(n, s)| (*n, s)))
+    {
+        checks.insert(name.into(), check(s));
+        m.set_dependency(name, s);
     }
-    let body = json!({"status": status, "checks": checks});
+    (code, json!({"status": status, "checks": checks}))
+}
+
+/// `GET /health`: overall status and one entry per dependency.
+pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let (code, body) = health_report(&shared);
     (code, Json(body)).into_response()
 }
 
@@ -75,11 +82,14 @@ pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     m.subscriptions.set(shared.hub.subscription_count() as i64);
     m.topics.set(shared.hub.topic_count() as i64);
     m.audit_queue_depth.set(shared.audit.queue_depth() as i64);
+    // The dependency gauges are set from the same checks as /health.
+    let _ = health_report(&shared);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
 }
 
-/// `GET /ws/status`: connections, subscriptions and traffic of this instance.
-pub async fn status(State(shared): State<Arc<Shared>>) -> Response {
+/// The `/ws/status` body; the dashboard's stats stream shows the same
+/// numbers.
+pub fn status_report(shared: &Shared) -> Value {
     let m = &shared.metrics;
     let gauge = |t: Transport, e: &str| m.connections.with_label_values(&[t.as_str(), e]).get().max(0);
     let (mut by_transport, mut location, mut vendor) = (serde_json::Map::new(), 0, 0);
@@ -90,7 +100,7 @@ pub async fn status(State(shared): State<Arc<Shared>>) -> Response {
         vendor += v;
     }
     let (msg_in, msg_out) = m.totals();
-    Json(json!({
+    json!({
         "instanceId": shared.instance_id,
         "uptimeSeconds": shared.uptime_secs(),
         "connections": {
@@ -101,8 +111,12 @@ pub async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "subscriptions": shared.hub.subscription_count(),
         "topics": shared.hub.topic_count(),
         "messages": {"in": msg_in, "out": msg_out},
-    }))
-    .into_response()
+    })
+}
+
+/// `GET /ws/status`: connections, subscriptions and traffic of this instance.
+pub async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    Json(status_report(&shared)).into_response()
 }
 
 /// `GET /wt/cert-hash`: the SHA-256 of the WebTransport certificate, for

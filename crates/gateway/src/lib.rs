@@ -37,6 +37,7 @@ pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod dashboard;
 pub mod geo;
 pub mod http;
 pub mod hub;

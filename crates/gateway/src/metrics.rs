@@ -92,6 +92,14 @@ pub struct Metrics {
     pub area_events: IntCounterVec,
     /// Location updates this instance failed to index for areas.
     pub area_index_errors: IntCounter,
+    /// 1 while a configured dependency is up, 0 while down; no series for a
+    /// disabled one. Set from the `/health` checks at every scrape.
+    pub dependency_up: IntGaugeVec,
+    /// `WS_MAX_CONNECTIONS`, so an alert can compare connections with it.
+    pub connections_max: IntGauge,
+    /// The busiest vendors for the dashboard. Not exported: vendor ids are
+    /// chosen by publishers, so they are never label values.
+    pub busiest: crate::dashboard::TopVendors,
     in_total: AtomicU64,
     out_total: AtomicU64,
 }
@@ -249,6 +257,14 @@ impl Metrics {
         reg(Box::new(subscriptions.clone()))?;
         reg(Box::new(http_connections.clone()))?;
         reg(Box::new(topics.clone()))?;
+        let dependency_up = IntGaugeVec::new(
+            Opts::new("venta_dependency_up", "1 while a configured dependency is up, 0 while it is down"),
+            &["dependency"],
+        )?;
+        let connections_max =
+            IntGauge::new("venta_connections_max", "Client connections this instance accepts (WS_MAX_CONNECTIONS)")?;
+        reg(Box::new(dependency_up.clone()))?;
+        reg(Box::new(connections_max.clone()))?;
         // Pre-create the error series so dashboards see zeros, not gaps.
         for code in ErrorCode::ALL {
             errors.with_label_values(&[code.as_str()]);
@@ -293,9 +309,24 @@ impl Metrics {
             area_events,
             area_index_errors,
             last_value_evictions,
+            dependency_up,
+            connections_max,
+            busiest: crate::dashboard::TopVendors::default(),
             in_total: AtomicU64::new(0),
             out_total: AtomicU64::new(0),
         })
+    }
+
+    /// Sets the `venta_dependency_up` series of one health check.
+    pub fn set_dependency(&self, name: &'static str, status: &crate::bus::DependencyStatus) {
+        use crate::bus::DependencyStatus;
+        match status {
+            DependencyStatus::Ok => self.dependency_up.with_label_values(&[name]).set(1),
+            DependencyStatus::Down(_) => self.dependency_up.with_label_values(&[name]).set(0),
+            DependencyStatus::Disabled => {
+                let _ = self.dependency_up.remove_label_values(&[name]);
+            }
+        }
     }
 
     /// Counts one client message.

@@ -122,6 +122,8 @@ impl Gateway {
         let grpc_listener =
             TcpListener::bind(grpc_addr).await.map_err(|reason| StartError::Bind { addr: grpc_addr, reason })?;
         let metrics = Arc::new(Metrics::new()?);
+        metrics.connections_max.set(i64::try_from(config.limits.max_connections).unwrap_or(i64::MAX));
+        metrics.busiest.set_capacity(config.http.dashboard_top_vendors * 4);
         let hub = Arc::new(Hub::new());
         let deliver = Deliver::new(Arc::clone(&hub), Arc::clone(&metrics));
         let areas = Areas::new(GeoLimits::from_config(&config.geo), Arc::clone(&metrics));
@@ -357,6 +359,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(http::metrics))
         .route("/wt/cert-hash", get(http::cert_hash))
         .route("/api/v1/audit", get(audit::api::list))
+        .merge(crate::dashboard::routes(&shared))
         .merge(publish)
         .layer(middleware::from_fn_with_state(
             Duration::from_millis(shared.config.http.request_timeout_ms),

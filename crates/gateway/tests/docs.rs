@@ -25,8 +25,9 @@ fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-/// The markdown files whose links are checked: README.md, docs/**/*.md and
-/// the JS client's README when present.
+/// The markdown files whose links are checked: README.md, docs/**/*.md, the
+/// benchmark harness's pages (bench/*.md, not its build output) and the JS
+/// client's README when present.
 fn documents() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -43,6 +44,9 @@ fn documents() -> Vec<PathBuf> {
     let root = root();
     let mut docs = vec![root.join("README.md")];
     walk(&root.join("docs"), &mut docs);
+    for page in ["bench/README.md", "bench/results-peers.md"] {
+        docs.push(root.join(page));
+    }
     let js = root.join("clients/js/README.md");
     if js.is_file() {
         docs.push(js);

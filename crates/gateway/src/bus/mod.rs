@@ -116,6 +116,7 @@ impl Deliver {
     /// Fans an update out to this instance's subscribers.
     pub fn deliver(&self, update: &Update, received_at: Instant) {
         let fanout = self.hub.publish(update, received_at);
+        self.metrics.busiest.record(update.vendor());
         if fanout.conflated > 0 {
             self.metrics.conflated.inc_by(fanout.conflated as u64);
         }

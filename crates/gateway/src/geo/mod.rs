@@ -26,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use time::OffsetDateTime;
@@ -36,7 +37,7 @@ use crate::bus::{BusError, DependencyStatus};
 use crate::hub::{ConnId, Frame, Outbox, Route};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    AreaId, AreaShape, AreaVendor, LeftReason, Location, LocationUpdate, ServerMessage, VendorId, encode,
+    AreaId, AreaShape, AreaVendor, Codec, LeftReason, Location, LocationUpdate, ServerMessage, VendorId, encode,
 };
 
 /// An area of one connection.
@@ -407,28 +408,31 @@ impl Areas {
                 s
             }
         };
+        // Apps name their one viewport alike ("map"), so the same event goes
+        // byte for byte to many connections: encoded once per batch for each
+        // (event, area id, codec), not once per connection.
+        let mut encoded: HashMap<EventKey<'_>, (Bytes, &'static str)> = HashMap::new();
         let mut counts = [0u64; 3];
-        for ((conn, area), event) in events {
-            let Some(c) = conns.get(&conn) else { continue };
+        for ((conn, area), event) in &events {
+            let Some(c) = conns.get(conn) else { continue };
             let codec = c.outbox.codec();
-            let (msg_bytes, ty, datagram, kind) = match event {
-                AreaEvent::Entered { vendor, point, ts } => {
-                    let v = AreaVendor { vendor_id: vendor, location: location(point), timestamp: timestamp(ts) };
-                    let msg = ServerMessage::VendorEntered { area: &area, vendor: &v };
-                    (encode(&msg, codec), msg.type_name(), false, 0)
-                }
-                AreaEvent::Moved { vendor, point, ts } => {
-                    let v = AreaVendor { vendor_id: vendor, location: location(point), timestamp: timestamp(ts) };
-                    let msg = ServerMessage::AreaMoved { area: &area, vendor: &v };
-                    (encode(&msg, codec), msg.type_name(), c.datagram.contains(&area), 1)
-                }
-                AreaEvent::Left { vendor, reason } => {
-                    let msg = ServerMessage::VendorLeft { area: &area, vendor: &vendor, reason: left_reason(reason) };
-                    (encode(&msg, codec), msg.type_name(), false, 2)
+            let key = EventKey::of(event, area, codec);
+            let (bytes, ty) = match encoded.get(&key) {
+                Some((bytes, ty)) => (bytes.clone(), *ty),
+                None => {
+                    let (bytes, ty) = encode_event(event, area, codec, &mut timestamp);
+                    encoded.insert(key, (bytes.clone(), ty));
+                    (bytes, ty)
                 }
             };
+            let kind = match event {
+                AreaEvent::Entered { .. } => 0,
+                AreaEvent::Moved { .. } => 1,
+                AreaEvent::Left { .. } => 2,
+            };
+            let datagram = kind == 1 && c.datagram.contains(area);
             let route = if datagram { Route::AreaDatagram } else { Route::Control };
-            let frame = Frame { bytes: msg_bytes, ty, route, published_at: received };
+            let frame = Frame { bytes, ty, route, published_at: received };
             if matches!(c.outbox.push(frame), crate::hub::Push::Overflow) {
                 self.metrics.slow_consumers_closed.inc();
             }
@@ -446,6 +450,63 @@ impl Areas {
         self.metrics.areas.set(i64::try_from(areas).unwrap_or(i64::MAX));
         self.metrics.area_cells.set(i64::try_from(cells).unwrap_or(i64::MAX));
         self.metrics.area_vendors.set(i64::try_from(vendors).unwrap_or(i64::MAX));
+    }
+}
+
+/// What makes two area events the same bytes on the wire.
+#[derive(PartialEq, Eq, Hash)]
+struct EventKey<'a> {
+    /// 0 entered, 1 moved, 2.. left (plus the reason).
+    kind: u8,
+    codec: Codec,
+    area: &'a AreaId,
+    vendor: &'a VendorId,
+    /// Position and time as bits (0 for a left event, which has neither).
+    lat: u64,
+    long: u64,
+    ts: i64,
+}
+
+impl<'a> EventKey<'a> {
+    fn of(event: &'a AreaEvent<VendorId>, area: &'a AreaId, codec: Codec) -> Self {
+        let (kind, vendor, lat, long, ts) = match event {
+            AreaEvent::Entered { vendor, point, ts } => (0, vendor, point.lat.to_bits(), point.long.to_bits(), *ts),
+            AreaEvent::Moved { vendor, point, ts } => (1, vendor, point.lat.to_bits(), point.long.to_bits(), *ts),
+            AreaEvent::Left { vendor, reason } => {
+                let reason = match reason {
+                    venta_geo::LeftReason::Moved => 0,
+                    venta_geo::LeftReason::Expired => 1,
+                    venta_geo::LeftReason::AreaChanged => 2,
+                };
+                (2 + reason, vendor, 0, 0, 0)
+            }
+        };
+        Self { kind, codec, area, vendor, lat, long, ts }
+    }
+}
+
+/// The wire bytes and type name of one area event.
+fn encode_event(
+    event: &AreaEvent<VendorId>,
+    area: &AreaId,
+    codec: Codec,
+    timestamp: &mut impl FnMut(i64) -> String,
+) -> (Bytes, &'static str) {
+    match event {
+        AreaEvent::Entered { vendor, point, ts } => {
+            let v = AreaVendor { vendor_id: vendor.clone(), location: location(*point), timestamp: timestamp(*ts) };
+            let msg = ServerMessage::VendorEntered { area, vendor: &v };
+            (encode(&msg, codec), msg.type_name())
+        }
+        AreaEvent::Moved { vendor, point, ts } => {
+            let v = AreaVendor { vendor_id: vendor.clone(), location: location(*point), timestamp: timestamp(*ts) };
+            let msg = ServerMessage::AreaMoved { area, vendor: &v };
+            (encode(&msg, codec), msg.type_name())
+        }
+        AreaEvent::Left { vendor, reason } => {
+            let msg = ServerMessage::VendorLeft { area, vendor, reason: left_reason(*reason) };
+            (encode(&msg, codec), msg.type_name())
+        }
     }
 }
 

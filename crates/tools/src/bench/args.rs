@@ -63,6 +63,11 @@ pub enum Scenario {
     /// 2 × 2 km box (10 % panning), compared with 5,000 per-vendor clients
     /// in the same run, then a convergence check of every area.
     S4,
+    /// Checker (Jepsen-style): 30 clients over 10 vendors, 200 numbered
+    /// updates/s for 10 s; every delivery recorded, then lost, gap,
+    /// duplicated and out-of-order updates and convergence per client.
+    /// Exit 3 when the path's promise is broken.
+    Verify,
 }
 
 /// `venta bench`: load-test a deployment.
@@ -85,10 +90,12 @@ against the system's roots with --wt-system-roots (a CA-signed WT_CERT).\n\nThe 
 bench says before connecting when a run needs more than a default gateway admits, and stops connecting at the \
 first 1013 refusal.\n\n\
 Exit status: 0 when the run completed and printed its result (`ok` in the JSON says whether every connection \
-and every step passed; s2 ends on purpose with a failed step), 1 when it could not run, 2 for invalid options."
+and every step passed; s2 ends on purpose with a failed step), 1 when it could not run, 2 for invalid options, \
+3 when --scenario verify found its path's promise broken (lost, duplicated or out-of-order updates on a lossless \
+path, or a client not holding the last value published)."
 )]
 pub struct BenchArgs {
-    /// Preset (s1, s2, s3, s4); the flags below override its values.
+    /// Preset (s1, s2, s3, s4, verify); the flags below override its values.
     #[arg(long, value_enum)]
     pub scenario: Option<Scenario>,
     /// Client transport: websocket (ws) or webtransport (wt).
@@ -207,6 +214,42 @@ pub struct BenchArgs {
     /// The area scenario's own options.
     #[command(flatten)]
     pub geo: GeoArgs,
+
+    /// The checker's own options.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+/// Options of `--scenario verify`; `--conns` clients over `--vendors`
+/// vendors (client i follows vendor i % vendors), the first of `--rates`
+/// for `--duration`, `--drain-ms` the longest wait for convergence and
+/// `--settle-ms` the linger after it (late duplicates are still seen).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Checker (verify)")]
+pub struct VerifyArgs {
+    /// verify: session URLs to spread the clients over (client i on URL i % n;
+    /// comma-separated, WebSocket only) [default: --url].
+    #[arg(long = "verify-url", value_delimiter = ',')]
+    pub urls: Vec<String>,
+    /// verify: the gateway may conflate this path (slow clients, small
+    /// WS_MAX_QUEUE_MESSAGES): losses are reported, not failed; duplicates,
+    /// reordering and a wrong last value still fail.
+    #[arg(long = "verify-conflated")]
+    pub conflated: bool,
+    /// verify: first pause before reconnecting after a close or a failed
+    /// handshake (ms); doubles up to --reconnect-max-ms.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub reconnect_min_ms: u64,
+    /// verify: longest pause between reconnect attempts (ms).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub reconnect_max_ms: u64,
+    /// verify: most deliveries the run may record in all (--conns × updates
+    /// per vendor); a larger run is refused rather than grow memory.
+    #[arg(long = "verify-max-records", default_value_t = 20_000_000)]
+    pub max_records: u64,
+    /// verify: clients listed one by one in the JSON result (failing ones first).
+    #[arg(long = "verify-details", default_value_t = 100)]
+    pub details: usize,
 }
 
 /// Options of `--scenario s4` (areas); `--conns` are the area clients,
@@ -256,7 +299,7 @@ impl BenchArgs {
     pub fn via(&self) -> Via {
         match self.via {
             Some(v) => v,
-            None if self.scenario == Some(Scenario::S4) && self.nats_url_given => Via::Nats,
+            None if matches!(self.scenario, Some(Scenario::S4 | Scenario::Verify)) && self.nats_url_given => Via::Nats,
             None => Via::Http,
         }
     }
@@ -360,6 +403,20 @@ impl Plan {
                 stop_p99_ms: None,
                 hold_ms: 0,
             },
+            // drain_ms: the longest wait for convergence; settle_ms: the
+            // linger after it.
+            Some(Scenario::Verify) => Self {
+                conns: 30,
+                vendors: 10,
+                connect_rate: 1000.0,
+                connect_concurrency: 200,
+                settle_ms: 500,
+                rates: vec![200.0],
+                duration: 10.0,
+                drain_ms: 10_000,
+                stop_p99_ms: None,
+                hold_ms: 0,
+            },
         };
         let plan = Self {
             conns: a.conns.unwrap_or(base.conns),
@@ -402,6 +459,9 @@ impl Plan {
         if a.scenario == Some(Scenario::S4) {
             self.check_geo(a)?;
         }
+        if a.scenario == Some(Scenario::Verify) {
+            self.check_verify(a)?;
+        }
         let last = format!("{}{}", a.vendor_prefix, self.vendors - 1);
         if venta_protocol::VendorId::parse(&last).is_err() {
             bail!("--vendor-prefix {:?} does not make valid vendor ids ({last:?})", a.vendor_prefix);
@@ -411,6 +471,29 @@ impl Plan {
 }
 
 impl Plan {
+    fn check_verify(&self, a: &BenchArgs) -> anyhow::Result<()> {
+        let v = &a.verify;
+        if self.rates.len() != 1 {
+            bail!("--scenario verify publishes at one rate: give one value to --rates");
+        }
+        if v.reconnect_min_ms > v.reconnect_max_ms {
+            bail!("--reconnect-min-ms must not exceed --reconnect-max-ms");
+        }
+        if v.urls.len() > 1 && a.transport != ClientTransport::Websocket {
+            bail!("several --verify-url are for WebSocket clients only");
+        }
+        let per_vendor = (self.rates[0] * self.duration / self.vendors as f64).ceil();
+        let records = per_vendor * self.conns as f64;
+        if records > v.max_records as f64 || per_vendor >= super::marker::SEQ_WRAP as f64 {
+            bail!(
+                "this run would record about {records:.0} deliveries (--conns × --rates × --duration / --vendors), \
+                 over --verify-max-records {}: lower one, or raise the bound",
+                v.max_records
+            );
+        }
+        Ok(())
+    }
+
     fn check_geo(&self, a: &BenchArgs) -> anyhow::Result<()> {
         let g = &a.geo;
         if self.rates.len() != 1 {
@@ -512,6 +595,32 @@ mod tests {
         assert!(plan(&["--scenario", "s4", "--rates", "1,2"]).is_err());
         assert!(plan(&["--scenario", "s4", "--area-km", "40"]).is_err(), "over GEO_MAX_AREA_KM");
         assert!(plan(&["--scenario", "s4", "--transport", "wt"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn verify_runs_at_one_rate_and_within_its_record_bound() -> anyhow::Result<()> {
+        let p = plan(&["--scenario", "verify"])?;
+        assert_eq!((p.conns, p.vendors, p.rates.clone(), p.duration), (30, 10, vec![200.0], 10.0));
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()));
+        let mut a =
+            parse(&["--scenario", "verify", "--verify-url", "ws://a:1/ws/location,ws://b:2/ws/location"])?.bench;
+        assert_eq!(a.verify.urls.len(), 2);
+        a.nats_url_given = true;
+        assert_eq!(a.via(), Via::Nats);
+        assert!(plan(&["--scenario", "verify", "--rates", "1,2"]).is_err());
+        assert!(plan(&["--scenario", "verify", "--reconnect-min-ms", "500", "--reconnect-max-ms", "100"]).is_err());
+        // 1,000 clients × 100,000 updates per vendor: 10⁸ records, over the bound.
+        assert!(plan(&["--scenario", "verify", "--conns", "1000", "--vendors", "1", "--rates", "10000"]).is_err());
+        let wt = [
+            "--scenario",
+            "verify",
+            "--transport",
+            "wt",
+            "--verify-url",
+            "https://a:1/wt/location,https://b:2/wt/location",
+        ];
+        assert!(plan(&wt).is_err());
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 //! - [`stats`]: counters and latency histograms fed by the clients.
 //! - [`run`]: the phases and stop conditions; [`report`]: progress and JSON.
 //! - [`s4`]: the area scenario (its own clients, walk, and convergence check).
+//! - [`verify`]: the checker (lost, gap, duplicated, out-of-order, convergence).
 //! - [`sys`]: RLIMIT_NOFILE, ephemeral ports, /proc sampling.
 
 mod args;
@@ -24,6 +25,7 @@ mod s4;
 mod stats;
 mod sys;
 mod transport;
+mod verify;
 mod ws;
 mod wt;
 
@@ -36,6 +38,9 @@ use anyhow::Context as _;
 pub use args::BenchArgs;
 use args::{ClientTransport, Plan};
 pub use wt::trust_from as wt_trust;
+
+/// Exit status of a checker run whose path broke its promise.
+const VERIFY_FAILED: u8 = 3;
 
 /// Runs the subcommand on a runtime of its own (`--threads`).
 pub fn main(args: BenchArgs) -> ExitCode {
@@ -67,6 +72,10 @@ pub fn main(args: BenchArgs) -> ExitCode {
             if writeln!(out, "{v}").and_then(|()| out.flush()).is_err() {
                 return ExitCode::FAILURE;
             }
+            // The checker's verdict is its exit status too (scripts, CI).
+            if args.scenario == Some(args::Scenario::Verify) && v["ok"] != true {
+                return ExitCode::from(VERIFY_FAILED);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -79,6 +88,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
 async fn run(args: &BenchArgs, plan: &Plan) -> anyhow::Result<serde_json::Value> {
     if args.scenario == Some(args::Scenario::S4) {
         return s4::run(args, plan).await;
+    }
+    if args.scenario == Some(args::Scenario::Verify) {
+        return verify::run(args, plan).await;
     }
     // WebTransport clients share one UDP socket per source address: neither
     // a descriptor nor an ephemeral port per connection.

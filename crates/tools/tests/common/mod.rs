@@ -136,6 +136,10 @@ impl GwConfig {
         self.config.auth.ingest_token = Some(token.into());
         self
     }
+    /// Any other setting (a test that needs one the helpers above lack).
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
 }
 
 /// An HS256 client token the gateway with `secret` accepts.
