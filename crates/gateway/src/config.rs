@@ -538,9 +538,15 @@ pub struct AuthConfig {
 #[command(next_help_heading = "Redis")]
 pub struct RedisConfig {
     /// Redis for rate-limit counters shared by every instance; unset: each
-    /// instance limits alone.
+    /// instance limits alone. With `REDIS_CLUSTER=true`: seed nodes of a
+    /// Redis Cluster, comma separated (`redis://a:7000,redis://b:7001`).
     #[arg(id = "redis_url", long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
     pub url: Option<String>,
+
+    /// `REDIS_URL` names a Redis Cluster: each user's budget lives on the
+    /// shard owning its key, and failovers are followed.
+    #[arg(long = "redis-cluster", env = "REDIS_CLUSTER", value_name = "REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cluster: bool,
 
     /// Prefix of the rate-limit keys in Redis.
     #[arg(
@@ -550,6 +556,17 @@ pub struct RedisConfig {
         default_value = "venta:rl:"
     )]
     pub key_prefix: String,
+}
+
+impl RedisConfig {
+    /// What `REDIS_URL` names.
+    pub fn topology(&self) -> crate::ratelimit::redis::Topology {
+        if self.cluster {
+            crate::ratelimit::redis::Topology::Cluster
+        } else {
+            crate::ratelimit::redis::Topology::Single
+        }
+    }
 }
 
 /// The bus between instances and publishers, and the last values kept for
@@ -761,11 +778,23 @@ impl Config {
         }
         if let Some(url) = &self.redis.url {
             let shown = format!("{:?}", redact_url(url));
-            if !matches!(scheme(url).as_deref(), Some("redis" | "rediss" | "redis+unix" | "unix")) {
+            if !url
+                .split(',')
+                .all(|u| matches!(scheme(u.trim()).as_deref(), Some("redis" | "rediss" | "redis+unix" | "unix")))
+            {
                 return Err(bad("REDIS_URL", shown, "must be a Redis URL (redis://host:6379 or rediss:// for TLS)"));
             }
-            if let Err(e) = redis::Client::open(url.as_str()) {
-                return Err(bad("REDIS_URL", shown, e.to_string()));
+            match crate::ratelimit::redis::check_url(url, self.redis.topology()) {
+                Ok(()) => {}
+                Err(crate::ratelimit::redis::RedisConfigError::InvalidUrl { reason, .. }) => {
+                    return Err(bad("REDIS_URL", shown, reason));
+                }
+                Err(e) => return Err(bad("REDIS_URL", shown, e.to_string())),
+            }
+            if self.redis.cluster && self.redis.key_prefix.contains(['{', '}']) {
+                let reason =
+                    "must not contain `{` or `}` with REDIS_CLUSTER=true (a hash tag would put every key on one shard)";
+                return Err(bad("REDIS_KEY_PREFIX", format!("{:?}", self.redis.key_prefix), reason));
             }
         }
         if let Some(urls) = &self.nats.url {
@@ -854,7 +883,7 @@ impl Config {
                 ingest_token: None,
                 admin_token: None,
             },
-            redis: RedisConfig { url: None, key_prefix: "venta:rl:".into() },
+            redis: RedisConfig { url: None, cluster: false, key_prefix: "venta:rl:".into() },
             nats: NatsConfig {
                 url: None,
                 subject_prefix: "venta".into(),
@@ -993,6 +1022,21 @@ mod tests {
         assert_eq!(check(|c| c.nats.url = Some("nats://a:1, nats://b:2".into())), None);
         assert_eq!(check(|c| c.audit.database_url = Some("postgresql://u@h/db".into())), None);
         assert_eq!(check(|c| c.redis.url = Some("redis://127.0.0.1:6379".into())), None);
+        let redis = |url: &str, cluster: bool, prefix: &str| {
+            let mut c = Config::defaults();
+            c.redis.url = Some(url.into());
+            c.redis.cluster = cluster;
+            c.redis.key_prefix = prefix.into();
+            c.validate().err().map(|e| e.variable)
+        };
+        let several = "redis://127.0.0.1:7000, redis://127.0.0.1:7001";
+        assert_eq!(redis(several, false, "venta:rl:"), Some("REDIS_URL"));
+        let cluster = |url: &str, prefix: &str| redis(url, true, prefix);
+        assert_eq!(cluster(several, "venta:rl:"), None);
+        assert_eq!(cluster("redis://127.0.0.1:7000", "venta:rl:"), None);
+        assert_eq!(cluster("redis://127.0.0.1:7000,,redis://127.0.0.1:7001", "venta:rl:"), Some("REDIS_URL"));
+        assert_eq!(cluster("redis://127.0.0.1:7000,http://x:1", "venta:rl:"), Some("REDIS_URL"));
+        assert_eq!(cluster(several, "{venta}:rl:"), Some("REDIS_KEY_PREFIX"));
     }
 
     #[test]
@@ -1126,7 +1170,11 @@ impl std::fmt::Debug for AuthConfig {
 
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig").field("url", &url(&self.url)).field("key_prefix", &self.key_prefix).finish()
+        f.debug_struct("RedisConfig")
+            .field("url", &url(&self.url))
+            .field("cluster", &self.cluster)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
     }
 }
 

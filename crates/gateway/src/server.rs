@@ -183,6 +183,7 @@ impl Gateway {
         let limiter: Arc<dyn RateLimiter> = match &config.redis.url {
             Some(url) => Arc::new(RedisLimiter::start(
                 url,
+                config.redis.topology(),
                 &config.redis.key_prefix,
                 config.limits.rate_limit,
                 Duration::from_millis(config.nats.health_probe_interval_ms),

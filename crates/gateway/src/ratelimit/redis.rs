@@ -1,6 +1,11 @@
 //! The shared limiter: one GCRA state per key in Redis, updated atomically
 //! by a Lua script in one round trip, so every instance spends one budget.
 //! While Redis is unreachable the in-process limiter holds the line.
+//!
+//! Redis may be one server or a Redis Cluster ([`Topology::Cluster`]). A
+//! check touches exactly one key, so in a cluster the script runs on the
+//! shard that owns the key's slot and needs no hash tag; a user's budget
+//! lives on one shard, and different users spread over all of them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -8,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +46,117 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// The background probe's interval unless told otherwise.
 const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long connecting to one Redis node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What `REDIS_URL` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One Redis server (one URL).
+    Single,
+    /// A Redis Cluster: `REDIS_URL` lists one or more seed nodes, comma
+    /// separated; the rest of the cluster is learnt from them.
+    Cluster,
+}
+
+/// The client for either topology (a ready connection is [`Conn`]).
+enum Client {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection that re-connects by itself: to the server, or to every
+/// shard of the cluster (following failovers and slot moves).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn gcra(&mut self, call: &redis::ScriptInvocation<'_>) -> redis::RedisResult<i64> {
+        match self {
+            Self::Single(c) => call.invoke_async(c).await,
+            Self::Cluster(c) => call.invoke_async(c).await,
+        }
+    }
+
+    /// PING the server; or, for a cluster, reach every shard's primary.
+    async fn ping(&mut self, prefix: &str) -> Result<(), String> {
+        match self {
+            Self::Single(c) => {
+                redis::cmd("PING").query_async::<redis::Value>(c).await.map(drop).map_err(|e| e.to_string())
+            }
+            Self::Cluster(c) => ping_primaries(c, prefix).await,
+        }
+    }
+}
+
+/// Whether every slot has a primary this client reaches. A plain PING
+/// "to all primaries" is not enough: the client skips a primary it holds
+/// no connection to (a dead one), so it would answer ok while a shard is
+/// gone. So the slot map comes from a live node (`CLUSTER SLOTS`: every
+/// slot must have a primary), and for each slot range a key of that range
+/// is read (`EXISTS`), routed by the client's own slot map: it answers only
+/// if the shard's current primary does, and a stale map (a failover the
+/// client has not seen yet) is corrected on the way by the MOVED reply, so
+/// an idle gateway follows a failover too.
+async fn ping_primaries(c: &mut ClusterConnection, prefix: &str) -> Result<(), String> {
+    use redis::Value;
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    let mut slots = redis::cmd("CLUSTER");
+    slots.arg("SLOTS");
+    let map = c
+        .route_command(slots, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+        .await
+        .map_err(|e| e.to_string())?;
+    let Value::Array(ranges) = map else { return Err("CLUSTER SLOTS: not an array".into()) };
+    let mut covered = 0_i64;
+    // One read per primary (its first range), however fragmented the slots.
+    let mut probed: Vec<&Value> = Vec::new();
+    for range in &ranges {
+        // [start, end, [host, port, id, ...], replicas...]
+        let Value::Array(f) = range else { continue };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
+            (f.first(), f.get(1), f.get(2))
+        else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else { continue };
+        if start > end {
+            continue;
+        }
+        covered += i64::from(end - start) + 1;
+        // [host, port, node id, ...]: the same in each of its ranges.
+        let primary = node.get(2).unwrap_or(&Value::Nil);
+        if *primary != Value::Nil && probed.contains(&primary) {
+            continue;
+        }
+        probed.push(primary);
+        let Some(key) = key_in_slots(prefix, start, end) else { continue };
+        redis::cmd("EXISTS").arg(&key).query_async::<i64>(c).await.map_err(|e| format!("slots {start}-{end}: {e}"))?;
+    }
+    if covered < i64::from(SLOTS) {
+        return Err(format!("{} of {SLOTS} slots have no primary", i64::from(SLOTS) - covered));
+    }
+    Ok(())
+}
+
+/// Hash slots in a Redis Cluster.
+const SLOTS: u16 = 16_384;
+
+/// A key (never written; under the prefix, so an ACL limited to it
+/// allows it) whose hash slot is in `start..=end`: a hash tag of a counter,
+/// hashed as Redis does (CRC16/XMODEM mod 16384). 2^20 counters cover
+/// every slot.
+fn key_in_slots(prefix: &str, start: u16, end: u16) -> Option<String> {
+    (0..1_u32 << 20).find_map(|n| {
+        let tag = n.to_string();
+        let slot = crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % SLOTS;
+        (start..=end).contains(&slot).then(|| format!("{prefix}probe:{{{tag}}}"))
+    })
+}
+
 /// Redis-backed limiter with a local fallback.
 pub struct RedisLimiter {
     inner: Arc<Inner>,
@@ -57,7 +175,7 @@ struct Inner {
     probe_interval: Duration,
     /// Set by the probe once connected; taken by [`RateLimiter::close`], so
     /// the connection (and the client's tasks behind it) ends at shutdown.
-    conn: parking_lot::RwLock<Option<ConnectionManager>>,
+    conn: parking_lot::RwLock<Option<Conn>>,
     script: redis::Script,
     fallback: MemoryLimiter,
     healthy: AtomicBool,
@@ -71,10 +189,10 @@ struct Inner {
     last_error: parking_lot::Mutex<String>,
 }
 
-/// `REDIS_URL` is unusable.
+/// `REDIS_URL` (or the key prefix, for a cluster) is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisConfigError {
-    /// Not a Redis URL.
+    /// Not a Redis URL, or not a list of them for a cluster.
     #[error("invalid REDIS_URL {url:?}: {reason}")]
     InvalidUrl {
         /// The value, credentials removed.
@@ -82,12 +200,58 @@ pub enum RedisConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A hash tag in the prefix would put every user's key in one slot,
+    /// so one shard would carry every budget.
+    #[error(
+        "invalid REDIS_KEY_PREFIX {prefix:?}: must not contain `{{` or `}}` with REDIS_CLUSTER=true (a hash tag would put every key on one shard)"
+    )]
+    HashTagPrefix {
+        /// The prefix.
+        prefix: String,
+    },
 }
 
 impl RedisConfigError {
     /// Whether this is a configuration mistake (exit status 2): always.
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::InvalidUrl { .. })
+        matches!(self, Self::InvalidUrl { .. } | Self::HashTagPrefix { .. })
+    }
+}
+
+/// Checks `REDIS_URL` for `topology` without connecting: one URL for a
+/// single server, one or more comma-separated seed URLs for a cluster.
+/// Config validation and [`RedisLimiter::start`] share it.
+pub fn check_url(url: &str, topology: Topology) -> Result<(), RedisConfigError> {
+    open(url, topology).map(drop)
+}
+
+fn open(url: &str, topology: Topology) -> Result<Client, RedisConfigError> {
+    let invalid = |reason: String| RedisConfigError::InvalidUrl { url: crate::bus::nats::redact(url), reason };
+    match topology {
+        Topology::Single => {
+            if url.contains(',') {
+                return Err(invalid(
+                    "several URLs name a Redis Cluster: set REDIS_CLUSTER=true, or give one URL".into(),
+                ));
+            }
+            redis::Client::open(url).map(Client::Single).map_err(|e| invalid(e.to_string()))
+        }
+        Topology::Cluster => {
+            let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
+            if seeds.iter().any(|s| s.is_empty()) {
+                return Err(invalid("an empty seed in the comma-separated list".into()));
+            }
+            for seed in &seeds {
+                // Each seed alone, so a bad one is named by its reason.
+                redis::Client::open(*seed).map_err(|e| invalid(e.to_string()))?;
+            }
+            ClusterClient::builder(seeds)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(CHECK_TIMEOUT)
+                .build()
+                .map(|c| Client::Cluster(Box::new(c)))
+                .map_err(|e| invalid(e.to_string()))
+        }
     }
 }
 
@@ -95,7 +259,7 @@ impl RedisLimiter {
     /// Starts connecting in the background; checks use the local limiter
     /// until Redis answers. Redis is probed every 2 s.
     pub fn new(url: &str, key_prefix: &str, per_minute: u32) -> Result<Self, RedisConfigError> {
-        Self::start(url, key_prefix, per_minute, DEFAULT_PROBE_INTERVAL)
+        Self::start(url, Topology::Single, key_prefix, per_minute, DEFAULT_PROBE_INTERVAL)
     }
 
     /// Like [`RedisLimiter::new`], probing Redis (PING) every
@@ -103,13 +267,16 @@ impl RedisLimiter {
     /// probe ends when the limiter is dropped.
     pub fn start(
         url: &str,
+        topology: Topology,
         key_prefix: &str,
         per_minute: u32,
         probe_interval: Duration,
     ) -> Result<Self, RedisConfigError> {
         let shown = crate::bus::nats::redact(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| RedisConfigError::InvalidUrl { url: shown.clone(), reason: e.to_string() })?;
+        let client = open(url, topology)?;
+        if topology == Topology::Cluster && key_prefix.contains(['{', '}']) {
+            return Err(RedisConfigError::HashTagPrefix { prefix: key_prefix.to_owned() });
+        }
         let per_minute = per_minute.max(1);
         let inner = Arc::new(Inner {
             url: shown,
@@ -144,7 +311,7 @@ impl Drop for RedisLimiter {
 /// Connects, then PINGs every probe interval: health follows Redis on an
 /// idle gateway too, and the connection is re-made after an outage without
 /// waiting for a client message.
-async fn probe(inner: Weak<Inner>, client: redis::Client, stop: CancellationToken) {
+async fn probe(inner: Weak<Inner>, client: Client, stop: CancellationToken) {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(CHECK_TIMEOUT))
@@ -172,25 +339,32 @@ impl Inner {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    async fn probe_once(&self, client: &redis::Client, config: &ConnectionManagerConfig) {
+    async fn probe_once(&self, client: &Client, config: &ConnectionManagerConfig) {
         let known = self.conn.read().clone();
         let mut conn = match known {
             Some(conn) => conn,
-            None => match client.get_connection_manager_with_config(config.clone()).await {
-                Ok(conn) => {
-                    *self.conn.write() = Some(conn.clone());
-                    conn
+            None => {
+                let made = match client {
+                    Client::Single(c) => c.get_connection_manager_with_config(config.clone()).await.map(Conn::Single),
+                    // Bounded: it asks the seeds for the slot map, each
+                    // within CONNECT_TIMEOUT.
+                    Client::Cluster(c) => c.get_async_connection().await.map(Conn::Cluster),
+                };
+                match made {
+                    Ok(conn) => {
+                        *self.conn.write() = Some(conn.clone());
+                        conn
+                    }
+                    Err(e) => {
+                        self.failed(e.to_string());
+                        return;
+                    }
                 }
-                Err(e) => {
-                    self.failed(e.to_string());
-                    return;
-                }
-            },
+            }
         };
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(CHECK_TIMEOUT * 4, ping.query_async::<String>(&mut conn)).await {
-            Ok(Ok(_)) => self.succeeded(),
-            Ok(Err(e)) => self.failed(e.to_string()),
+        match tokio::time::timeout(CHECK_TIMEOUT * 4, conn.ping(&self.prefix)).await {
+            Ok(Ok(())) => self.succeeded(),
+            Ok(Err(e)) => self.failed(e),
             Err(_) => self.failed("PING timed out".into()),
         }
     }
@@ -226,7 +400,7 @@ impl Inner {
         let Some(mut conn) = self.conn.read().clone() else { return self.fallback.check_now(key) };
         let mut call = self.script.key(format!("{}{key}", self.prefix));
         call.arg(self.interval_us).arg(self.per_minute);
-        match tokio::time::timeout(CHECK_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await {
+        match tokio::time::timeout(CHECK_TIMEOUT, conn.gcra(&call)).await {
             Ok(Ok(wait_us)) => {
                 self.succeeded();
                 match u64::try_from(wait_us) {
@@ -282,5 +456,32 @@ mod tests {
             assert!(e.is_config() && msg.contains("REDIS_URL") && !msg.contains("hunter2"), "{msg}");
             assert!(std::error::Error::source(&e).is_none(), "said once: {msg}");
         }
+    }
+
+    #[test]
+    fn probe_keys_hash_into_the_asked_slots_as_redis_hashes_them() {
+        // CLUSTER KEYSLOT of the Redis docs' examples.
+        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"123456789"), 0x31C3);
+        for (start, end) in [(0, 5460), (5461, 10922), (10923, 16383), (7000, 7000), (16383, 16383)] {
+            let key = key_in_slots("venta:rl:", start, end).expect("a key");
+            let tag = key.split_once('{').and_then(|(_, t)| t.strip_suffix('}')).expect("a hash tag");
+            let slot = crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % SLOTS;
+            assert!((start..=end).contains(&slot), "{key} -> {slot}");
+        }
+    }
+
+    #[test]
+    fn several_urls_need_the_cluster_topology_and_a_cluster_prefix_has_no_hash_tag() {
+        let seeds = "redis://127.0.0.1:7000,redis://u:hunter2@127.0.0.1:7001";
+        let Err(e) = RedisLimiter::new(seeds, "p:", 10) else { panic!("several URLs taken for one server") };
+        assert!(e.to_string().contains("REDIS_CLUSTER=true") && !e.to_string().contains("hunter2"), "{e}");
+        for bad in ["redis://127.0.0.1:7000,", "redis://127.0.0.1:7000,notaurl"] {
+            assert!(check_url(bad, Topology::Cluster).is_err(), "{bad}");
+        }
+        assert!(check_url(seeds, Topology::Cluster).is_ok());
+        assert!(check_url("redis://127.0.0.1:7000", Topology::Cluster).is_ok());
+        let start = |prefix: &str| RedisLimiter::start(seeds, Topology::Cluster, prefix, 10, Duration::from_secs(1));
+        let Err(e) = start("{rl}:") else { panic!("a hash-tag prefix accepted for a cluster") };
+        assert!(e.is_config() && e.to_string().contains("REDIS_KEY_PREFIX"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod nats;
 pub mod pg;
+pub mod redis_cluster;
 pub mod wt;
 
 use std::net::SocketAddr;
