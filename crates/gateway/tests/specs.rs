@@ -230,3 +230,35 @@ fn the_readme_links_both_specs() {
         assert!(Path::new(&root().join(spec)).is_file());
     }
 }
+
+#[test]
+fn sse_events_are_the_same_in_both_specs() {
+    let (asyncapi, openapi) = (yaml("docs/asyncapi.yaml"), yaml("docs/openapi.yaml"));
+    for (channel, path) in [("sseLocation", "/sse/location"), ("sseVendor", "/sse/vendor"), ("sseArea", "/sse/area")] {
+        let messages = asyncapi["channels"][channel]["messages"].as_object().unwrap_or_else(|| panic!("{channel}"));
+        let in_async: BTreeSet<String> = messages
+            .values()
+            .map(|m| {
+                let m = resolve(&asyncapi, m["$ref"].as_str().expect("message ref"));
+                m["name"].as_str().expect("message name").to_owned()
+            })
+            .collect();
+        // The 200 response's schema: one event, a oneOf of one schema per type.
+        let op = &openapi["paths"][path]["get"];
+        let resp = resolve(&openapi, op["responses"]["200"]["$ref"].as_str().expect("200 ref"));
+        let event = resolve(&openapi, resp["content"]["text/event-stream"]["schema"]["$ref"].as_str().expect("schema"));
+        let in_open: BTreeSet<String> = event["oneOf"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: event schema is not a oneOf"))
+            .iter()
+            .map(|s| {
+                let s = resolve(&openapi, s["$ref"].as_str().expect("event ref"));
+                s["properties"]["event"]["const"].as_str().expect("event const").to_owned()
+            })
+            .collect();
+        assert_eq!(in_async, in_open, "{channel} (asyncapi.yaml) and {path} (openapi.yaml) list different events");
+        for ty in ["subscribed", "error", "close"] {
+            assert!(in_open.contains(ty), "{path} lacks event {ty}");
+        }
+    }
+}
