@@ -27,17 +27,38 @@ fn yaml(rel: &str) -> Value {
     serde_yaml_ng::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-/// `(path, method)` of every `.route("…", get(…))` / `post(…)` in server.rs.
+/// The `.rs` files under `dir`, recursively, sorted.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+}
+
+/// `(path, method)` of every `.route("…", get(…))` / `post(…)` in the
+/// gateway's sources. Every file under crates/gateway/src is read, not just
+/// server.rs: a module with its own router (the dashboard's) is merged into
+/// the main one, and the next such module must not slip past this test.
 fn router_routes() -> BTreeSet<(String, String)> {
-    let src = read("crates/gateway/src/server.rs");
+    let mut files = Vec::new();
+    rust_files(&root().join("crates/gateway/src"), &mut files);
     let mut routes = BTreeSet::new();
-    for part in src.split(".route(\"").skip(1) {
-        let Some((path, rest)) = part.split_once('"') else { continue };
-        // One route may chain methods: `get(a).post(b)`.
-        let call = rest.split(")\n").next().unwrap_or_default();
-        for method in ["get", "post", "put", "patch", "delete"] {
-            if call.contains(&format!(" {method}(")) || call.contains(&format!(".{method}(")) {
-                routes.insert((path.to_owned(), method.to_owned()));
+    for file in files {
+        let src = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for part in src.split(".route(\"").skip(1) {
+            let Some((path, rest)) = part.split_once('"') else { continue };
+            // One route may chain methods: `get(a).post(b)`.
+            let call = rest.split(")\n").next().unwrap_or_default();
+            for method in ["get", "post", "put", "patch", "delete"] {
+                if call.contains(&format!(" {method}(")) || call.contains(&format!(".{method}(")) {
+                    routes.insert((path.to_owned(), method.to_owned()));
+                }
             }
         }
     }
@@ -100,6 +121,8 @@ fn every_router_route_is_in_openapi_and_back() {
     // The parse must have found the router, or this test proves nothing.
     assert!(routes.contains(&("/health".to_owned(), "get".to_owned())), "{routes:?}");
     assert!(routes.contains(&("/api/v1/publish/location".to_owned(), "post".to_owned())), "{routes:?}");
+    // ... and the routers of other modules (the dashboard's, merged in).
+    assert!(routes.contains(&("/dashboard/stats".to_owned(), "get".to_owned())), "{routes:?}");
     let paths = spec["paths"].as_object().expect("openapi paths");
     let mut documented = BTreeSet::new();
     for (path, item) in paths {
@@ -112,7 +135,7 @@ fn every_router_route_is_in_openapi_and_back() {
     for (path, method) in &routes {
         assert!(
             documented.iter().any(|(p, m, _)| p == path && m == method),
-            "{} {path} is served (server.rs router()) but not in docs/openapi.yaml",
+            "{} {path} is served (a `.route(` in crates/gateway/src) but not in docs/openapi.yaml",
             method.to_uppercase()
         );
     }
@@ -120,7 +143,7 @@ fn every_router_route_is_in_openapi_and_back() {
         let served = routes.contains(&(path.clone(), method.clone()));
         assert!(
             served || *pending,
-            "docs/openapi.yaml documents {} {path}, which server.rs does not serve (mark a route being added with x-implementation)",
+            "docs/openapi.yaml documents {} {path}, which no router in crates/gateway/src serves (mark a route being added with x-implementation)",
             method.to_uppercase()
         );
         assert!(
@@ -142,7 +165,7 @@ fn every_schema_is_used_by_a_spec_and_every_ref_exists() {
         let schema: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("schemas/{rel}: {e}"));
         assert!(schema.get("$schema").is_some(), "schemas/{rel} is not a JSON Schema");
     }
-    for dir in ["client", "server", "publish"] {
+    for dir in ["client", "server", "publish", "sse"] {
         for rel in schema_files(dir) {
             assert!(in_async.contains(&rel), "schemas/{rel} is not referenced by docs/asyncapi.yaml");
         }
@@ -205,5 +228,37 @@ fn the_readme_links_both_specs() {
     for spec in ["docs/asyncapi.yaml", "docs/openapi.yaml"] {
         assert!(readme.contains(&format!("]({spec})")), "README.md does not link {spec}");
         assert!(Path::new(&root().join(spec)).is_file());
+    }
+}
+
+#[test]
+fn sse_events_are_the_same_in_both_specs() {
+    let (asyncapi, openapi) = (yaml("docs/asyncapi.yaml"), yaml("docs/openapi.yaml"));
+    for (channel, path) in [("sseLocation", "/sse/location"), ("sseVendor", "/sse/vendor"), ("sseArea", "/sse/area")] {
+        let messages = asyncapi["channels"][channel]["messages"].as_object().unwrap_or_else(|| panic!("{channel}"));
+        let in_async: BTreeSet<String> = messages
+            .values()
+            .map(|m| {
+                let m = resolve(&asyncapi, m["$ref"].as_str().expect("message ref"));
+                m["name"].as_str().expect("message name").to_owned()
+            })
+            .collect();
+        // The 200 response's schema: one event, a oneOf of one schema per type.
+        let op = &openapi["paths"][path]["get"];
+        let resp = resolve(&openapi, op["responses"]["200"]["$ref"].as_str().expect("200 ref"));
+        let event = resolve(&openapi, resp["content"]["text/event-stream"]["schema"]["$ref"].as_str().expect("schema"));
+        let in_open: BTreeSet<String> = event["oneOf"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: event schema is not a oneOf"))
+            .iter()
+            .map(|s| {
+                let s = resolve(&openapi, s["$ref"].as_str().expect("event ref"));
+                s["properties"]["event"]["const"].as_str().expect("event const").to_owned()
+            })
+            .collect();
+        assert_eq!(in_async, in_open, "{channel} (asyncapi.yaml) and {path} (openapi.yaml) list different events");
+        for ty in ["subscribed", "error", "close"] {
+            assert!(in_open.contains(ty), "{path} lacks event {ty}");
+        }
     }
 }
