@@ -102,7 +102,7 @@ async fn websocket_and_webtransport_clients_receive_the_same_update() {
         assert_eq!(a, b, "one update, one timestamp, whichever transport delivers it");
     }
     let st = status(&gw).await;
-    assert_eq!(st["connections"]["byTransport"], json!({"websocket": 1, "webtransport": 1}));
+    assert_eq!(st["connections"]["byTransport"], json!({"websocket": 1, "webtransport": 1, "sse": 0}));
     assert_eq!(st["connections"]["byEndpoint"], json!({"location": 0, "vendor": 2}));
     assert_eq!(st["connections"]["total"], 2);
     assert_eq!(metric(&gw, r#"venta_connections{endpoint="vendor",transport="webtransport"}"#).await, 1.0);
