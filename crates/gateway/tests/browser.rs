@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,18 +17,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
-
-/// Chromium from Debian, never a downloaded browser.
-fn chromium() -> PathBuf {
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!(
-        "chromium is not installed: apt-get update && apt-get install -y chromium (Debian's package; .ci/run does this)"
-    );
-}
 
 /// What the page tells the test.
 #[derive(Debug)]
@@ -252,25 +239,7 @@ async fn metric(http_base: &str, series: &str) -> f64 {
 async fn run_page(http_base: &str, wt_url: &str, vendor: &str, mut stop: Option<TestGateway>) -> Value {
     let hash_url = format!("{http_base}/wt/cert-hash");
     let mut server = PageServer::start(page(wt_url, &hash_url, vendor, stop.is_some())).await;
-    let profile = std::env::temp_dir().join(format!("venta-chromium-{}", uuid::Uuid::new_v4().simple()));
-    let child = tokio::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-gpu",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("http://{}/", server.addr))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromium");
+    let (child, profile) = common::chromium_dump_dom(&format!("http://{}/", server.addr));
     let browser = tokio::spawn(tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()));
 
     let mut report = None;
@@ -445,7 +414,7 @@ async fn chromium_follows_an_area_over_webtransport() {
     let page = area_page(&gw.wt_url("/wt/location"), &format!("{base}/wt/cert-hash"), &bbox);
     let mut server = PageServer::start(page).await;
     let profile = std::env::temp_dir().join(format!("venta-chromium-{}", uuid::Uuid::new_v4().simple()));
-    let child = tokio::process::Command::new(chromium())
+    let child = tokio::process::Command::new(common::chromium())
         .args([
             "--headless",
             "--no-sandbox",

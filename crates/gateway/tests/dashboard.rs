@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -367,15 +366,6 @@ async fn every_metric_the_grafana_dashboard_and_the_alerts_name_exists_in_metric
 
 // ------------------------------------------------------------------ browser
 
-fn chromium() -> PathBuf {
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("chromium is not installed: apt-get install -y chromium (Debian's package; .ci/run does this)");
-}
-
 /// A headless Chromium and one page, driven over the DevTools protocol.
 struct Browser {
     _child: tokio::process::Child,
@@ -392,7 +382,7 @@ struct Browser {
 impl Browser {
     async fn launch() -> Self {
         let profile = common::nats::tempdir::Dir::new();
-        let mut child = tokio::process::Command::new(chromium())
+        let mut child = tokio::process::Command::new(common::chromium())
             .args([
                 "--headless",
                 "--no-sandbox",

@@ -735,33 +735,11 @@ es.addEventListener('close', (e) => {{ es.close(); finish({{ ok: true, seen, las
 
 #[tokio::test]
 async fn chromium_eventsource_gets_updates_and_the_close_event() {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("chromium is not installed: apt-get install -y chromium (.ci/run does this)");
     let gw = TestGateway::start().await;
     gw.publish_location("cv", 48.85, 2.29).await;
     let url = gw.http("/sse/location?vendorId=cv&userId=u1");
     let (addr, mut events) = page_server(eventsource_page(&url)).await;
-    let profile = std::env::temp_dir().join(format!("venta-chromium-sse-{}", uuid::Uuid::new_v4().simple()));
-    let child = tokio::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-gpu",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("http://{addr}/"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromium");
+    let (child, profile) = common::chromium_dump_dom(&format!("http://{addr}/"));
     let browser = tokio::spawn(tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()));
     let (mut gw, mut published, mut updates) = (Some(gw), false, 0);
     let report = loop {

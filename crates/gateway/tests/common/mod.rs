@@ -391,3 +391,41 @@ impl Drop for GatewayProcess {
         }
     }
 }
+
+/// Chromium from Debian, never a downloaded browser; fails loudly if missing.
+pub fn chromium() -> PathBuf {
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if std::path::Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "chromium is not installed: apt-get update && apt-get install -y chromium (Debian's package; .ci/run does this)"
+    );
+}
+
+/// Headless Chromium with a fresh profile that loads `url` and prints the
+/// DOM once the page has settled (the dump-dom trick); killed on drop. The
+/// profile directory is returned for the caller to remove afterwards.
+pub fn chromium_dump_dom(url: &str) -> (tokio::process::Child, PathBuf) {
+    let profile = std::env::temp_dir().join(format!("venta-chromium-{}", uuid::Uuid::new_v4().simple()));
+    let child = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-gpu",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromium");
+    (child, profile)
+}
