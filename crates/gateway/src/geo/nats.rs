@@ -9,7 +9,10 @@
 //!   updates of one vendor serialise), drops updates older than the stored
 //!   one, and republishes the update on `<prefix>.geo.<cell>`, and on its
 //!   previous cell's subject when it changed cell: watchers there see it
-//!   leave, whichever instance handled the update before.
+//!   leave, whichever instance handled the update before. It republishes
+//!   twice: right after the compare-and-set (low latency), and again once
+//!   the cell mirror below holds it (so an area that started watching in
+//!   between misses nothing); see [`NatsGeo::index`].
 //! - **Watching:** an instance subscribes `<prefix>.geo.<cell>` only for the
 //!   cells its clients' areas cover. An instance whose clients watch Madrid
 //!   hears nothing of Tokyo (beyond its share of the indexing).
@@ -55,6 +58,75 @@ struct Lane {
     pending: Mutex<indexmap::IndexMap<String, async_nats::Message>>,
     wake: tokio::sync::Notify,
 }
+/// Vendors whose last write one lane remembers (64 lanes: 131,072 in all,
+/// ~100 bytes each).
+const KNOWN_PER_LANE: usize = 2048;
+
+/// The revision and position a lane last wrote per vendor: its next update
+/// goes straight to the compare-and-set, without reading the KV first. A
+/// stale entry (another instance wrote the vendor since) only costs the
+/// failed compare-and-set and a read, as a miss does.
+///
+/// Across instances the queue group hands a vendor's next update to this
+/// lane only one time in N, so memory mostly fails there and a read first
+/// is cheaper: [`Known::trust`] follows how often memory held, and below
+/// even odds the lane reads first, trying memory again now and then.
+#[derive(Default)]
+struct Known {
+    written: indexmap::IndexMap<VendorId, (u64, Stored)>,
+    /// Compare-and-sets from memory that held minus those that failed,
+    /// within ±[`TRUST_SPAN`]: negative means "read first".
+    trust: i8,
+    /// Updates since memory was last tried while distrusted.
+    untried: u8,
+}
+
+/// How far [`Known::trust`] swings: it tracks the recent odds (memory
+/// saves a round trip when it holds and costs one when it fails, so even
+/// odds are the break-even), and one lucky hit does not swing it back.
+const TRUST_SPAN: i8 = 8;
+/// While distrusted, memory is still tried once in this many updates (to
+/// notice the other instances have gone).
+const PROBE_EVERY: u8 = 16;
+
+impl Known {
+    /// Whether this update should go from memory.
+    fn trusted(&mut self) -> bool {
+        if self.trust >= 0 {
+            return true;
+        }
+        self.untried += 1;
+        if self.untried >= PROBE_EVERY {
+            self.untried = 0;
+            return true;
+        }
+        false
+    }
+
+    /// A compare-and-set from memory held (or not).
+    fn held(&mut self, held: bool) {
+        self.trust = if held { (self.trust + 1).min(TRUST_SPAN) } else { (self.trust - 1).max(-TRUST_SPAN) };
+    }
+
+    /// What was written, unless the KV has let it expire since.
+    fn get(&self, vendor: &VendorId, ttl: Duration, now_ms: u64) -> Option<(u64, Stored)> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.written.get(vendor).copied().filter(|(_, s)| now_ms.saturating_sub(s.seen) < ttl_ms)
+    }
+
+    fn put(&mut self, vendor: &VendorId, revision: u64, stored: Stored) {
+        if self.written.len() >= KNOWN_PER_LANE && !self.written.contains_key(vendor) {
+            // Full: forget one (bounded, O(1)).
+            self.written.swap_remove_index(0);
+        }
+        self.written.insert(vendor.clone(), (revision, stored));
+    }
+
+    fn forget(&mut self, vendor: &VendorId) {
+        self.written.swap_remove(vendor);
+    }
+}
+
 /// Compare-and-set attempts for one update before it is given up (and
 /// counted): only a vendor updated from many instances at once retries.
 const CAS_ATTEMPTS: usize = 16;
@@ -215,64 +287,109 @@ impl NatsGeo {
 
     /// Indexes one location update: compare-and-set the vendor's position,
     /// mirror it into its cell, republish on the new (and old) cell.
-    async fn index(&self, update: &LocationUpdate) -> Result<(), IndexError> {
+    ///
+    /// One JetStream round trip stands between an update and its cell
+    /// subjects when `known` holds the vendor (the compare-and-set); the
+    /// read is needed only on a miss or a lost compare-and-set. Each round
+    /// trip waited for here is latency of every area delivery (s4: four of
+    /// them, read, compare-and-set, mirror and ghost check, made p50 ≈ 5 ms).
+    async fn index(&self, update: &LocationUpdate, known: &mut Known) -> Result<(), IndexError> {
         let Some((point, ts)) = position_of(update) else { return Ok(()) };
         let kv = self.store().await?;
         let vendor = &update.vendor_id;
         let vkey = format!("v.{vendor}");
         let cell = Cell::of(point);
-        let value = Bytes::from(
-            serde_json::to_vec(&Stored { lat: point.lat, long: point.long, ts, seen: now_ms() }).unwrap_or_default(),
-        );
+        let stored = Stored { lat: point.lat, long: point.long, ts, seen: now_ms() };
+        let value = Bytes::from(serde_json::to_vec(&stored).unwrap_or_default());
+        let mut cached = if known.trusted() { known.get(vendor, self.opts.ttl, stored.seen) } else { None };
         let mut attempt = 0;
         let (previous, revision) = loop {
             attempt += 1;
-            let entry = timed("read", kv.entry(vkey.clone())).await?;
-            let prev = entry
-                .as_ref()
-                .filter(|e| e.operation == kv::Operation::Put)
-                .and_then(|e| serde_json::from_slice::<Stored>(&e.value).ok());
+            // What this lane last wrote for the vendor, or what the KV holds.
+            let from_memory = cached.is_some();
+            let (prev, last) = match cached.take() {
+                Some((revision, prev)) => (Some(prev), Some(revision)),
+                None => {
+                    let entry = timed("read", kv.entry(vkey.clone())).await?;
+                    let prev = entry
+                        .as_ref()
+                        .filter(|e| e.operation == kv::Operation::Put)
+                        .and_then(|e| serde_json::from_slice::<Stored>(&e.value).ok());
+                    (prev, entry.map(|e| e.revision))
+                }
+            };
             if prev.is_some_and(|p| p.ts >= ts) {
                 // Older than what is known (GPS fixes arrive out of order).
+                // The KV only ever moves to newer positions, so a cached one
+                // this new means the KV's is at least as new.
                 return Ok(());
             }
-            let written = match &entry {
-                Some(e) => tokio::time::timeout(ROUND_TRIP, kv.update(vkey.clone(), value.clone(), e.revision))
+            let written = match last {
+                Some(revision) => tokio::time::timeout(ROUND_TRIP, kv.update(vkey.clone(), value.clone(), revision))
                     .await
                     .map(|r| r.map_err(|e| e.to_string())),
                 None => tokio::time::timeout(ROUND_TRIP, kv.create(vkey.clone(), value.clone()))
                     .await
                     .map(|r| r.map_err(|e| e.to_string())),
             };
+            if from_memory {
+                known.held(matches!(written, Ok(Ok(_))));
+            }
             match written {
                 Ok(Ok(rev)) => break (prev.map(|p| Cell::of(p.point())), rev),
-                // Another instance wrote this vendor in between: read again.
-                Ok(Err(_)) if attempt < CAS_ATTEMPTS => continue,
-                Ok(Err(_)) => return Err(IndexError::Contended),
-                Err(_) => return Err(unavailable("write", "timed out").into()),
+                // Another instance wrote this vendor since (or the cached
+                // revision expired): read the KV's and try again.
+                Ok(Err(_)) if attempt < CAS_ATTEMPTS => known.forget(vendor),
+                Ok(Err(_)) => {
+                    known.forget(vendor);
+                    return Err(IndexError::Contended);
+                }
+                Err(_) => {
+                    known.forget(vendor);
+                    return Err(unavailable("write", "timed out").into());
+                }
             }
         };
+        known.put(vendor, revision, stored);
         let ckey = format!("c.{}.{vendor}", cell.token());
-        timed("cell write", kv.put(ckey.clone(), value)).await?;
         let old = previous.filter(|c| *c != cell);
-        if let Some(old) = old {
-            timed("cell delete", kv.delete(format!("c.{}.{vendor}", old.token()))).await?;
-        }
+        let payload = Bytes::from(Update::Location(update.clone()).to_publish_json());
+        let client = self.bus.client();
+        let publish = || async {
+            timed("publish", client.publish(self.geo_subject(cell), payload.clone())).await?;
+            if let Some(old) = old {
+                timed("publish", client.publish(self.geo_subject(old), payload.clone())).await?;
+            }
+            Ok::<(), BusError>(())
+        };
+        // Published as soon as the position is the vendor's: every area
+        // watching the cells now hears it one round trip after it came in.
+        publish().await?;
+        // An area that starts watching a cell after that publish reads the
+        // mirror instead, which may not hold this yet: the mirror is written
+        // (and the old cell's entry deleted), then the update is published
+        // once more, so such an area either finds it in the mirror or hears
+        // the second publish. Watchers that heard the first take the second
+        // as the same position (not newer) and do nothing.
+        let mirror = timed("cell write", kv.put(ckey.clone(), value));
+        let unmirror = async {
+            match old {
+                Some(old) => timed("cell delete", kv.delete(format!("c.{}.{vendor}", old.token()))).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        futures_util::future::try_join(mirror, unmirror).await?;
+        publish().await?;
         // A later update of this vendor may have won its compare-and-set
-        // while this one wrote its cell key, and deleted that key before
-        // this write: then this cell key is a ghost unless removed here.
+        // (on another instance) while this one wrote its cell key, and
+        // deleted that key before this write: then this cell key is a ghost
+        // unless removed here.
         if let Some(now) = timed("reread", kv.entry(vkey)).await?
             && now.revision != revision
             && serde_json::from_slice::<Stored>(&now.value).is_ok_and(|p| Cell::of(p.point()) != cell)
         {
+            known.forget(vendor);
             timed("cell repair", kv.delete(ckey)).await?;
-        }
-        let payload = Bytes::from(Update::Location(update.clone()).to_publish_json());
-        let client = self.bus.client();
-        let publish = |c: Cell| client.publish(self.geo_subject(c), payload.clone());
-        timed("publish", publish(cell)).await?;
-        if let Some(old) = old {
-            timed("publish", publish(old)).await?;
         }
         Ok(())
     }
@@ -319,13 +436,13 @@ impl NatsGeo {
         Ok(out)
     }
 
-    async fn index_message(&self, msg: &async_nats::Message) {
+    async fn index_message(&self, msg: &async_nats::Message, known: &mut Known) {
         let vendor = msg.subject.as_str().rsplit('.').next().unwrap_or_default();
         let Ok(Update::Location(update)) = Update::from_publish_json(Channel::Location, &msg.payload, Some(vendor))
         else {
             return;
         };
-        match self.index(&update).await {
+        match self.index(&update, known).await {
             Ok(()) => {}
             Err(IndexError::Contended) => {
                 self.metrics.area_index_errors.inc();
@@ -489,6 +606,8 @@ async fn run_indexer(geo: Weak<NatsGeo>, stop: CancellationToken) {
             let workers = lanes.iter().map(|lane| {
                 let (geo, lane) = (Weak::clone(&geo), Arc::clone(lane));
                 async move {
+                    // The lane's own: a vendor's updates all pass here.
+                    let mut known = Known::default();
                     loop {
                         let next = lane.pending.lock().shift_remove_index(0);
                         let Some((_, msg)) = next else {
@@ -496,7 +615,7 @@ async fn run_indexer(geo: Weak<NatsGeo>, stop: CancellationToken) {
                             continue;
                         };
                         let Some(this) = geo.upgrade() else { return };
-                        this.index_message(&msg).await;
+                        this.index_message(&msg, &mut known).await;
                     }
                 }
             });
@@ -530,5 +649,62 @@ async fn run_indexer(geo: Weak<NatsGeo>, stop: CancellationToken) {
         if stopped {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vendor(i: usize) -> VendorId {
+        VendorId::parse(&format!("v{i}")).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn at(seen: u64) -> Stored {
+        Stored { lat: 1.0, long: 2.0, ts: 3, seen }
+    }
+
+    #[test]
+    fn a_lane_remembers_a_bounded_number_of_vendors() {
+        let mut known = Known::default();
+        let ttl = Duration::from_secs(300);
+        for i in 0..KNOWN_PER_LANE + 100 {
+            known.put(&vendor(i), i as u64, at(1_000));
+        }
+        assert_eq!(known.written.len(), KNOWN_PER_LANE);
+        let last = vendor(KNOWN_PER_LANE + 99);
+        assert_eq!(known.get(&last, ttl, 1_000).map(|(rev, _)| rev), Some(KNOWN_PER_LANE as u64 + 99));
+        // Writing a vendor it holds again replaces, never evicts.
+        known.put(&last, 7, at(1_000));
+        assert_eq!(known.written.len(), KNOWN_PER_LANE);
+        assert_eq!(known.get(&last, ttl, 1_000).map(|(rev, _)| rev), Some(7));
+        known.forget(&last);
+        assert!(known.get(&last, ttl, 1_000).is_none());
+    }
+
+    #[test]
+    fn memory_is_used_while_it_holds_and_probed_once_it_mostly_fails() {
+        let mut known = Known::default();
+        assert!(known.trusted(), "one instance: memory first");
+        // Two instances or more: most compare-and-sets from memory fail.
+        for _ in 0..8 {
+            known.held(false);
+        }
+        let tried = (0..64).filter(|_| known.trusted()).count();
+        assert_eq!(tried, 64 / usize::from(PROBE_EVERY), "distrusted: tried once in {PROBE_EVERY}");
+        // Alone again: the probes hold, and trust comes back.
+        for _ in 0..8 {
+            known.held(true);
+        }
+        assert!(known.trusted());
+    }
+
+    #[test]
+    fn a_write_older_than_the_kv_keeps_it_is_not_trusted() {
+        let mut known = Known::default();
+        let ttl = Duration::from_secs(300);
+        known.put(&vendor(1), 5, at(1_000));
+        assert!(known.get(&vendor(1), ttl, 1_000 + 299_999).is_some());
+        assert!(known.get(&vendor(1), ttl, 1_000 + 300_000).is_none(), "the KV has expired it: read it");
     }
 }
