@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -413,25 +412,7 @@ async fn chromium_follows_an_area_over_webtransport() {
     let bbox = json!({"south": SOL.0 - 0.009, "west": SOL.1 - 0.012, "north": SOL.0 + 0.009, "east": SOL.1 + 0.012});
     let page = area_page(&gw.wt_url("/wt/location"), &format!("{base}/wt/cert-hash"), &bbox);
     let mut server = PageServer::start(page).await;
-    let profile = std::env::temp_dir().join(format!("venta-chromium-{}", uuid::Uuid::new_v4().simple()));
-    let child = tokio::process::Command::new(common::chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-gpu",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("http://{}/", server.addr))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromium");
+    let (child, profile) = common::chromium_dump_dom(&format!("http://{}/", server.addr));
     let browser = tokio::spawn(tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()));
 
     let (mut entered_sent, mut left_sent) = (false, false);

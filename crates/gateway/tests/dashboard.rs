@@ -383,14 +383,8 @@ impl Browser {
     async fn launch() -> Self {
         let profile = common::nats::tempdir::Dir::new();
         let mut child = tokio::process::Command::new(common::chromium())
+            .args(common::CHROMIUM_FLAGS)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-gpu",
                 "--hide-scrollbars",
                 "--force-device-scale-factor=1",
                 "--window-size=1280,1400",

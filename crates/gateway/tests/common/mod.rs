@@ -404,21 +404,25 @@ pub fn chromium() -> PathBuf {
     );
 }
 
+/// The flags every test browser starts with: headless, and nothing that
+/// reaches outside the machine (the team's Chromium notes).
+pub const CHROMIUM_FLAGS: [&str; 7] = [
+    "--headless",
+    "--no-sandbox",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-gpu",
+];
+
 /// Headless Chromium with a fresh profile that loads `url` and prints the
 /// DOM once the page has settled (the dump-dom trick); killed on drop. The
 /// profile directory is returned for the caller to remove afterwards.
 pub fn chromium_dump_dom(url: &str) -> (tokio::process::Child, PathBuf) {
     let profile = std::env::temp_dir().join(format!("venta-chromium-{}", uuid::Uuid::new_v4().simple()));
     let child = tokio::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-gpu",
-        ])
+        .args(CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("--dump-dom")
         .arg(url)
