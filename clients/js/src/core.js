@@ -1259,3 +1259,23 @@ export function swapEndpoint(url, segment, scheme) {
   out.pathname = url.pathname.replace(/^\/(ws|wt|sse)\//, `/${segment}/`);
   return out;
 }
+
+/**
+ * One server message from a text frame or event: a JSON object, or
+ * `undefined` (logged as `what` when it is not JSON; arrays and scalars are
+ * dropped silently). Both text transports parse alike through this.
+ * @param {string} text
+ * @param {{warn: (msg: string) => void}} log
+ * @param {string} what
+ * @returns {any} a plain object, or undefined
+ */
+export function parseMessage(text, log, what) {
+  let message;
+  try {
+    message = JSON.parse(text);
+  } catch {
+    log.warn(`Ignoring ${what} that is not JSON`);
+    return undefined;
+  }
+  return message && typeof message === 'object' && !Array.isArray(message) ? message : undefined;
+}

@@ -14,7 +14,7 @@
 // (HTTP 400 before the stream starts) is read back with one `fetch` and
 // reported as an `error` for the requests that caused it.
 
-import { swapEndpoint } from './core.js';
+import { parseMessage, swapEndpoint } from './core.js';
 
 /** Server message types an EventSource must listen for by name. */
 const EVENT_TYPES = [
@@ -172,14 +172,8 @@ function openSse({ url, log, options, subscriptions, areas }, on) {
     for (const type of EVENT_TYPES) {
       es.addEventListener(type, (/** @type {any} */ event) => {
         if (s.live !== es || typeof event.data !== 'string') return;
-        let message;
-        try {
-          message = JSON.parse(event.data);
-        } catch {
-          log.warn('Ignoring an SSE event that is not JSON');
-          return;
-        }
-        if (!message || typeof message !== 'object' || Array.isArray(message)) return;
+        const message = parseMessage(event.data, log, 'an SSE event');
+        if (!message) return;
         onEvent(s, message);
       });
     }

@@ -1,7 +1,7 @@
 // WebSocket (JSON text frames) for the venta-gateway client, without
 // MessagePack: `import { WebSocketClient } from '@venta/realtime/websocket'`.
 
-import { BaseClient, SeedClient, swapEndpoint } from './core.js';
+import { BaseClient, SeedClient, parseMessage, swapEndpoint } from './core.js';
 import { sseTransport } from './sse.js';
 
 export { sseTransport } from './sse.js';
@@ -52,14 +52,8 @@ export const webSocketTransport = {
         log.warn('Ignoring a binary WebSocket frame');
         return;
       }
-      let message;
-      try {
-        message = JSON.parse(event.data);
-      } catch {
-        log.warn('Ignoring a frame that is not JSON');
-        return;
-      }
-      if (message && typeof message === 'object' && !Array.isArray(message)) on.onMessage(message);
+      const message = parseMessage(event.data, log, 'a frame');
+      if (message) on.onMessage(message);
     };
     /** @param {CloseEvent} event */
     socket.onclose = (event) => end({ code: event.code, reason: event.reason ?? '', wasClean: event.wasClean ?? false });
