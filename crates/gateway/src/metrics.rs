@@ -8,6 +8,7 @@
 //! message types go through [`crate::protocol::type_label`], which maps
 //! anything unknown to `"unknown"`.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
@@ -100,6 +101,10 @@ pub struct Metrics {
     /// The busiest vendors for the dashboard. Not exported: vendor ids are
     /// chosen by publishers, so they are never label values.
     pub busiest: crate::dashboard::TopVendors,
+    /// `messages_out` by (transport, type), resolved once.
+    out_children: Children,
+    /// `updates_published` by (channel, source), resolved once.
+    published_children: Children,
     in_total: AtomicU64,
     out_total: AtomicU64,
 }
@@ -312,6 +317,8 @@ impl Metrics {
             dependency_up,
             connections_max,
             busiest: crate::dashboard::TopVendors::default(),
+            out_children: Children::new(TRANSPORTS, crate::protocol::ServerMessage::TYPE_NAMES),
+            published_children: Children::new(CHANNELS, SOURCES),
             in_total: AtomicU64::new(0),
             out_total: AtomicU64::new(0),
         })
@@ -337,8 +344,14 @@ impl Metrics {
 
     /// Counts `n` messages of one type written to a client.
     pub fn messages_out(&self, transport: &'static str, ty: &'static str, n: u64) {
-        self.messages_out.with_label_values(&[transport, ty]).inc_by(n);
+        self.out_children.inc_by(&self.messages_out, transport, ty, n);
         self.out_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` updates accepted on `channel` from `source` (`"nats"`,
+    /// `"http"`, `"grpc"`).
+    pub fn published(&self, channel: crate::protocol::Channel, source: &'static str, n: u64) {
+        self.published_children.inc_by(&self.updates_published, channel.as_str(), source, n);
     }
 
     /// Totals of messages in and out, for `/ws/status`.
@@ -353,5 +366,44 @@ impl Metrics {
         // names, which registration already rejected.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The transports' labels (`Transport::as_str`).
+const TRANSPORTS: &[&str] = &["websocket", "webtransport", "sse"];
+/// The channels' labels.
+const CHANNELS: &[&str] = &["location", "vendor"];
+/// Where published updates come from.
+const SOURCES: &[&str] = &["nats", "http", "grpc"];
+
+/// The children of a two-label counter whose label values come from two
+/// known lists, each resolved on first use. `with_label_values` hashes both
+/// values and takes the vector's lock on every call; `messages_out` is
+/// counted on every socket write (0.9 % of a fan-out profile). Resolving
+/// lazily keeps `/metrics` showing only the series that were used.
+#[derive(Debug)]
+struct Children {
+    first: &'static [&'static str],
+    second: &'static [&'static str],
+    slots: Box<[OnceLock<IntCounter>]>,
+}
+
+impl Children {
+    fn new(first: &'static [&'static str], second: &'static [&'static str]) -> Self {
+        Self { first, second, slots: (0..first.len() * second.len()).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// Adds `n` to the series (`a`, `b`) of `vec`; values outside the lists
+    /// take the label lookup.
+    fn inc_by(&self, vec: &IntCounterVec, a: &'static str, b: &'static str, n: u64) {
+        let pos = |names: &[&str], v: &str| names.iter().position(|s| *s == v);
+        let slot = match (pos(self.first, a), pos(self.second, b)) {
+            (Some(i), Some(j)) => self.slots.get(i * self.second.len() + j),
+            _ => None,
+        };
+        match slot {
+            Some(slot) => slot.get_or_init(|| vec.with_label_values(&[a, b])).inc_by(n),
+            None => vec.with_label_values(&[a, b]).inc_by(n),
+        }
     }
 }

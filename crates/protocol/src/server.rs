@@ -143,6 +143,22 @@ pub enum ServerMessage<'a> {
 }
 
 impl ServerMessage<'_> {
+    /// Every value [`ServerMessage::type_name`] returns: the metrics resolve
+    /// their series for these once.
+    pub const TYPE_NAMES: &'static [&'static str] = &[
+        "location_updated",
+        "vendor_updated",
+        "subscribed",
+        "unsubscribed",
+        "area_snapshot",
+        "vendor_entered",
+        "vendor_left",
+        "error",
+        "ping",
+        "pong",
+        "refreshed",
+    ];
+
     /// The message's `type`, also the metrics label.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -324,6 +340,30 @@ mod tests {
             &br#"{"type":"subscribed","data":{"channel":"vendor","vendorId":"v1"},"id":"x"}"#[..]
         );
         assert_eq!(encode(&ServerMessage::Ping, Codec::Json), &br#"{"type":"ping"}"#[..]);
+    }
+
+    #[test]
+    fn type_names_lists_every_type_once() {
+        let vendor = VendorId::parse("v1").unwrap_or_else(|_| unreachable!());
+        let u = Update::Location(LocationUpdate {
+            vendor_id: vendor.clone(),
+            location: Location { lat: 1.5, long: -2.0 },
+            timestamp: "t".into(),
+        });
+        let msgs = [
+            ServerMessage::Update(&u),
+            ServerMessage::Snapshot(&u),
+            ServerMessage::Subscribed { channel: Channel::Location, vendor: &vendor, id: None },
+            ServerMessage::Unsubscribed { channel: Channel::Location, vendor: &vendor, id: None },
+            ServerMessage::Ping,
+        ];
+        for m in &msgs {
+            assert!(ServerMessage::TYPE_NAMES.contains(&m.type_name()), "{}", m.type_name());
+        }
+        let mut names = ServerMessage::TYPE_NAMES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ServerMessage::TYPE_NAMES.len(), "no duplicates");
     }
 
     #[test]

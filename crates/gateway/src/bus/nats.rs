@@ -556,7 +556,7 @@ impl Inner {
     fn on_message(&self, topic: &Topic, payload: &[u8]) {
         let received = Instant::now();
         if let Some(update) = self.parse(topic, payload) {
-            self.metrics.updates_published.with_label_values(&[topic.channel.as_str(), "nats"]).inc();
+            self.metrics.published(topic.channel, "nats", 1);
             self.deliver.deliver(&update, received);
             if !self.js_ok() {
                 self.last.insert(&update);

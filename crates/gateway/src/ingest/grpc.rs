@@ -72,7 +72,7 @@ impl IngestService {
             Update::Vendor(u) => u.timestamp.clone(),
         };
         self.shared.bus.publish(update).await.map_err(unavailable)?;
-        self.shared.metrics.updates_published.with_label_values(&[channel.as_str(), "grpc"]).inc();
+        self.shared.metrics.published(channel, "grpc", 1);
         Ok(Response::new(pb::PublishReply { published: true, timestamp }))
     }
 
@@ -229,7 +229,7 @@ impl UpdateIngest for IngestService {
             index += 1;
         }
         if summary.accepted > 0 {
-            self.shared.metrics.updates_published.with_label_values(&["location", "grpc"]).inc_by(summary.accepted);
+            self.shared.metrics.published(Channel::Location, "grpc", summary.accepted);
         }
         summary.rejected_by_field = by_field;
         Ok(Response::new(summary))

@@ -103,7 +103,7 @@ async fn publish(
     };
     match shared.bus.publish(update).await {
         Ok(()) => {
-            shared.metrics.updates_published.with_label_values(&[channel.as_str(), "http"]).inc();
+            shared.metrics.published(channel, "http", 1);
             (StatusCode::ACCEPTED, Json(json!({"published": true}))).into_response()
         }
         Err(BusError::Unavailable(why)) => error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &why),

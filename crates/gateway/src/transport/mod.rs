@@ -1,9 +1,12 @@
 //! Transports: sockets in, frames out. No business rules live here; every
 //! decision is the [`crate::session::Session`]'s.
 
+mod duplex;
 pub mod sse;
 pub mod ws;
 pub mod wt;
+
+pub(crate) use duplex::{Finished, duplex};
 
 /// Now, on tokio's clock (which tests can pause and advance), as the
 /// session's `std` instant.

@@ -20,6 +20,7 @@ use crate::protocol::Channel;
 use crate::protocol::Close;
 use crate::session::{Inbound, Session, Transport};
 use crate::state::Shared;
+use crate::transport::Finished;
 
 /// Initial read buffer per connection. Client frames are small (a subscribe
 /// is ~90 bytes; tungstenite grows the buffer for a larger frame, up to
@@ -132,13 +133,17 @@ async fn serve(
     let outbox = Arc::clone(session.outbox());
     let writer = write_loop(sink, &outbox, &shared);
     tokio::pin!(writer);
-    let reader = read_loop(stream, &mut session, &shared);
-    let reason = tokio::select! {
-        sent = &mut writer => match sent {
+    let finished = {
+        let reader = read_loop(stream, &mut session, &shared);
+        tokio::pin!(reader);
+        crate::transport::duplex(writer.as_mut(), reader).await
+    };
+    let reason = match finished {
+        Finished::Writer(sent) => match sent {
             Some(close) => crate::transport::close_reason(&close),
             None => "connection lost".to_owned(),
         },
-        end = reader => match end {
+        Finished::Reader(end) => match end {
             ReadEnd::Close(close) => {
                 let reason = crate::transport::close_reason(&close);
                 outbox.close(close);
@@ -156,7 +161,7 @@ async fn serve(
             }
             ReadEnd::ClientGone => "client closed".to_owned(),
             ReadEnd::Lost => "connection lost".to_owned(),
-        }
+        },
     };
     session.finish(&reason);
 }

@@ -16,6 +16,7 @@ use crate::protocol::Close;
 use crate::protocol::frame::{FrameError, FrameReader, write_frame};
 use crate::session::{DatagramTopics, Inbound, Session, Transport};
 use crate::state::Shared;
+use crate::transport::Finished;
 
 /// How long a closing session may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -73,10 +74,14 @@ pub(super) async fn serve(
     let datagrams = Arc::clone(session.datagram_topics());
     let writer = write_loop(send, &conn, &outbox, &datagrams, &shared);
     tokio::pin!(writer);
-    let reader = read_loop(recv, &conn, &mut session, &shared);
-    let reason = tokio::select! {
-        () = &mut writer => "closed by the server or connection lost".to_owned(),
-        close = reader => match close {
+    let finished = {
+        let reader = read_loop(recv, &conn, &mut session, &shared);
+        tokio::pin!(reader);
+        crate::transport::duplex(writer.as_mut(), reader).await
+    };
+    let reason = match finished {
+        Finished::Writer(()) => "closed by the server or connection lost".to_owned(),
+        Finished::Reader(close) => match close {
             Some(close) => {
                 outbox.close(close.clone());
                 if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
@@ -85,7 +90,7 @@ pub(super) async fn serve(
                 crate::transport::close_reason(&close)
             }
             None => "client closed".to_owned(),
-        }
+        },
     };
     session.finish(&reason);
 }
