@@ -302,35 +302,6 @@ impl NatsGeo {
         let stored = Stored { lat: point.lat, long: point.long, ts, seen: now_ms() };
         let value = Bytes::from(serde_json::to_vec(&stored).unwrap_or_default());
         let mut cached = if known.trusted() { known.get(vendor, self.opts.ttl, stored.seen) } else { None };
-        let payload = Bytes::from(Update::Location(update.clone()).to_publish_json());
-        let client = self.bus.client();
-        let publish = |old: Option<Cell>| {
-            let (client, payload) = (&client, &payload);
-            async move {
-                timed("publish", client.publish(self.geo_subject(cell), payload.clone())).await?;
-                if let Some(old) = old {
-                    timed("publish", client.publish(self.geo_subject(old), payload.clone())).await?;
-                }
-                Ok::<(), BusError>(())
-            }
-        };
-        // When this lane's memory knows where the vendor was, the update goes
-        // out on its cells now, before any JetStream round trip: an area's
-        // latency is then two NATS hops, not those plus the compare-and-set's
-        // (whose tail, tens of ms under load, was most of s4's p99). Receivers
-        // order a vendor's positions by timestamp, so a copy that loses its
-        // compare-and-set to a newer update is superseded by that one's; if
-        // memory was wrong about the previous cell, the publish after the
-        // compare-and-set below goes to the right ones.
-        let mut early = None;
-        if let Some((_, prev)) = &cached {
-            if prev.ts >= ts {
-                return Ok(());
-            }
-            let old = Some(Cell::of(prev.point())).filter(|c| *c != cell);
-            publish(old).await?;
-            early = Some(old);
-        }
         let mut attempt = 0;
         let (previous, revision) = loop {
             attempt += 1;
@@ -382,12 +353,18 @@ impl NatsGeo {
         known.put(vendor, revision, stored);
         let ckey = format!("c.{}.{vendor}", cell.token());
         let old = previous.filter(|c| *c != cell);
-        // Published as soon as the position is the vendor's (unless the
-        // early publish already reached these cells): every area watching
-        // them hears it one round trip after it came in.
-        if early != Some(old) {
-            publish(old).await?;
-        }
+        let payload = Bytes::from(Update::Location(update.clone()).to_publish_json());
+        let client = self.bus.client();
+        let publish = || async {
+            timed("publish", client.publish(self.geo_subject(cell), payload.clone())).await?;
+            if let Some(old) = old {
+                timed("publish", client.publish(self.geo_subject(old), payload.clone())).await?;
+            }
+            Ok::<(), BusError>(())
+        };
+        // Published as soon as the position is the vendor's: every area
+        // watching the cells now hears it one round trip after it came in.
+        publish().await?;
         // An area that starts watching a cell after that publish reads the
         // mirror instead, which may not hold this yet: the mirror is written
         // (and the old cell's entry deleted), then the update is published
@@ -402,7 +379,7 @@ impl NatsGeo {
             }
         };
         futures_util::future::try_join(mirror, unmirror).await?;
-        publish(old).await?;
+        publish().await?;
         // A later update of this vendor may have won its compare-and-set
         // (on another instance) while this one wrote its cell key, and
         // deleted that key before this write: then this cell key is a ghost
