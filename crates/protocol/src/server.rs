@@ -322,14 +322,19 @@ mod tests {
     use super::*;
     use crate::{Location, LocationUpdate};
 
-    #[test]
-    fn encodes_the_seed_shapes() {
-        let vendor = VendorId::parse("v1").unwrap_or_else(|_| unreachable!());
-        let u = Update::Location(LocationUpdate {
+    /// The seed's location update of `vendor`.
+    fn located(vendor: &VendorId) -> Update {
+        Update::Location(LocationUpdate {
             vendor_id: vendor.clone(),
             location: Location { lat: 1.5, long: -2.0 },
             timestamp: "2026-01-01T00:00:00Z".into(),
-        });
+        })
+    }
+
+    #[test]
+    fn encodes_the_seed_shapes() {
+        let vendor = VendorId::parse("v1").unwrap_or_else(|_| unreachable!());
+        let u = located(&vendor);
         assert_eq!(
             encode(&ServerMessage::Update(&u), Codec::Json),
             &br#"{"type":"location_updated","data":{"vendorId":"v1","location":{"lat":1.5,"long":-2.0},"timestamp":"2026-01-01T00:00:00Z"}}"#[..]
@@ -345,19 +350,53 @@ mod tests {
     #[test]
     fn type_names_lists_every_type_once() {
         let vendor = VendorId::parse("v1").unwrap_or_else(|_| unreachable!());
-        let u = Update::Location(LocationUpdate {
+        let area = AreaId::parse("map").unwrap_or_else(|_| unreachable!());
+        let u = located(&vendor);
+        let inside = AreaVendor {
             vendor_id: vendor.clone(),
             location: Location { lat: 1.5, long: -2.0 },
             timestamp: "t".into(),
-        });
+        };
         let msgs = [
             ServerMessage::Update(&u),
             ServerMessage::Snapshot(&u),
             ServerMessage::Subscribed { channel: Channel::Location, vendor: &vendor, id: None },
             ServerMessage::Unsubscribed { channel: Channel::Location, vendor: &vendor, id: None },
+            ServerMessage::Error {
+                code: ErrorCode::InvalidField,
+                message: "m",
+                request_type: None,
+                retry_after_ms: None,
+                id: None,
+            },
+            ServerMessage::AreaSubscribed { area: &area, id: None },
+            ServerMessage::AreaUnsubscribed { area: &area, id: None },
+            ServerMessage::AreaSnapshot { area: &area, vendors: &[], truncated: false },
+            ServerMessage::VendorEntered { area: &area, vendor: &inside },
+            ServerMessage::AreaMoved { area: &area, vendor: &inside },
+            ServerMessage::VendorLeft { area: &area, vendor: &vendor, reason: LeftReason::Moved },
             ServerMessage::Ping,
+            ServerMessage::Pong { id: None },
+            ServerMessage::Refreshed { expires_at: None, id: None },
         ];
         for m in &msgs {
+            // A new variant fails to compile here until it is listed above.
+            match m {
+                ServerMessage::Update(_)
+                | ServerMessage::Snapshot(_)
+                | ServerMessage::Subscribed { .. }
+                | ServerMessage::Unsubscribed { .. }
+                | ServerMessage::Error { .. }
+                | ServerMessage::AreaSubscribed { .. }
+                | ServerMessage::AreaUnsubscribed { .. }
+                | ServerMessage::AreaSnapshot { .. }
+                | ServerMessage::VendorEntered { .. }
+                | ServerMessage::AreaMoved { .. }
+                | ServerMessage::VendorLeft { .. }
+                | ServerMessage::Ping
+                | ServerMessage::Pong { .. }
+                | ServerMessage::Refreshed { .. } => {}
+            }
             assert!(ServerMessage::TYPE_NAMES.contains(&m.type_name()), "{}", m.type_name());
         }
         let mut names = ServerMessage::TYPE_NAMES.to_vec();
@@ -405,11 +444,7 @@ mod tests {
         let mut fields = serde_json::Map::new();
         fields.insert("name".into(), "Tacos".into());
         fields.insert("n".into(), serde_json::json!([1, -2, 3.5, null, {"k": true}]));
-        let loc = Update::Location(LocationUpdate {
-            vendor_id: vendor.clone(),
-            location: Location { lat: 1.5, long: -2.0 },
-            timestamp: "2026-01-01T00:00:00Z".into(),
-        });
+        let loc = located(&vendor);
         let ven = Update::Vendor(crate::VendorUpdate {
             vendor_id: vendor.clone(),
             vendor: fields,
