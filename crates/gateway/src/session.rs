@@ -347,6 +347,37 @@ enum Waiting {
     Area { area: AreaId, shape: Box<AreaShape>, id: Option<String> },
 }
 
+/// Messages waiting behind the call in flight: 8 bytes on the many
+/// connections that never pipeline requests (a `VecDeque` is 32 inline).
+// A thin pointer on purpose, as `AreaSet`.
+#[allow(clippy::box_collection)]
+#[derive(Default)]
+struct Queue(Option<Box<VecDeque<Item>>>);
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, item: Item) {
+        self.0.get_or_insert_default().push_back(item);
+    }
+
+    /// The oldest message; a queue that empties gives back its buffer (it
+    /// would stay with every idle connection, a few hundred bytes each).
+    fn pop_front(&mut self) -> Option<Item> {
+        let item = self.0.as_mut()?.pop_front();
+        if self.is_empty() {
+            self.0 = None;
+        }
+        item
+    }
+}
+
 /// A connection's area ids: 8 bytes on the many connections that hold
 /// none, a short list (at most `GEO_MAX_AREAS`) on the others.
 // A thin pointer on purpose: 8 bytes on every connection, where a `Vec`
@@ -398,7 +429,9 @@ pub struct Session {
     endpoint: Channel,
     remote: SocketAddr,
     outbox: Arc<Outbox>,
-    datagram_topics: Arc<DatagramTopics>,
+    /// Only on transports with datagrams: on the others it would be one
+    /// allocation per connection (72 bytes) that is never read.
+    datagram_topics: Option<Arc<DatagramTopics>>,
     subscriptions: HashSet<Topic>,
     /// The areas subscribed (or being subscribed): a few at most
     /// (`GEO_MAX_AREAS`), and every idle connection carries the field.
@@ -419,9 +452,10 @@ pub struct Session {
     /// Time of the last audit row, so rows of one connection never tie.
     audit_clock: Option<OffsetDateTime>,
     /// Messages waiting behind the call in flight, in arrival order.
-    queued: VecDeque<Item>,
-    /// The call in flight, if any.
-    waiting: Option<Waiting>,
+    queued: Queue,
+    /// The call in flight, if any. Boxed: 104 bytes inline in every
+    /// connection's future, used for a few milliseconds per request.
+    waiting: Option<Box<Waiting>>,
     /// A call asked for and not yet taken by the transport.
     call: Option<Call>,
     finished: bool,
@@ -465,14 +499,14 @@ impl Session {
             endpoint,
             remote,
             outbox,
-            datagram_topics: Arc::default(),
+            datagram_topics: transport.has_datagrams().then(Arc::default),
             subscriptions: HashSet::new(),
             areas: AreaSet::default(),
             denied_in_a_row: 0,
             last_seen: now,
             next_ping,
             audit_clock: None,
-            queued: VecDeque::new(),
+            queued: Queue::default(),
             waiting: None,
             call: None,
             finished: false,
@@ -496,10 +530,16 @@ impl Session {
         &self.outbox
     }
 
-    /// Location topics to deliver as datagrams (always empty on transports
+    /// Location topics to deliver as datagrams (`None` on transports
     /// without datagrams).
-    pub fn datagram_topics(&self) -> &Arc<DatagramTopics> {
-        &self.datagram_topics
+    pub fn datagram_topics(&self) -> Option<&Arc<DatagramTopics>> {
+        self.datagram_topics.as_ref()
+    }
+
+    fn set_datagram(&self, topic: &Topic, datagram: bool) {
+        if let Some(topics) = &self.datagram_topics {
+            topics.set(topic, datagram);
+        }
     }
 
     /// Topics this session is subscribed to.
@@ -592,7 +632,7 @@ impl Session {
 
     /// Handles the result of the call from [`Session::next_call`].
     pub fn on_completion(&mut self, done: Completion, now: Instant) -> Option<Close> {
-        let close = match (self.waiting.take(), done) {
+        let close = match (self.waiting.take().map(|w| *w), done) {
             (Some(Waiting::Budget(item)), Completion::Budget(decision)) => self.on_budget(item, decision, now),
             (Some(Waiting::Watch { topic, channel, vendor, id, request_type }), Completion::Watch(result)) => {
                 self.on_watched(topic, channel, &vendor, id.as_deref(), request_type, result)
@@ -665,12 +705,12 @@ impl Session {
     /// Gives back the hub and bus interest of every subscription, including
     /// one whose bus subscribe was in flight (its future was dropped).
     fn release(&mut self, why: &str) {
-        if let Some(Waiting::Watch { topic, .. }) = &self.waiting {
+        if let Some(Waiting::Watch { topic, .. }) = self.waiting.as_deref() {
             self.ctx.hub.unsubscribe(topic, self.id);
-            self.datagram_topics.set(topic, false);
+            self.set_datagram(topic, false);
         }
         // An area whose subscribe was in flight never got its row.
-        let pending = match self.waiting.take() {
+        let pending = match self.waiting.take().map(|w| *w) {
             Some(Waiting::Area { area, .. }) => Some(area),
             _ => None,
         };
@@ -698,18 +738,13 @@ impl Session {
             return None;
         }
         let item = self.queued.pop_front()?;
-        if self.queued.is_empty() {
-            // Give back a burst's buffer: it would stay with every idle
-            // connection (a few hundred bytes each).
-            self.queued = VecDeque::new();
-        }
         self.start(item)
     }
 
     /// Asks for `item`'s budget check.
     fn start(&mut self, item: Item) -> Option<Close> {
         self.call = Some(Call::Budget(self.budget_key.clone()));
-        self.waiting = Some(Waiting::Budget(item));
+        self.waiting = Some(Box::new(Waiting::Budget(item)));
         None
     }
 
@@ -775,7 +810,7 @@ impl Session {
                 let datagram =
                     self.transport.has_datagrams() && *channel == Channel::Location && *delivery == Delivery::Datagram;
                 if self.subscriptions.contains(&topic) {
-                    self.datagram_topics.set(&topic, datagram);
+                    self.set_datagram(&topic, datagram);
                     return self.send(&ServerMessage::Subscribed { channel: *channel, vendor, id });
                 }
                 if self.subscriptions.len() >= self.ctx.limits.max_subscriptions {
@@ -787,19 +822,19 @@ impl Session {
                         id: req.id.clone(),
                     });
                 }
-                self.datagram_topics.set(&topic, datagram);
+                self.set_datagram(&topic, datagram);
                 // Hub first, then the bus: an update that arrives while the
                 // bus interest settles is already routed to us.
                 self.outbox.arm_snapshot(&topic);
                 self.ctx.hub.subscribe(&topic, self.id, &self.outbox);
                 self.call = Some(Call::Watch(topic.clone()));
-                self.waiting = Some(Waiting::Watch {
+                self.waiting = Some(Box::new(Waiting::Watch {
                     topic,
                     channel: *channel,
                     vendor: vendor.clone(),
                     id: req.id.clone(),
                     request_type: req.command.type_name(),
-                });
+                }));
                 None
             }
             Command::SubscribeArea { user, .. } if !self.acts_as_self(Some(user)) => self.forbidden(&req),
@@ -835,7 +870,8 @@ impl Session {
                     datagram: self.transport.has_datagrams() && *delivery == Delivery::Datagram,
                     id: req.id.clone(),
                 })));
-                self.waiting = Some(Waiting::Area { area: area.clone(), shape: Box::new(*shape), id: req.id.clone() });
+                self.waiting =
+                    Some(Box::new(Waiting::Area { area: area.clone(), shape: Box::new(*shape), id: req.id.clone() }));
                 None
             }
             Command::UnsubscribeArea { area } => {
@@ -847,7 +883,7 @@ impl Session {
             }
             Command::Unsubscribe { channel, vendor, .. } => {
                 let topic = Topic::new(*channel, vendor.clone());
-                self.datagram_topics.set(&topic, false);
+                self.set_datagram(&topic, false);
                 if self.subscriptions.remove(&topic) {
                     self.ctx.hub.unsubscribe(&topic, self.id);
                     self.ctx.bus.unwatch(&topic);
@@ -868,7 +904,7 @@ impl Session {
         result: Result<(), BusError>,
     ) -> Option<Close> {
         if let Err(e) = result {
-            self.datagram_topics.set(&topic, false);
+            self.set_datagram(&topic, false);
             self.ctx.hub.unsubscribe(&topic, self.id);
             self.ctx.bus.unwatch(&topic);
             self.outbox.push_snapshot(&topic, None);
@@ -885,7 +921,7 @@ impl Session {
         // The last known value comes right after the ack, unless a live
         // update got there first.
         self.call = Some(Call::LastValue(topic.clone()));
-        self.waiting = Some(Waiting::LastValue(topic));
+        self.waiting = Some(Box::new(Waiting::LastValue(topic)));
         close
     }
 

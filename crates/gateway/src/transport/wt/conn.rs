@@ -71,7 +71,8 @@ pub(super) async fn serve(
         }
     };
     let outbox = Arc::clone(session.outbox());
-    let datagrams = Arc::clone(session.datagram_topics());
+    // Always there on WebTransport; an empty set otherwise sends none.
+    let datagrams = session.datagram_topics().cloned().unwrap_or_default();
     let writer = write_loop(send, &conn, &outbox, &datagrams, &shared);
     tokio::pin!(writer);
     let finished = {
