@@ -344,7 +344,7 @@ enum Waiting {
     /// The snapshot after a `subscribed` ack.
     LastValue(Topic),
     /// An area's subscription (the ack comes with its snapshot).
-    Area { area: AreaId, shape: Box<AreaShape>, id: Option<String> },
+    Area { area: AreaId, shape: AreaShape, id: Option<String> },
 }
 
 /// Messages waiting behind the call in flight: 8 bytes on the many
@@ -873,8 +873,7 @@ impl Session {
                     datagram: self.transport.has_datagrams() && *delivery == Delivery::Datagram,
                     id: req.id.clone(),
                 })));
-                self.waiting =
-                    Some(Box::new(Waiting::Area { area: area.clone(), shape: Box::new(*shape), id: req.id.clone() }));
+                self.waiting = Some(Box::new(Waiting::Area { area: area.clone(), shape: *shape, id: req.id.clone() }));
                 None
             }
             Command::UnsubscribeArea { area } => {
